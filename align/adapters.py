@@ -1,0 +1,134 @@
+"""PEFT methods as one table: the `peft:` config group maps onto peft's own config classes.
+
+`conf/peft/<method>.yaml` holds `method: <name>` plus fields of the peft config class that the
+method uses (LoraConfig for the LoRA family, PromptTuningConfig / PromptEncoderConfig for
+prompt methods), so every peft option can be set from config and typos are caught against
+peft's own dataclass. Two keys are align's own:
+
+- `quantization`: BitsAndBytesConfig arguments for loading the base model in 4/8 bit (QLoRA);
+- `optimizer_8bit`: full fine-tuning with bitsandbytes' 8-bit AdamW (`method: none` only).
+
+Supported methods: none (full fine-tuning), lora, qlora, dora, rslora, loftq, pissa,
+prompt_tuning, p_tuning. Target modules default to every linear layer but the output head
+(peft's "all-linear").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+from align.config import field_names, init_params, suggest, to_container, unknown_keys
+from align.errors import MissingExtraError
+
+ALIGN_KEYS = ("method", "quantization", "optimizer_8bit")
+
+
+@dataclass(frozen=True)
+class Method:
+    config_class: str  # name of the peft config class
+    fixed: dict[str, Any] = field(default_factory=dict)  # kwargs the method implies
+    quantized: bool = False  # base model loaded through bitsandbytes
+    needs_bitsandbytes: bool = False  # peft uses bitsandbytes' quantiser (LoftQ)
+    needs_accelerator: bool = False  # peft computes the initialisation on CUDA/XPU only
+
+
+METHODS: dict[str, Method | None] = {
+    "none": None,
+    "lora": Method("LoraConfig"),
+    "qlora": Method("LoraConfig", quantized=True),
+    "dora": Method("LoraConfig", {"use_dora": True}),
+    "rslora": Method("LoraConfig", {"use_rslora": True}),
+    # LoftQ initialises A/B so that base + adapter approximates the full-precision weights
+    # of a quantised base; peft computes it from the unquantised weights at wrap time.
+    "loftq": Method("LoraConfig", {"init_lora_weights": "loftq"},
+                    needs_bitsandbytes=True, needs_accelerator=True),
+    # PiSSA: adapters start from the principal singular vectors (fast SVD, 4 iterations).
+    "pissa": Method("LoraConfig", {"init_lora_weights": "pissa_niter_4"}),
+    "prompt_tuning": Method("PromptTuningConfig"),
+    "p_tuning": Method("PromptEncoderConfig"),
+}
+
+DEFAULT_QUANTIZATION = {
+    "load_in_4bit": True,
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_use_double_quant": True,
+}
+
+
+@dataclass
+class PeftPlan:
+    """What the factory needs: the peft config (None = full fine-tuning) and how to load."""
+
+    method: str
+    peft_config: Any = None
+    quantization: dict[str, Any] | None = None
+    optimizer_8bit: bool = False
+
+    @property
+    def uses_adapter(self) -> bool:
+        return self.peft_config is not None
+
+
+def check_peft_section(section: Any) -> list[str]:
+    """Validate the `peft:` section against peft's config classes, without importing torch."""
+    section = to_container(section) or {}
+    method = section.get("method", "none")
+    if method not in METHODS:
+        return [f"unknown peft method 'peft.method={method}'. Choose one of: "
+                f"{', '.join(METHODS)}.{suggest(str(method), METHODS)}"]
+    spec = METHODS[method]
+    rest = {k: v for k, v in section.items() if k not in ALIGN_KEYS}
+    errors: list[str] = []
+    if spec is None:
+        errors += [f"config key 'peft.{k}' has no meaning with peft.method=none (full "
+                   f"fine-tuning); choose an adapter method, e.g. peft=lora" for k in rest]
+    else:
+        import peft  # cheap: peft's config classes do not pull in the model code
+
+        cls = getattr(peft, spec.config_class)
+        errors += unknown_keys(rest, field_names(cls), "peft", f"peft.{spec.config_class}")
+    if section.get("optimizer_8bit") and method != "none":
+        errors.append("peft.optimizer_8bit applies to full fine-tuning (peft=none) only")
+    if section.get("quantization") and not (spec and spec.quantized):
+        errors.append(f"peft.quantization is used by peft=qlora only (got peft={method})")
+    if spec and spec.quantized and section.get("quantization"):
+        from transformers import BitsAndBytesConfig
+
+        errors += unknown_keys(section["quantization"], init_params(BitsAndBytesConfig),
+                               "peft.quantization", "transformers.BitsAndBytesConfig")
+    if (spec and (spec.quantized or spec.needs_bitsandbytes)) or section.get("optimizer_8bit"):
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise MissingExtraError(f"peft={method}", "quant", "bitsandbytes")
+    if spec and spec.needs_accelerator:
+        import torch
+
+        if not (torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())):
+            errors.append(f"peft={method}: peft computes this initialisation on a CUDA or XPU "
+                          "device and none is available; use peft=lora or peft=pissa on CPU")
+    return errors
+
+
+def build_peft_plan(section: Any) -> PeftPlan:
+    """Turn a checked `peft:` section into peft/transformers objects."""
+    section = dict(to_container(section) or {})
+    method = section.pop("method", "none")
+    quantization = section.pop("quantization", None)
+    optimizer_8bit = bool(section.pop("optimizer_8bit", False))
+    spec = METHODS[method]
+    if spec is None:
+        return PeftPlan(method, optimizer_8bit=optimizer_8bit)
+    import peft
+
+    kwargs: dict[str, Any] = {"task_type": "CAUSAL_LM", **spec.fixed, **section}
+    if spec.config_class == "LoraConfig":
+        kwargs.setdefault("target_modules", "all-linear")
+        if method == "loftq" and not kwargs.get("loftq_config"):
+            kwargs["loftq_config"] = {"loftq_bits": 4, "loftq_iter": 1}
+        if isinstance(kwargs.get("loftq_config"), dict):
+            kwargs["loftq_config"] = peft.LoftQConfig(**kwargs["loftq_config"])
+    config = getattr(peft, spec.config_class)(**kwargs)
+    if spec.quantized:
+        quantization = {**DEFAULT_QUANTIZATION, **(quantization or {})}
+    return PeftPlan(method, config, quantization, optimizer_8bit)

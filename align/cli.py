@@ -1,0 +1,45 @@
+"""How the entry-point scripts hand over to Hydra.
+
+`python align/grpo.py key=value`, `accelerate launch align/grpo.py key=value` and
+`python align/grpo.py -m key=a,b` all come through `main`. User errors (config, data, missing
+extras) print one message and exit with status 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+
+from align.config import CONF_DIR, register
+from align.errors import AlignError
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def main(stage: str, run: Callable) -> None:
+    """Compose conf/<stage>.yaml with the command line and call `run(cfg)`."""
+    # `python align/<stage>.py` puts align/ itself first on sys.path, where our module names
+    # (data, config, models...) would shadow unrelated top-level packages. Drop it.
+    if sys.path and os.path.abspath(sys.path[0] or ".") == _PACKAGE_DIR:
+        sys.path.pop(0)
+    register()
+    import hydra
+
+    task = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=stage)(
+        _reporting_user_errors(run)
+    )
+    task()
+
+
+def _reporting_user_errors(run: Callable) -> Callable:
+    @functools.wraps(run)
+    def wrapper(cfg):
+        try:
+            return run(cfg)
+        except AlignError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

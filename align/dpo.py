@@ -1,0 +1,39 @@
+"""Direct preference optimisation with trl's DPOTrainer (every trl loss type).
+
+    python align/dpo.py                                   # tiny SFT model + LoRA, synthetic pairs
+    python align/dpo.py model=llama-3.2-1b-instruct data=ultrafeedback trainer.beta=0.05
+    accelerate launch --config_file launch/zero2.yaml align/dpo.py experiment=...
+    python align/dpo.py -m trainer.beta=0.05,0.1,0.3
+
+With an adapter (peft=lora, the default) the reference model is the base model with the
+adapter disabled: no second copy in memory. With peft=none trl loads a frozen reference copy.
+Data: prompt/chosen/rejected, plain or conversational (align/data.py).
+"""
+
+from omegaconf import DictConfig
+
+
+def run(cfg: DictConfig) -> dict:
+    from trl import DPOTrainer
+
+    from align.data import load_stage_data
+    from align.job import Job
+    from align.models import build_model
+
+    job = Job.start(cfg, "dpo")
+    data = load_stage_data(job.data, "dpo")
+    job.begin()
+    model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
+    job.measure("before", model, tokenizer, data.heldout)
+    trainer = DPOTrainer(model=model, ref_model=None, args=job.args, train_dataset=data.train,
+                         eval_dataset=data.eval, processing_class=tokenizer,
+                         peft_config=plan.peft_config, callbacks=job.callbacks())
+    job.train(trainer)
+    job.measure("after", trainer.model, tokenizer, data.heldout)
+    return job.save(trainer)
+
+
+if __name__ == "__main__":
+    from align.cli import main
+
+    main("dpo", run)

@@ -1,0 +1,124 @@
+"""Batched generation with Hugging Face ``generate``, for held-out evaluation.
+
+Supports any causal LM that ``generate`` supports, including peft-wrapped models. Prompts are
+plain strings (tokenised as they are) or chat message lists (rendered with the tokenizer's chat
+template and its generation prompt). Greedy by default; sampling with ``do_sample=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+def _render(tokenizer, prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(
+        isinstance(m, dict) and "role" in m for m in prompt
+    ):
+        return tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True
+        )
+    raise TypeError(
+        f"a prompt must be a string or a list of chat messages, got {type(prompt).__name__}: {prompt!r}"
+    )
+
+
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: list,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Generate one completion per prompt and return the decoded new text, stripped.
+
+    Args:
+        model: a causal LM (``transformers`` or ``peft``); left in the train/eval mode it came in.
+        tokenizer: its tokenizer; its padding side is restored afterwards.
+        prompts: strings (used as-is) or message lists (chat template + generation prompt).
+        max_new_tokens: the most tokens generated per prompt.
+        batch_size: prompts per ``generate`` call.
+        do_sample, temperature: greedy decoding unless ``do_sample`` is True.
+        seed: seeds sampling in a forked RNG, so the caller's global RNG state is untouched.
+        progress: show a tqdm bar over batches.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not prompts:
+        return []
+    is_chat = [not isinstance(p, str) for p in prompts]
+    if any(is_chat) and not all(is_chat):
+        raise TypeError("prompts mix strings and message lists; pass one kind per call")
+    texts = [_render(tokenizer, p) for p in prompts]
+    # A rendered chat template already holds the special tokens (BOS etc.) the model expects;
+    # plain strings get the tokenizer's usual ones.
+    add_special_tokens = not is_chat[0]
+    pad_id = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id
+    )
+    if pad_id is None:
+        raise ValueError(
+            "the tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token first"
+        )
+
+    device = next(model.parameters()).device
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="generating", unit="batch")
+
+    gen_kwargs = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "pad_token_id": pad_id,
+    }
+    if do_sample:
+        gen_kwargs["temperature"] = temperature
+    else:
+        # Explicitly neutral sampling settings, so a generation_config that asks for sampling
+        # (temperature/top_p/top_k) does not warn or leak into greedy decoding.
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+
+    was_training = model.training
+    padding_side = tokenizer.padding_side
+    # Decoder-only models continue from the last position: padding must be on the left.
+    tokenizer.padding_side = "left"
+    model.eval()
+    rng = contextlib.nullcontext()
+    if seed is not None:
+        rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    completions: list[str] = []
+    try:
+        with rng, torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            for batch in batches:
+                enc = tokenizer(
+                    batch,
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=add_special_tokens,
+                ).to(device)
+                out = model.generate(**enc, **gen_kwargs)
+                new_tokens = out[:, enc["input_ids"].shape[1] :]
+                completions.extend(
+                    t.strip()
+                    for t in tokenizer.batch_decode(
+                        new_tokens, skip_special_tokens=True
+                    )
+                )
+    finally:
+        tokenizer.padding_side = padding_side
+        if was_training:
+            model.train()
+    return completions

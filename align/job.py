@@ -1,0 +1,311 @@
+"""What every training stage does around its trainer: check the config, set up the run
+folder, seed, tracking and trl's arguments; measure held-out data; save the results.
+
+`Job.start(cfg, stage)` checks the whole config before any model or dataset is loaded: an
+unknown key anywhere, a bad value or a missing optional package fails here with a message
+naming the key (and the closest valid names) or the extra to install.
+
+A run folder holds:
+  config.yaml     the resolved config (secrets removed)
+  final/          the trained model, or the adapter, in Hugging Face format, with tokenizer
+  metrics.json    training metrics and held-out figures before and after training
+  checkpoint-*/   trl checkpoints, when saving is on
+All ranks of a multi-process run share the folder (see align.config.run_id); only the main
+process writes the shared files.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from align.adapters import check_peft_section
+from align.config import (SECTIONS, check_dataclass, field_names, import_object, raise_if,
+                          redact, to_container, unknown_keys)
+from align.data import DataConfig
+from align.errors import ConfigError, MissingExtraError
+from align.heldout import HeldoutConfig
+from align.models import ModelConfig, check_model_config
+from align.tracking import LoggerConfig, Tracker, check_logger_config, start_tracking
+
+log = logging.getLogger(__name__)
+
+TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
+TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks") + SECTIONS
+
+#: trl fields that align sets from another config key, and where to set them instead.
+OWNED_BY_ALIGN = {
+    "output_dir": "the top-level `output_dir`",
+    "seed": "the top-level `seed`",
+    "report_to": "the `logger` group (logger=wandb or logger=none)",
+    "run_name": "`logger.run_name`",
+    "reward_weights": "`rewards.<name>.weight`",
+    "gradient_checkpointing": "`model.gradient_checkpointing`",
+    "activation_checkpointing": "`model.gradient_checkpointing`",
+    "gradient_checkpointing_kwargs": "`trainer.activation_checkpointing_kwargs`",
+}
+
+#: trl 1.16 works with these vLLM releases (its own import check says so).
+VLLM_RANGE = ((0, 22), (0, 31))
+
+
+def trl_config_class(stage: str):
+    import trl
+
+    return getattr(trl, TRL_CONFIGS[stage])
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_trainer_section(section: dict, stage: str) -> list[str]:
+    cls = trl_config_class(stage)
+    errors = unknown_keys(section, field_names(cls), "trainer", f"trl's {cls.__name__}")
+    for key in section:
+        if key in OWNED_BY_ALIGN:
+            errors.append(f"config key 'trainer.{key}' is set by align: use "
+                          f"{OWNED_BY_ALIGN[key]} instead")
+    return errors
+
+
+def check_optional_packages(trainer: dict) -> None:
+    """Fail early, naming the extra, when the config asks for an uninstalled package."""
+    if trainer.get("use_vllm"):
+        if importlib.util.find_spec("vllm") is None:
+            raise MissingExtraError("trainer.use_vllm=true", "vllm", "vllm")
+        version = importlib.metadata.version("vllm")
+        major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+        if not VLLM_RANGE[0] <= major_minor <= VLLM_RANGE[1]:
+            raise ConfigError(f"vLLM {version} is installed but trl 1.16 supports vLLM "
+                              "0.22-0.31: pip install -e '.[vllm]'")
+        if trainer.get("vllm_mode", "colocate") not in ("colocate", "server"):
+            raise ConfigError("trainer.vllm_mode must be 'colocate' or 'server'")
+    if trainer.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
+        raise MissingExtraError("trainer.use_liger_kernel=true", "liger", "liger-kernel")
+    deepspeed = trainer.get("deepspeed") or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise MissingExtraError("DeepSpeed", "deepspeed", "deepspeed")
+    if "bnb" in str(trainer.get("optim", "")) and importlib.util.find_spec("bitsandbytes") is None:
+        raise MissingExtraError(f"trainer.optim={trainer['optim']}", "quant", "bitsandbytes")
+
+
+@dataclass
+class Job:
+    """One training run of one stage: checked config, run folder, trl args, tracking."""
+
+    stage: str
+    cfg: dict  # resolved config, plain python
+    model: ModelConfig
+    data: DataConfig
+    logger: LoggerConfig
+    heldout: HeldoutConfig
+    out_dir: Path
+    args: Any = None  # trl <Stage>Config
+    tracker: Tracker = field(default_factory=lambda: Tracker("none"))
+    metrics: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def start(cls, cfg: DictConfig | dict, stage: str) -> "Job":
+        """Check the config and prepare the run; loads no model and no data."""
+        if stage not in TRL_CONFIGS:
+            raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(TRL_CONFIGS)}")
+        try:
+            plain = to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
+        except Exception as exc:  # an interpolation that cannot be resolved, for example
+            raise ConfigError(f"config cannot be resolved: {exc}") from exc
+        errors = unknown_keys(plain, TOP_LEVEL, "<root>", "align's top-level config")
+        errors = [e.replace("'<root>.", "'") for e in errors]
+        model, e = check_dataclass(plain.get("model"), ModelConfig, "model")
+        errors += e or check_model_config(model)
+        data, e = check_dataclass(plain.get("data"), DataConfig, "data")
+        errors += e
+        logger, e = check_dataclass(plain.get("logger"), LoggerConfig, "logger")
+        errors += e or check_logger_config(logger)
+        heldout, e = check_dataclass(plain.get("heldout"), HeldoutConfig, "heldout")
+        errors += e
+        errors += check_peft_section(plain.get("peft") or {})
+        trainer = dict(plain.get("trainer") or {})
+        errors += check_trainer_section(trainer, stage)
+        if stage == "grpo":
+            errors += check_reward_specs(plain.get("rewards"), "rewards", required=True)
+        if heldout and heldout.rewards:
+            errors += check_reward_specs(heldout.rewards, "heldout.rewards", required=False)
+        if not isinstance(plain.get("callbacks") or [], list):
+            errors.append("config key 'callbacks' must be a list of 'pkg.module:Class' paths")
+        else:
+            for ref in plain.get("callbacks") or []:
+                try:
+                    import_object(str(ref), "callbacks")
+                except ConfigError as exc:
+                    errors.append(str(exc))
+        if not plain.get("output_dir"):
+            errors.append("config key 'output_dir' is empty: give the run folder")
+        raise_if(errors)
+        check_optional_packages(trainer)
+
+        job = cls(stage=stage, cfg=plain, model=model, data=data, logger=logger,
+                  heldout=heldout, out_dir=Path(plain["output_dir"]).resolve())
+        job.args = job._trainer_args(trainer)
+        return job
+
+    def _trainer_args(self, trainer: dict):
+        import torch
+
+        kwargs = dict(trainer)
+        kwargs.update(output_dir=str(self.out_dir), seed=int(self.cfg.get("seed", 42)),
+                      report_to=[], run_name=self.name)
+        if not torch.cuda.is_available():
+            # trl's configs default to bf16 mixed precision, which needs a GPU.
+            kwargs.setdefault("use_cpu", True)
+            kwargs.setdefault("bf16", False)
+        # model.gradient_checkpointing is the one switch (trl's configs default it on; off is
+        # faster for small models). transformers 5 calls it activation checkpointing;
+        # non-reentrant works with adapters and frozen embeddings.
+        kwargs["activation_checkpointing"] = self.model.gradient_checkpointing
+        if self.model.gradient_checkpointing:
+            kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
+        peft = self.cfg.get("peft") or {}
+        if peft.get("optimizer_8bit"):
+            kwargs.setdefault("optim", "adamw_bnb_8bit")
+        if self.stage == "grpo":
+            kwargs["reward_weights"] = [float(s.get("weight", 1.0))
+                                        for s in self.cfg["rewards"].values()]
+            if self.logger.backend == "wandb" and self.logger.log_completions:
+                kwargs.setdefault("log_completions", True)
+        try:
+            return trl_config_class(self.stage)(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"trainer: trl's {TRL_CONFIGS[self.stage]} rejected the "
+                              f"values: {exc}") from exc
+
+    @property
+    def name(self) -> str:
+        return str(self.cfg.get("name") or self.stage)
+
+    @property
+    def is_main(self) -> bool:
+        return is_main_process()
+
+    def begin(self) -> None:
+        """Create the run folder, write the resolved config, start tracking. Call after the
+        data has been loaded and checked, so that bad data leaves no run behind."""
+        from transformers import set_seed
+
+        set_seed(self.args.seed)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.out_dir / "config.yaml",
+                         OmegaConf.to_yaml(OmegaConf.create(redact(self.cfg))))
+        group, run_name = hydra_run_names(self.name)
+        self.tracker = start_tracking(self.logger, name=run_name, group=group,
+                                      out_dir=self.out_dir, config=self.cfg, is_main=self.is_main)
+        self.args.report_to = self.tracker.report_to
+
+    def callbacks(self) -> list:
+        """transformers TrainerCallbacks named in the `callbacks` list (import paths)."""
+        return [import_object(ref, "callbacks")() for ref in self.cfg.get("callbacks") or []]
+
+    # ------------------------------------------------------------------ held-out data
+    def heldout_rewards(self):
+        from rewards import build_rewards
+
+        specs = self.heldout.rewards or (self.cfg.get("rewards") or {})
+        if not specs:
+            return []
+        funcs, _ = build_rewards(specs)
+        return funcs
+
+    def measure(self, when: str, model, tokenizer, dataset) -> dict | None:
+        """Held-out figures (main process only); logged under heldout_<when>."""
+        if not self.heldout.enabled or dataset is None or not self.is_main:
+            return None
+        funcs = self.heldout_rewards()
+        if not funcs:
+            return None
+        from align.heldout import evaluate
+
+        figures = evaluate(model, tokenizer, dataset, funcs, self.heldout)
+        self.metrics[f"heldout_{when}"] = figures
+        if self.tracker.run is not None:
+            self.tracker.run.summary.update({f"heldout_{when}/{k}": v for k, v in figures.items()})
+        return figures
+
+    # ------------------------------------------------------------------ finish
+    def train(self, trainer) -> None:
+        resume = self.cfg.get("resume")
+        result = trainer.train(resume_from_checkpoint=resume or None)
+        self.metrics["train"] = dict(result.metrics)
+        self.metrics["train"]["global_step"] = result.global_step
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        if history:
+            self.metrics["train"]["final_loss"] = history[-1]["loss"]
+
+    def save(self, trainer) -> dict:
+        """Save the final model/adapter, tokenizer and metrics; return the metrics."""
+        final = self.out_dir / "final"
+        trainer.save_model(str(final))  # main process only, gathers ZeRO-3 shards itself
+        if self.is_main:
+            write_atomic(self.out_dir / "metrics.json", json.dumps(self.metrics, indent=2,
+                                                                   default=float))
+            for line in summary_lines(self):
+                print(line)
+            print(f"run folder: {self.out_dir}")
+        self.tracker.finish()
+        return self.metrics
+
+
+def summary_lines(job: Job) -> list[str]:
+    from align.heldout import summary_lines as lines
+
+    names = [k for k in (job.metrics.get("heldout_after") or job.metrics.get("heldout_before")
+                         or {}) if "/" not in k and k not in ("samples", "completion_tokens_mean")]
+    return lines(job.metrics.get("heldout_before"), job.metrics.get("heldout_after"), names)
+
+
+def check_reward_specs(specs: Any, where: str, required: bool) -> list[str]:
+    """Reward specs are checked by the rewards registry itself (names, import paths, kwargs)."""
+    if not specs:
+        return [f"'{where}' is empty: list at least one reward, e.g. rewards=arithmetic"] \
+            if required else []
+    from rewards import build_rewards
+
+    try:
+        build_rewards(specs)
+    except (ValueError, ImportError, AttributeError, TypeError) as exc:
+        return [f"{where}: {exc}"]
+    return []
+
+
+def hydra_run_names(name: str) -> tuple[str | None, str]:
+    """(group, run name) from Hydra's runtime: a sweep's runs share a group; the run name
+    carries the command-line overrides so runs can be told apart."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None, name
+    overrides = hc.job.override_dirname
+    run_name = f"{name}:{overrides}" if overrides else name
+    group = None
+    if hc.mode == RunMode.MULTIRUN:
+        group = f"{name}-{Path(hc.sweep.dir).name}"
+    return group, run_name
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers never see half of it (write aside, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,38 @@
+"""Supervised fine-tuning with trl's SFTTrainer.
+
+    python align/sft.py                                   # tiny model, synthetic task, CPU
+    python align/sft.py model=qwen2.5-0.5b-instruct peft=lora data=my_chat data.path=chat.jsonl
+    accelerate launch --config_file launch/ddp.yaml align/sft.py experiment=...
+    python align/sft.py -m peft=none,lora                 # a sweep, one run per value
+
+Data: messages, prompt/completion, text, ShareGPT/LLaVA conversations or Alpaca rows
+(align/data.py). The run folder gets config.yaml, final/ and metrics.json (align/job.py).
+"""
+
+from omegaconf import DictConfig
+
+
+def run(cfg: DictConfig) -> dict:
+    from trl import SFTTrainer
+
+    from align.data import load_stage_data
+    from align.job import Job
+    from align.models import build_model
+
+    job = Job.start(cfg, "sft")  # the whole config is checked here, before anything loads
+    data = load_stage_data(job.data, "sft")
+    job.begin()
+    model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
+    job.measure("before", model, tokenizer, data.heldout)
+    trainer = SFTTrainer(model=model, args=job.args, train_dataset=data.train,
+                         eval_dataset=data.eval, processing_class=tokenizer,
+                         peft_config=plan.peft_config, callbacks=job.callbacks())
+    job.train(trainer)
+    job.measure("after", trainer.model, tokenizer, data.heldout)
+    return job.save(trainer)
+
+
+if __name__ == "__main__":
+    from align.cli import main
+
+    main("sft", run)

@@ -1,0 +1,162 @@
+"""Embedded synthetic tasks: small, exactly checkable problems that need no download.
+
+Supported task: ``"arithmetic"`` -- ``a+b=`` with ``0 <= a, b <= max_operand``; the answer is the
+digits of ``a+b`` and nothing else. Every pair is enumerated once and shuffled with ``seed``; the
+first ``n_eval`` pairs are the held-out ``"eval"`` split, the rest ``"train"`` (optionally capped at
+``n_train``), so the two splits never share a problem.
+
+Dataset kinds (the column layouts trl's trainers accept):
+
+- ``"sft"``: ``messages`` = user prompt + assistant answer (conversational language modeling).
+- ``"preference"``: ``prompt`` / ``chosen`` / ``rejected`` (conversational) plus ``solution``.
+- ``"prompt"``: ``prompt`` (conversational) and ``solution`` (the answer string), for GRPO and
+  held-out evaluation.
+
+Example::
+
+    from align.synthetic import build_synthetic
+    train = build_synthetic("arithmetic", "sft", "train", seed=0)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+if (
+    TYPE_CHECKING
+):  # datasets is imported lazily so that importing this module stays cheap
+    import datasets
+
+SYNTHETIC_TASKS = ("arithmetic",)
+SYNTHETIC_KINDS = ("sft", "preference", "prompt")
+SYNTHETIC_SPLITS = ("train", "eval")
+
+
+def arithmetic_prompt(a: int, b: int) -> str:
+    """The user-turn text of the problem ``a+b``."""
+    return f"{a}+{b}="
+
+
+def arithmetic_pairs(
+    split: str,
+    seed: int = 0,
+    n_eval: int = 200,
+    n_train: int | None = None,
+    max_operand: int = 99,
+) -> list[tuple[int, int]]:
+    """The ``(a, b)`` pairs of one split, in a deterministic order."""
+    if split not in SYNTHETIC_SPLITS:
+        raise ValueError(
+            f"unknown split {split!r}; valid splits: {', '.join(SYNTHETIC_SPLITS)}"
+        )
+    if max_operand < 0:
+        raise ValueError(f"max_operand must be >= 0, got {max_operand}")
+    pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+    if not 0 <= n_eval < len(pairs):
+        raise ValueError(
+            f"n_eval={n_eval} must be in [0, {len(pairs)}) for max_operand={max_operand} "
+            f"({len(pairs)} pairs in all)"
+        )
+    if n_train is not None and n_train < 0:
+        raise ValueError(f"n_train must be >= 0 or None, got {n_train}")
+    # A private Random instance: the split must not depend on (or disturb) the global RNG state.
+    random.Random(seed).shuffle(pairs)
+    if split == "eval":
+        return pairs[:n_eval]
+    train = pairs[n_eval:]
+    return train if n_train is None else train[:n_train]
+
+
+def wrong_answer(answer: int, rng: random.Random) -> int:
+    """A plausible wrong answer: off by +-1 or +-10, or one digit changed; never ``answer``, never < 0."""
+    while True:
+        style = rng.randrange(3)
+        if style == 0:
+            wrong = answer + rng.choice((-1, 1))
+        elif style == 1:
+            wrong = answer + rng.choice((-10, 10))
+        else:
+            digits = list(str(answer))
+            i = rng.randrange(len(digits))
+            # A leading zero would make a non-canonical number string, so the first digit of a
+            # multi-digit answer is drawn from 1-9.
+            choices = [
+                d
+                for d in "0123456789"
+                if d != digits[i] and not (i == 0 and len(digits) > 1 and d == "0")
+            ]
+            digits[i] = rng.choice(choices)
+            wrong = int("".join(digits))
+        if wrong != answer and wrong >= 0:
+            return wrong
+
+
+def _arithmetic_rows(kind: str, pairs: list[tuple[int, int]], seed: int) -> list[dict]:
+    # Wrong answers get their own stream, derived from the seed, so they are reproducible and do
+    # not shift when the split sizes change the number of pairs drawn before them.
+    rng = random.Random(f"arithmetic-rejected-{seed}")
+    rows = []
+    for a, b in pairs:
+        prompt, answer = arithmetic_prompt(a, b), str(a + b)
+        user = [{"role": "user", "content": prompt}]
+        if kind == "sft":
+            rows.append({"messages": user + [{"role": "assistant", "content": answer}]})
+        elif kind == "preference":
+            rows.append(
+                {
+                    "prompt": user,
+                    "chosen": [{"role": "assistant", "content": answer}],
+                    "rejected": [
+                        {"role": "assistant", "content": str(wrong_answer(a + b, rng))}
+                    ],
+                    "solution": answer,
+                }
+            )
+        else:
+            rows.append({"prompt": user, "solution": answer})
+    return rows
+
+
+def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Dataset:
+    """Build one split of an embedded synthetic task as a ``datasets.Dataset``.
+
+    Args:
+        task: one of ``SYNTHETIC_TASKS``.
+        kind: ``"sft"``, ``"preference"`` or ``"prompt"`` (see the module docstring for columns).
+        split: ``"train"`` or ``"eval"``.
+        **params: ``seed`` (0), ``n_eval`` (200), ``n_train`` (None: all the rest),
+            ``max_operand`` (99). Unknown names raise ``TypeError``.
+    """
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(
+            f"unknown synthetic task {task!r}; available tasks: {', '.join(SYNTHETIC_TASKS)}"
+        )
+    if kind not in SYNTHETIC_KINDS:
+        raise ValueError(
+            f"unknown dataset kind {kind!r}; valid kinds: {', '.join(SYNTHETIC_KINDS)}"
+        )
+    if split not in SYNTHETIC_SPLITS:
+        raise ValueError(
+            f"unknown split {split!r}; valid splits: {', '.join(SYNTHETIC_SPLITS)}"
+        )
+    allowed = {"seed", "n_eval", "n_train", "max_operand"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise TypeError(
+            f"unknown parameters for task {task!r}: {sorted(unknown)}; valid: {sorted(allowed)}"
+        )
+
+    import datasets
+
+    pairs = arithmetic_pairs(split, **params)
+    rows = _arithmetic_rows(kind, pairs, params.get("seed", 0))
+    if not rows:  # from_list cannot infer columns from nothing
+        columns = {
+            "sft": ["messages"],
+            "preference": ["prompt", "chosen", "rejected", "solution"],
+        }
+        return datasets.Dataset.from_dict(
+            {c: [] for c in columns.get(kind, ["prompt", "solution"])}
+        )
+    return datasets.Dataset.from_list(rows)

@@ -1,0 +1,411 @@
+"""The tiny model the project builds for itself: offline, deterministic, cached.
+
+Two variants, each a directory that ``AutoModelForCausalLM`` / ``AutoTokenizer`` load:
+
+- ``"base"``: a byte-level BPE tokenizer (every digit its own token, ChatML chat template with
+  ``{% generation %}`` markers) and a randomly initialised Llama-architecture model (hidden 128,
+  2 layers, 4 heads, tied embeddings, ~0.56M parameters). Builds in a few seconds.
+- ``"sft"``: the base model after a short SFT warm-up with trl's ``SFTTrainer`` on the synthetic
+  arithmetic task (:mod:`align.synthetic`), stopped once greedy held-out accuracy reaches
+  ``SFT_TARGET_ACCURACY``; ``warmup.json`` records the steps and the accuracy curve. About a
+  minute on 2 CPU cores. RL from a weaker start barely moves (most sampled groups are all wrong),
+  which is why the warm-up stops at a target accuracy and not after a fixed number of steps.
+
+Use ``tiny_model_path("sft")`` or, wherever a model name is accepted, ``"tiny://sft"`` through
+:func:`resolve_model_path`. The cache lives under ``$ALIGN_CACHE`` (default ``~/.cache/align``)
+in ``tiny/<BUILD_VERSION>/<variant>``; a file lock makes concurrent processes (e.g. the ranks of
+a ``torchrun``/``accelerate`` launch) build once while the others wait, and each variant is built
+in a temporary directory and renamed into place, so an interrupted build leaves nothing half
+written. Bump ``BUILD_VERSION`` whenever the recipe below changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import random
+import shutil
+import tempfile
+import time
+
+logger = logging.getLogger("align.tiny")
+
+BUILD_VERSION = "v2"
+TINY_SCHEME = "tiny://"
+TINY_VARIANTS = ("base", "sft")
+
+SEED = 0
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+EOS_TOKEN = "<|im_end|>"
+VOCAB_SIZE = 300
+
+# SFT warm-up recipe (measured: ~13-15 steps/s on 2 cores; accuracy jumps between ~300 and ~650
+# steps depending on the seed).
+SFT_TARGET_ACCURACY = 0.5
+SFT_EVAL_EVERY = 20  # accuracy jumps fast: check often to stop near the target
+SFT_MAX_STEPS = 1500
+SFT_BATCH_SIZE = 64
+SFT_LEARNING_RATE = 2e-3
+SFT_WARMUP_STEPS = 30
+EVAL_MAX_NEW_TOKENS = 5
+
+# ChatML. The assistant turn's content *and* its <|im_end|> sit inside {% generation %} so trl's
+# assistant_only_loss trains the model to stop; the prompt rendered with add_generation_prompt is
+# a token-exact prefix of prompt+completion, which trl's completion-only loss relies on.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# General text so that prompts other than arithmetic tokenise into sensible pieces.
+_GENERAL_TEXT = [
+    "You are a helpful assistant.",
+    "What is the sum of these two numbers? Answer with the number only.",
+    "Hello! How can I help you today?",
+    "Please write a short answer. The answer is correct.",
+    "Think step by step, then give the final answer.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Question: what is 12 plus 30? Answer: 42.",
+    "This is a test of the tokenizer, with punctuation: commas, periods; colons and (brackets).",
+    "Translate the sentence into French, and keep it short.",
+    "I think that is right, but let me check the result again.",
+]
+
+
+def cache_root() -> pathlib.Path:
+    """``$ALIGN_CACHE`` if set, else ``~/.cache/align``."""
+    env = os.environ.get("ALIGN_CACHE")
+    return (
+        pathlib.Path(env).expanduser()
+        if env
+        else pathlib.Path.home() / ".cache" / "align"
+    )
+
+
+def tiny_model_path(variant: str) -> pathlib.Path:
+    """The directory of the tiny model ``variant`` ("base" or "sft"), built on first use."""
+    if variant not in TINY_VARIANTS:
+        raise ValueError(
+            f"unknown tiny model variant {variant!r}; available: {', '.join(TINY_VARIANTS)}"
+        )
+    root = cache_root() / "tiny" / BUILD_VERSION
+    final = root / variant
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+
+    from filelock import FileLock
+
+    with FileLock(str(root / "build.lock")):
+        # Another process may have finished the build while this one waited for the lock.
+        for needed in TINY_VARIANTS[: TINY_VARIANTS.index(variant) + 1]:
+            if not (root / needed).is_dir():
+                _build_into(root, needed)
+    return final
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``"tiny://base"`` / ``"tiny://sft"`` -> the built directory; anything else unchanged."""
+    if isinstance(name_or_path, str) and name_or_path.startswith(TINY_SCHEME):
+        return str(tiny_model_path(name_or_path[len(TINY_SCHEME) :]))
+    return name_or_path
+
+
+def _build_into(root: pathlib.Path, variant: str) -> None:
+    import numpy as np
+    import torch
+
+    final = root / variant
+    # Only the lock holder builds, so any leftover temporary directory is from a killed build.
+    for stale in root.glob(f".{variant}-building-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    print(f"building the tiny model {variant!r} (once, cached at {final})", flush=True)
+    start = time.perf_counter()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{variant}-building-", dir=root))
+    # mkdtemp makes the directory private; the cache may be shared by several users.
+    tmp.chmod(0o755)
+    # The build seeds every RNG; the caller's RNG streams are restored afterwards.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if variant == "base":
+                _build_base(tmp)
+            else:
+                _build_sft(root / "base", tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    logger.info(
+        "built tiny model %r in %.1f s at %s",
+        variant,
+        time.perf_counter() - start,
+        final,
+    )
+
+
+def _tokenizer_corpus() -> list[str]:
+    from align.synthetic import arithmetic_pairs
+
+    rows = []
+    for a, b in arithmetic_pairs("train", seed=SEED):
+        rows.append(
+            f"{IM_START}user\n{a}+{b}={EOS_TOKEN}\n{IM_START}assistant\n{a + b}{EOS_TOKEN}\n"
+        )
+    for text in _GENERAL_TEXT:
+        rows.append(
+            f"{IM_START}system\n{text}{EOS_TOKEN}\n{IM_START}user\n{text}{EOS_TOKEN}\n"
+        )
+    return rows
+
+
+def build_tokenizer():
+    """Train the tiny byte-level BPE tokenizer and wrap it as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # Digits first, one token each, so every number is spelt digit by digit; punctuation apart so
+    # "+" and "=" never merge with the numbers; byte level last so any text is representable.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[PAD_TOKEN, IM_START, EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        additional_special_tokens=[IM_START],
+        padding_side="right",
+        model_max_length=512,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+_CHECK_STRINGS = [
+    "12+34=",
+    "99+0=198",
+    "Hello, world! What is 7 + 8?",
+    f"{IM_START}user\n5+5={EOS_TOKEN}\n{IM_START}assistant\n10{EOS_TOKEN}\n",
+    "  spaces\tand\nnew lines 1234567890 ünïcödé",
+]
+
+
+def _check_reload(path: pathlib.Path, reference) -> None:
+    """Fail the build unless AutoTokenizer / AutoModelForCausalLM reload ``path`` faithfully."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(path)
+    # Comparing the whole pipeline catches a rebuilt tokenizer even where the test strings agree.
+    want_json, got_json = (
+        json.loads(reference.backend_tokenizer.to_str()),
+        json.loads(reloaded.backend_tokenizer.to_str()),
+    )
+    for part in ("normalizer", "pre_tokenizer", "model", "decoder", "post_processor"):
+        if want_json.get(part) != got_json.get(part):
+            raise RuntimeError(
+                f"tokenizer saved at {path} reloads as {type(reloaded).__name__} with a different {part}: "
+                f"{got_json.get(part)!r:.300} != {want_json.get(part)!r:.300}"
+            )
+    for text in _CHECK_STRINGS:
+        want, got = reference(text)["input_ids"], reloaded(text)["input_ids"]
+        if want != got:
+            raise RuntimeError(
+                f"tokenizer saved at {path} reloads as {type(reloaded).__name__} and tokenises {text!r} "
+                f"differently: {got} != {want}"
+            )
+    msgs = [{"role": "user", "content": "1+2="}]
+    if reloaded.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True
+    ) != (
+        reference.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    ):
+        raise RuntimeError(
+            f"the chat template saved at {path} renders differently after reload"
+        )
+    if (reloaded.eos_token, reloaded.pad_token) != (EOS_TOKEN, PAD_TOKEN):
+        raise RuntimeError(
+            f"special tokens changed on reload: {reloaded.eos_token!r}, {reloaded.pad_token!r}"
+        )
+    AutoModelForCausalLM.from_pretrained(path)
+
+
+def _build_base(out: pathlib.Path) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer()
+    eos_id, pad_id = tokenizer.convert_tokens_to_ids([EOS_TOKEN, PAD_TOKEN])
+    # Llama rather than Qwen2: for model_type "qwen2" transformers 5 ignores tokenizer_class and
+    # AutoTokenizer rebuilds a Qwen2Tokenizer with Qwen's own pre-tokenizer regex (silently; the
+    # ids happen to agree on most strings). For "llama" it honours tokenizer_class
+    # "TokenizersBackend" and loads tokenizer.json exactly as saved. The architectures differ
+    # only in Qwen2's q/k/v biases, which do not matter for a model this size.
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _check_reload(out, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("tiny base: vocab %d, %d parameters", len(tokenizer), n_params)
+
+
+def _prompt_completion(example: dict) -> dict:
+    # trl's completion-only loss needs prompt/completion columns; the sft kind carries messages.
+    return {"prompt": example["messages"][:-1], "completion": example["messages"][-1:]}
+
+
+def _build_sft(base: pathlib.Path, out: pathlib.Path) -> None:
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        TrainerCallback,
+        set_seed,
+    )
+    from trl import SFTConfig, SFTTrainer
+
+    from align.generation import generate_completions
+    from align.synthetic import build_synthetic
+
+    set_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    train = build_synthetic("arithmetic", "sft", "train", seed=SEED)
+    train = train.map(_prompt_completion, remove_columns=["messages"])
+    evalset = build_synthetic("arithmetic", "prompt", "eval", seed=SEED)
+    eval_prompts, solutions = list(evalset["prompt"]), list(evalset["solution"])
+
+    curve: list[dict] = []
+
+    class StopAtAccuracy(TrainerCallback):
+        """Greedy held-out exact match every SFT_EVAL_EVERY steps; stop at the target."""
+
+        # on_log (logging_steps == SFT_EVAL_EVERY) sees the loss of the steps just taken; the
+        # trainer checks should_training_stop right after logging.
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            completions = generate_completions(
+                model,
+                tokenizer,
+                eval_prompts,
+                max_new_tokens=EVAL_MAX_NEW_TOKENS,
+                batch_size=200,
+            )
+            accuracy = sum(c == s for c, s in zip(completions, solutions)) / len(
+                solutions
+            )
+            loss = float(logs["loss"])
+            curve.append(
+                {
+                    "step": state.global_step,
+                    "accuracy": accuracy,
+                    "loss": round(loss, 4),
+                }
+            )
+            logger.info(
+                "tiny sft warm-up: step %d, loss %.4f, held-out accuracy %.3f",
+                state.global_step,
+                loss,
+                accuracy,
+            )
+            if accuracy >= SFT_TARGET_ACCURACY:
+                control.should_training_stop = True
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="align-tiny-sft-") as trainer_dir:
+        args = SFTConfig(
+            output_dir=trainer_dir,
+            max_steps=SFT_MAX_STEPS,
+            per_device_train_batch_size=SFT_BATCH_SIZE,
+            learning_rate=SFT_LEARNING_RATE,
+            lr_scheduler_type="linear",
+            warmup_steps=SFT_WARMUP_STEPS,
+            completion_only_loss=True,
+            max_length=64,
+            logging_steps=SFT_EVAL_EVERY,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            seed=SEED,
+            data_seed=SEED,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            processing_class=tokenizer,
+            callbacks=[StopAtAccuracy()],
+        )
+        trainer.train()
+    seconds = time.perf_counter() - start
+    steps = trainer.state.global_step
+    reached = bool(curve) and curve[-1]["accuracy"] >= SFT_TARGET_ACCURACY
+    if not reached:
+        logger.warning(
+            "tiny sft warm-up stopped at the %d-step cap below the target accuracy %.2f (reached %.3f)",
+            steps,
+            SFT_TARGET_ACCURACY,
+            curve[-1]["accuracy"] if curve else float("nan"),
+        )
+    model = trainer.model
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _check_reload(out, tokenizer)
+    summary = {
+        "build_version": BUILD_VERSION,
+        "seed": SEED,
+        "steps": steps,
+        "target_accuracy": SFT_TARGET_ACCURACY,
+        "reached_target": reached,
+        "final_accuracy": curve[-1]["accuracy"] if curve else None,
+        "seconds": round(seconds, 1),
+        "curve": curve,
+    }
+    (out / "warmup.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,325 @@
+"""The reward registry: names -> functions, references -> functions, config -> trl reward funcs.
+
+A reward is a pure, module-level function ``fn(completions, **columns) -> list[float | None]``
+(``None`` = not applicable to that completion). It is referenced from config either by a
+registered name (``accuracy``), by an import path (``my_pkg.my_rewards:fn``), or by a file path
+(``path/to/my_rewards.py:fn``).
+
+Prefer the ``pkg.module:fn`` form for anything that runs in several processes (accelerate ranks,
+the async GRPO rollout worker): a function from a file is loaded under a synthetic module name that
+only exists in processes which loaded the file. :class:`BoundReward` hides this for configs, since
+it pickles the *reference* and re-resolves it in the receiving process.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+RewardFn = Callable[..., list[float | None]]
+
+REGISTRY: dict[str, RewardFn] = {}
+
+# Supplied by trl's GRPOTrainer on every call; binding one of them in config would shadow the
+# trainer's value, so it is refused at setup.
+TRAINER_KWARGS = frozenset(
+    {
+        "completions",
+        "prompts",
+        "completion_ids",
+        "trainer_state",
+        "log_extra",
+        "log_metric",
+        "environments",
+    }
+)
+SPEC_KEYS = ("fn", "weight", "kwargs")
+
+
+class RewardConfigError(ValueError):
+    """A reward is configured wrongly (unknown key, bad kwarg, bad weight ...)."""
+
+
+class UnknownRewardError(RewardConfigError):
+    """A reward name is neither registered nor an import path."""
+
+
+class RewardImportError(RewardConfigError):
+    """An import-path or file-path reference could not be loaded."""
+
+
+def _closest(word: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, sorted(candidates), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def register(
+    name: str, *, check: Callable[..., None] | None = None
+) -> Callable[[RewardFn], RewardFn]:
+    """Register ``fn`` under ``name``.
+
+    ``check``, if given, is called with the bound kwargs at setup (``BoundReward``) and raises
+    ``ValueError`` for values the signature cannot reject (an invalid regex, a negative length).
+    It is stored as ``fn.check_kwargs``; a user's function may carry the same attribute.
+    """
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        if name in REGISTRY and REGISTRY[name] is not fn:
+            raise RewardConfigError(
+                f"reward name {name!r} is already registered to {REGISTRY[name]!r}"
+            )
+        if check is not None:
+            fn.check_kwargs = check  # type: ignore[attr-defined]
+        REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def _load_file(path_str: str) -> Any:
+    path = Path(path_str).expanduser().resolve()
+    if not path.is_file():
+        raise RewardImportError(
+            f"reward file {path_str!r} does not exist (resolved to {path})"
+        )
+    # A stable name per absolute path: loading the same file twice gives the same module (and the
+    # same function objects), and pickle can find the function by reference in this process.
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    module_name = f"_rewards_file_{path.stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise RewardImportError(f"cannot load reward file {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[module_name]
+        raise RewardImportError(
+            f"reward file {path} failed to import: {type(e).__name__}: {e}"
+        ) from e
+    return module
+
+
+def resolve(ref: str) -> RewardFn:
+    """Return the reward function for ``ref``.
+
+    ``ref`` is a registered name (see ``REGISTRY``), ``"pkg.module:function"`` (the form to use
+    for multi-process training), or ``"path/to/file.py:function"`` for a file outside any package.
+    A dotted attribute (``"pkg.module:Class.method"``) is followed.
+    """
+    if not isinstance(ref, str) or not ref:
+        raise RewardConfigError(
+            f"a reward reference must be a non-empty string, got {ref!r}"
+        )
+    if ref in REGISTRY:
+        return REGISTRY[ref]
+    if ":" not in ref:
+        raise UnknownRewardError(
+            f"unknown reward {ref!r}{_closest(ref, REGISTRY.keys())}. Registered rewards: "
+            f"{', '.join(sorted(REGISTRY))}. For your own function use 'pkg.module:function' "
+            "or 'path/to/file.py:function'."
+        )
+    target, attr_path = ref.rsplit(":", 1)
+    if not target or not attr_path:
+        raise RewardConfigError(
+            f"reward reference {ref!r} must look like 'pkg.module:function'"
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        module = _load_file(target)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise RewardImportError(
+                f"reward {ref!r}: cannot import module {target!r} ({type(e).__name__}: {e}). "
+                "Is the package installed (pip install -e .) or on PYTHONPATH?"
+            ) from e
+    obj: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            raise RewardImportError(
+                f"reward {ref!r}: {getattr(obj, '__name__', target)!r} has no attribute {part!r}"
+                f"{_closest(part, names)}."
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise RewardConfigError(
+            f"reward {ref!r} resolved to a {type(obj).__name__}, which is not callable"
+        )
+    return obj
+
+
+def check_reward_kwargs(fn: RewardFn, kwargs: Mapping[str, Any], name: str) -> None:
+    """Fail at setup if ``fn`` cannot be called as a reward with the bound ``kwargs``.
+
+    Bound kwargs must name an explicit parameter of ``fn``. A reward's ``**kwargs`` exists to swallow
+    the columns trl passes, not to receive config; treating it as "accepts anything" would let a
+    typo (``patern``) pass silently into every built-in.
+    """
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(fn.__call__):
+        raise RewardConfigError(
+            f"reward {name!r} is async; the registry binds synchronous rewards only. Pass it to "
+            "GRPOTrainer directly, or wrap it in a synchronous function."
+        )
+    reserved = sorted(set(kwargs) & TRAINER_KWARGS)
+    if reserved:
+        raise RewardConfigError(
+            f"reward {name!r}: kwargs {reserved} are supplied by the trainer on every call and cannot be bound"
+        )
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return  # some C callables have no signature; nothing to check
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        raise RewardConfigError(
+            f"reward {name!r} must accept **kwargs: trl passes every dataset column plus prompts, "
+            "completion_ids, trainer_state, log_extra and log_metric. Add **kwargs to its signature."
+        )
+    accepted = {
+        p.name
+        for p in params
+        if p.kind
+        in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    } - TRAINER_KWARGS
+    for key in kwargs:
+        if key not in accepted:
+            raise RewardConfigError(
+                f"reward {name!r} got an unknown kwarg {key!r}{_closest(key, accepted)}. "
+                f"It accepts: {', '.join(sorted(accepted)) or '(no kwargs)'}."
+            )
+    check = getattr(fn, "check_kwargs", None)
+    if callable(check):
+        try:
+            check(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise RewardConfigError(f"reward {name!r}: {e}") from e
+
+
+def _plain(value: Any) -> Any:
+    """Deep-convert mappings/sequences (OmegaConf DictConfig/ListConfig included) to dict/list,
+    so bound kwargs pickle without dragging the config library into worker processes."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class BoundReward:
+    """A reward reference plus its config kwargs, callable the way trl calls rewards.
+
+    - ``__name__`` is the display name: trl logs each reward under it (``rewards/<name>/mean``).
+    - The function is resolved and its kwargs validated at construction (fail at setup).
+    - Pickling keeps only ``(ref, kwargs, name)``; the function is resolved again, lazily, in the
+      process that unpickles it.
+    - Bound kwargs are config; a dataset column with the same name is an error rather than a silent
+      override either way (rename the column or the kwarg).
+    """
+
+    def __init__(
+        self, ref: str, kwargs: Mapping[str, Any] | None = None, name: str | None = None
+    ) -> None:
+        self.ref = ref
+        self.kwargs: dict[str, Any] = _plain(dict(kwargs or {}))
+        fn = resolve(ref)
+        self.__name__ = name or getattr(fn, "__name__", ref)
+        check_reward_kwargs(fn, self.kwargs, self.__name__)
+        self._fn: RewardFn | None = fn
+
+    @property
+    def fn(self) -> RewardFn:
+        if self._fn is None:
+            self._fn = resolve(self.ref)
+        return self._fn
+
+    def __call__(
+        self, completions: Sequence[Any], **columns: Any
+    ) -> list[float | None]:
+        clash = sorted(set(self.kwargs) & set(columns))
+        if clash:
+            raise RewardConfigError(
+                f"reward {self.__name__!r}: bound kwargs {clash} collide with dataset columns of the same "
+                "name; rename the column or drop the kwarg"
+            )
+        return self.fn(completions=completions, **columns, **self.kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"ref": self.ref, "kwargs": self.kwargs, "__name__": self.__name__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.ref = state["ref"]
+        self.kwargs = state["kwargs"]
+        self.__name__ = state["__name__"]
+        self._fn = None
+
+    def __repr__(self) -> str:
+        return f"BoundReward(ref={self.ref!r}, kwargs={self.kwargs!r}, name={self.__name__!r})"
+
+
+def build_rewards(
+    specs: Mapping[str, Mapping[str, Any]],
+    columns: Iterable[str] | None = None,
+) -> tuple[list[BoundReward], list[float]]:
+    """Build trl's ``reward_funcs`` and ``reward_weights`` from the ``rewards:`` config.
+
+    ``specs`` maps a display name to ``{"fn": ref, "weight": 1.0, "kwargs": {}}``; ``weight`` and
+    ``kwargs`` are optional, any other key is an error. Pass the dataset's ``columns`` to have a
+    bound kwarg that shadows a column rejected here, at setup, rather than at the first step.
+    """
+    if not specs:
+        raise RewardConfigError(
+            "no rewards configured: GRPO needs at least one, e.g. rewards: {accuracy: {fn: accuracy}}"
+        )
+    funcs: list[BoundReward] = []
+    weights: list[float] = []
+    for name, spec in specs.items():
+        if not isinstance(spec, Mapping):
+            raise RewardConfigError(
+                f"reward {name!r}: expected a mapping with keys {list(SPEC_KEYS)}, got {type(spec).__name__}"
+            )
+        unknown = [k for k in spec if k not in SPEC_KEYS]
+        if unknown:
+            hints = "".join(_closest(str(k), SPEC_KEYS) for k in unknown)
+            raise RewardConfigError(
+                f"reward {name!r}: unknown keys {unknown}{hints}. Allowed keys: {list(SPEC_KEYS)}."
+            )
+        if "fn" not in spec:
+            raise RewardConfigError(
+                f"reward {name!r}: missing 'fn' (a registered name or 'pkg.module:function')"
+            )
+        weight = spec.get("weight", 1.0)
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+        ):
+            raise RewardConfigError(
+                f"reward {name!r}: weight must be a finite number, got {weight!r}"
+            )
+        kwargs = spec.get("kwargs") or {}
+        if not isinstance(kwargs, Mapping):
+            raise RewardConfigError(
+                f"reward {name!r}: kwargs must be a mapping, got {type(kwargs).__name__}"
+            )
+        bound = BoundReward(spec["fn"], kwargs, name=str(name))
+        clash = sorted(set(bound.kwargs) & set(columns or ()))
+        if clash:
+            raise RewardConfigError(
+                f"reward {name!r}: bound kwargs {clash} collide with dataset columns of the same "
+                "name; rename the column or drop the kwarg"
+            )
+        funcs.append(bound)
+        weights.append(float(weight))
+    return funcs, weights

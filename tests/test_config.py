@@ -1,0 +1,161 @@
+"""Config tree: every file composes, keys are checked with suggestions, secrets stay out."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from align.config import CONF_DIR, redact, register
+from align.errors import ConfigError, MissingExtraError
+from align.job import Job
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("sft", "dpo", "grpo")
+# Groups a stage does not use (rewards is GRPO's); their files are composed into grpo.
+GROUP_STAGES = {"rewards": ("grpo",)}
+# Files meant to be used together with another choice.
+COMPANIONS = {("rewards", "math"): ["trainer=grpo_gpu"]}
+
+register()
+
+
+def compose_stage(stage: str, overrides=()):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(stage, overrides=[*overrides, "output_dir=/tmp/align-test-unused"])
+
+
+def group_files():
+    """Every YAML file in a config group, found by walking the tree recursively."""
+    found = []
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        rel = path.relative_to(CONF_DIR)
+        if len(rel.parts) > 1:
+            found.append(("/".join(rel.parts[:-1]), path.stem))
+    return found
+
+
+def test_walk_finds_every_group_file():
+    files = group_files()
+    groups = {g for g, _ in files}
+    assert groups == {"model", "peft", "data", "trainer", "rewards", "logger", "experiment"}
+    # A fixed count, so that a walk that silently finds fewer files fails: update it when
+    # adding a config file.
+    assert len(files) == 32
+    assert len(files) == len(list(CONF_DIR.rglob("*.yaml"))) - 4  # minus sft/dpo/grpo/run
+
+
+@pytest.mark.parametrize("group,choice", group_files())
+def test_every_config_file_composes_and_checks(group, choice):
+    """Compose each group file into each stage that uses it and run align's key checks (no
+    model or data is loaded). Configs that need an extra not installed here say which."""
+    stages = GROUP_STAGES.get(group, STAGES)
+    if group == "trainer":  # trainer/<stage>[_gpu].yaml belongs to its stage
+        stages = (choice.split("_")[0],)
+    if group == "experiment":
+        head = (CONF_DIR / group / f"{choice}.yaml").read_text().splitlines()
+        assert head[0] == "# @package _global_"
+        stages = tuple(s for s in STAGES if any(f"align/{s}.py" in line for line in head[:3]))
+        assert stages, "an experiment file must start with the command that runs it"
+    checked = 0
+    for stage in stages:
+        cfg = compose_stage(stage, [f"{group}={choice}", *COMPANIONS.get((group, choice), [])])
+        OmegaConf.to_container(cfg, resolve=False)
+        if OmegaConf.is_missing(cfg.data, "path"):
+            cfg.data.path = "train.jsonl"
+        try:
+            Job.start(cfg, stage)
+        except MissingExtraError as exc:
+            assert "pip install -e '.[" in str(exc)
+        checked += 1
+    assert checked == len(stages)
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("trainer.learnng_rate=1e-3", "'trainer.learnng_rate'"),
+        ("trainer.lr=1e-3", "learning_rate"),
+        ("model.dtyp=float32", "Did you mean: dtype"),
+        ("peft=lora", None),
+        ("data.pth=x.jsonl", "Did you mean: path"),
+        ("logger.projct=x", "Did you mean: project"),
+        ("heldout.max_sample=3", "Did you mean: max_samples"),
+        ("rewards.accuracy.fn=acuracy", "did you mean 'accuracy'"),
+        ("rewards.accuracy.wieght=2", "weight"),
+        ("trainer.output_dir=/tmp/x", "top-level `output_dir`"),
+        ("trainer.report_to=wandb", "logger"),
+        ("model.dtype=float8", "choose one of"),
+        ("peft.method=lorra", "lora"),
+    ],
+)
+def test_bad_keys_fail_before_loading_with_suggestions(override, expected):
+    cfg = compose_stage("grpo", [override])
+    if expected is None:
+        Job.start(cfg, "grpo")
+        return
+    with pytest.raises(ConfigError) as err:
+        Job.start(cfg, "grpo")
+    assert expected in str(err.value)
+
+
+def test_peft_keys_are_checked_against_peft_dataclass():
+    cfg = compose_stage("sft", ["peft=lora", "peft.rank=8", "peft.lora_alpah=16"])
+    with pytest.raises(ConfigError) as err:
+        Job.start(cfg, "sft")
+    msg = str(err.value)
+    assert "'peft.rank'" in msg and "Did you mean: r" in msg
+    assert "'peft.lora_alpah'" in msg and "lora_alpha" in msg
+    assert "2 problems" in msg
+
+
+def test_any_trl_field_can_be_set_without_plus():
+    cfg = compose_stage("dpo", ["trainer.max_grad_norm=0.5", "trainer.loss_type=[sigmoid,sft]"])
+    job = Job.start(cfg, "dpo")
+    assert job.args.max_grad_norm == 0.5
+    assert list(job.args.loss_type) == ["sigmoid", "sft"]
+
+
+def test_use_vllm_without_vllm_names_the_extra():
+    pytest.importorskip("trl")
+    if __import__("importlib").util.find_spec("vllm"):
+        pytest.skip("vllm is installed here")
+    cfg = compose_stage("grpo", ["trainer.use_vllm=true"])
+    with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[vllm\]'"):
+        Job.start(cfg, "grpo")
+
+
+def test_cli_typo_exits_2_with_suggestion_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "align" / "grpo.py"), "trainer.learnig_rate=1e-4",
+         f"output_dir={out}", "logger=none"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "trainer.learnig_rate" in proc.stderr and "learning_rate" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_cli_top_level_typo_is_named_by_hydra(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "align" / "sft.py"), "seeed=3"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "seeed" in proc.stderr
+
+
+def test_redact_removes_secrets(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "abc123secretvalue")
+    cfg = {"logger": {"api_key": "k", "note": "key=abc123secretvalue"},
+           "model": {"hub_token": "hf_x", "name_or_path": "m", "trust_remote_code": False}}
+    clean = redact(cfg)
+    assert clean["logger"]["api_key"] == "<redacted>"
+    assert clean["logger"]["note"] == "<redacted>"
+    assert clean["model"]["hub_token"] == "<redacted>"
+    assert clean["model"]["name_or_path"] == "m"
+    assert clean["model"]["trust_remote_code"] is False

@@ -1,0 +1,105 @@
+"""Each stage trains for real (trl on the tiny model, CPU) and leaves a usable run folder."""
+
+import json
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from align import dpo, grpo, sft
+from align.config import CONF_DIR, register
+from align.errors import ConfigError
+from align.tiny import resolve_model_path
+
+register()
+RUNS = {"sft": sft.run, "dpo": dpo.run, "grpo": grpo.run}
+# A few steps with small batches: enough for every trainable weight to move.
+FAST = {
+    "sft": ["trainer.per_device_train_batch_size=8"],
+    "dpo": ["trainer.per_device_train_batch_size=8"],
+    "grpo": ["trainer.per_device_train_batch_size=16", "trainer.num_generations=4"],
+}
+
+
+def compose_run(stage, tmp_path, *overrides):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(stage, overrides=[
+            "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.warmup_steps=0", "trainer.save_strategy=no",
+            "logger=none", "heldout.max_samples=16", f"output_dir={tmp_path}",
+            "callbacks=[param_check:ParamChangeCallback]", *FAST[stage], *overrides,
+        ])
+
+
+@pytest.mark.parametrize("peft", ["none", "lora"])
+@pytest.mark.parametrize("stage", ["sft", "dpo", "grpo"])
+def test_stage_trains_every_trainable_weight(stage, peft, tmp_path):
+    cfg = compose_run(stage, tmp_path, f"peft={peft}")
+    metrics = RUNS[stage](cfg)
+
+    report = json.loads((tmp_path / "param_changes.json").read_text())
+    assert report["trainable"], "nothing was trainable"
+    assert report["trainable_unchanged"] == []
+    assert report["frozen_changed"] == []
+    if peft == "lora":
+        assert all("lora_" in name for name in report["trainable"])
+        assert len(report["trainable"]) < report["total"]  # the base stayed frozen
+    else:
+        assert len(report["trainable"]) == report["total"]
+
+    assert math.isfinite(metrics["train"]["final_loss"])
+    assert metrics["train"]["global_step"] == 3
+    assert 0.0 <= metrics["heldout_after"]["accuracy"] <= 1.0
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["train"]["global_step"] == 3
+    assert (tmp_path / "config.yaml").read_text().startswith("model:")
+
+    # The final model/adapter loads with plain transformers/peft.
+    base_path = resolve_model_path(cfg.model.name_or_path)
+    if peft == "lora":
+        base = AutoModelForCausalLM.from_pretrained(base_path)
+        model = PeftModel.from_pretrained(base, tmp_path / "final")
+        assert model.peft_config["default"].peft_type.value == "LORA"
+    else:
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+        base = AutoModelForCausalLM.from_pretrained(base_path)
+        assert not torch.equal(model.lm_head.weight, base.lm_head.weight)
+
+
+def test_dpo_with_adapter_keeps_no_reference_copy(tmp_path):
+    """With an adapter, trl's DPO uses the base with the adapter disabled as the reference."""
+    from trl import DPOTrainer
+
+    seen = {}
+    original = DPOTrainer.train
+
+    def spy(self, *args, **kwargs):  # observe the real trainer, change nothing
+        seen["ref_model"] = self.ref_model
+        return original(self, *args, **kwargs)
+
+    DPOTrainer.train = spy
+    try:
+        dpo.run(compose_run("dpo", tmp_path, "peft=lora", "callbacks=[]"))
+    finally:
+        DPOTrainer.train = original
+    assert "ref_model" in seen and seen["ref_model"] is None
+
+
+@pytest.mark.parametrize("peft", ["dora", "rslora", "pissa", "loftq", "qlora", "prompt_tuning",
+                                  "p_tuning"])
+def test_other_peft_methods_train(peft, tmp_path):
+    if peft in ("loftq", "qlora"):
+        pytest.importorskip("bitsandbytes", reason="the `quant` extra")
+    if peft == "loftq" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA or XPU"):
+            sft.run(compose_run("sft", tmp_path, f"peft={peft}"))
+        return
+    metrics = sft.run(compose_run("sft", tmp_path, f"peft={peft}"))
+    report = json.loads((tmp_path / "param_changes.json").read_text())
+    assert report["trainable"] and report["trainable_unchanged"] == []
+    assert report["frozen_changed"] == []
+    assert len(report["trainable"]) < report["total"]
+    assert math.isfinite(metrics["train"]["final_loss"])
+    assert (tmp_path / "final" / "adapter_config.json").exists()
