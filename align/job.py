@@ -246,6 +246,7 @@ class Job:
         result = trainer.train(resume_from_checkpoint=resume or None)
         self.metrics["train"] = dict(result.metrics)
         self.metrics["train"]["global_step"] = result.global_step
+        self.metrics["world_size"] = trainer.args.world_size
         history = [h for h in trainer.state.log_history if "loss" in h]
         if history:
             self.metrics["train"]["final_loss"] = history[-1]["loss"]

@@ -103,3 +103,43 @@ def test_other_peft_methods_train(peft, tmp_path):
     assert len(report["trainable"]) < report["total"]
     assert math.isfinite(metrics["train"]["final_loss"])
     assert (tmp_path / "final" / "adapter_config.json").exists()
+
+
+REWARD_FILE = '''
+import json, os
+
+def score(completions, solution, difficulty, **kwargs):
+    """Records what it was called with, and rewards short completions."""
+    with open(os.environ["ALIGN_TEST_REWARD_LOG"], "a") as f:
+        f.write(json.dumps({"keys": sorted(kwargs) + ["difficulty", "solution"],
+                            "solution": list(solution), "difficulty": list(difficulty)}) + "\\n")
+    return [1.0 / (1 + len(str(c))) for c in completions]
+'''
+
+
+def test_reward_from_a_file_outside_the_repo_gets_dataset_columns(tmp_path, monkeypatch):
+    """A user's own reward, referenced by file path, receives the dataset's extra columns."""
+    user = tmp_path / "user_code"
+    user.mkdir()
+    (user / "my_rewards.py").write_text(REWARD_FILE)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("ALIGN_TEST_REWARD_LOG", str(log))
+    rows = [{"prompt": [{"role": "user", "content": f"{a}+{a}="}], "solution": str(2 * a),
+             "difficulty": a % 3} for a in range(40)]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+
+    run_dir = tmp_path / "run"
+    cfg = compose_run("grpo", run_dir, "data=local", f"data.path={data}",
+                      f"+rewards.mine.fn={user / 'my_rewards.py'}:score", "+rewards.mine.weight=0.5",
+                      "heldout.enabled=false", "callbacks=[]")
+    grpo.run(cfg)
+
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 3  # one call per generation step
+    by_solution = {r["solution"]: r["difficulty"] for r in rows}
+    for call in calls:
+        assert {"difficulty", "solution", "prompts", "completion_ids"} <= set(call["keys"])
+        assert all(by_solution[s] == d for s, d in zip(call["solution"], call["difficulty"]))
+    saved = (run_dir / "config.yaml").read_text()
+    assert "my_rewards.py:score" in saved
