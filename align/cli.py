@@ -40,6 +40,26 @@ def _reporting_user_errors(run: Callable) -> Callable:
             return run(cfg)
         except AlignError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            _remove_empty_run_folder()
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def _remove_empty_run_folder() -> None:
+    """A run stopped by bad input leaves no folder behind: remove Hydra's run folder when it
+    holds nothing but Hydra's own files (.hydra/ and the job log)."""
+    import shutil
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        folder = Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return
+    if folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in (folder.parent, folder.parent.parent):  # outputs/<name>/ when now empty
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
