@@ -8,15 +8,24 @@ arguments, along with ``prompts``, ``completion_ids``, ``trainer_state``, ``log_
 ``log_metric``, so every reward takes ``**kwargs`` and ignores what it does not use. ``None``
 means "not applicable" (trl turns it into NaN and leaves it out of the mean).
 
-Built-ins: ``accuracy``, ``think_format``, ``tag_format``, ``regex_format``, ``overlong``,
-``length_band``. Your own reward: reference it as ``"my_pkg.my_rewards:fn"``.
+Built-ins: ``accuracy`` (math answers), ``think_format``, ``tag_format``, ``regex_format``
+(format), ``overlong``, ``length_band``, ``cosine_length`` (length), ``repetition``, ``code_tests``
+(code run in :mod:`rewards.sandbox`), ``json_schema``, ``tool_calls`` (structured output),
+``reward_model``, ``llm_judge``. Your own reward: reference it as ``"my_pkg.my_rewards:fn"``.
+
+Each config entry is ``{fn, weight, kwargs, on_error}``; ``on_error`` (``raise``, ``none``,
+``zero``) decides what a reward that raises does (see :class:`BoundReward`). Test rewards on
+completions before training with the bench: ``python -m rewards score FILE rewards=math``
+(``python -m rewards --help``; docs/rewards.md).
 
 This package does not import ``align``, and importing it does not import torch, trl or sympy.
 """
 
 from rewards.registry import (
+    ERROR_POLICIES,
     REGISTRY,
     BoundReward,
+    RewardError,
     RewardConfigError,
     RewardImportError,
     UnknownRewardError,
@@ -28,20 +37,27 @@ from rewards.registry import (
 from rewards.text import completion_text
 
 # Imported for their @register side effect; after the registry so they can import it.
-from rewards import formats, length, math  # isort: skip
+from rewards import code, formats, judge, length, math, model, repetition, structured  # isort: skip
 
 __all__ = [
+    "ERROR_POLICIES",
     "REGISTRY",
     "BoundReward",
+    "RewardError",
     "RewardConfigError",
     "RewardImportError",
     "UnknownRewardError",
     "build_rewards",
     "check_reward_kwargs",
+    "code",
     "completion_text",
     "formats",
+    "judge",
     "length",
     "math",
+    "model",
+    "repetition",
+    "structured",
     "register",
     "resolve",
 ]

@@ -105,3 +105,69 @@ def length_band(
     else:
         lengths = [len(completion_text(c)) for c in completions]
     return [_band_penalty(n, min_len, max_len) for n in lengths]
+
+
+def _check_cosine(
+    max_len: int | None = None,
+    min_value_wrong: float = -1.0,
+    max_value_wrong: float = -0.5,
+    min_value_correct: float = 0.5,
+    max_value_correct: float = 1.0,
+    unit: str = "tokens",
+) -> None:
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
+        raise ValueError(f"cosine_length needs kwargs.max_len, a positive int, got {max_len!r}")
+    if not min_value_correct <= max_value_correct:
+        raise ValueError("min_value_correct must be <= max_value_correct")
+    if not min_value_wrong <= max_value_wrong:
+        raise ValueError("min_value_wrong must be <= max_value_wrong")
+    if unit not in LENGTH_UNITS:
+        raise ValueError(f"unit must be one of {LENGTH_UNITS}, got {unit!r}")
+
+
+@register("cosine_length", check=_check_cosine)
+def cosine_length(
+    completions: Sequence[Any],
+    solution: Sequence[Any],
+    max_len: int,
+    min_value_wrong: float = -1.0,
+    max_value_wrong: float = -0.5,
+    min_value_correct: float = 0.5,
+    max_value_correct: float = 1.0,
+    unit: str = "tokens",
+    completion_ids: Sequence[Sequence[int]] | None = None,
+    **kwargs: Any,
+) -> list[float | None]:
+    """Correctness scaled by length on a cosine schedule ("Demystifying Long Chain-of-Thought
+    Reasoning", appendix C.1; trl's ``get_cosine_scaled_reward``): a correct answer earns
+    ``max_value_correct`` at length 0 falling to ``min_value_correct`` at ``max_len``; a wrong one
+    ``min_value_wrong`` at length 0 rising to ``max_value_wrong`` at ``max_len`` (short wrong
+    answers are punished most, so the model keeps exploring). Lengths past ``max_len`` count as
+    ``max_len``. ``None`` where the gold ``solution`` is unparseable.
+
+    Same formula as trl's, with correctness from :func:`rewards.math.accuracy` (trl's version calls
+    trl's accuracy reward, whose shortcomings are listed in :mod:`rewards.math`); ``unit`` is
+    ``tokens`` (``completion_ids``, as in trl) or ``chars``.
+    """
+    import math
+
+    from rewards.math import accuracy
+
+    _check_cosine(max_len, min_value_wrong, max_value_wrong, min_value_correct,
+                  max_value_correct, unit)
+    correct = accuracy(completions, solution)
+    if unit == "tokens":
+        lengths = [len(ids) for ids in _need_ids("cosine_length", completion_ids, len(completions))]
+    else:
+        lengths = [len(completion_text(c)) for c in completions]
+    scores: list[float | None] = []
+    for ok, n in zip(correct, lengths, strict=True):
+        if ok is None:
+            scores.append(None)
+            continue
+        cosine = math.cos(min(n / max_len, 1.0) * math.pi)
+        low, high = (
+            (min_value_correct, max_value_correct) if ok else (max_value_wrong, min_value_wrong)
+        )
+        scores.append(float(low + 0.5 * (high - low) * (1.0 + cosine)))
+    return scores

@@ -18,7 +18,10 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
+import logging
 import math
+import numbers
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -41,7 +44,15 @@ TRAINER_KWARGS = frozenset(
         "environments",
     }
 )
-SPEC_KEYS = ("fn", "weight", "kwargs")
+SPEC_KEYS = ("fn", "weight", "kwargs", "on_error")
+#: What a reward that raises does to training: ``raise`` stops it (the default: a broken reward
+#: should be noticed at step 1, not after a day of training on zeros); ``none`` scores the failing
+#: samples ``None`` (left out of the mean, like "not applicable"); ``zero`` scores them 0.0.
+ERROR_POLICIES = ("raise", "none", "zero")
+#: Characters of a failing completion quoted in the log.
+EXCERPT_CHARS = 200
+
+log = logging.getLogger(__name__)
 
 
 class RewardConfigError(ValueError):
@@ -217,26 +228,66 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class RewardError(RuntimeError):
+    """A reward function broke its contract (wrong number of scores) or failed under ``on_error: raise``."""
+
+
+def _excerpt(completion: Any) -> str:
+    from rewards.text import completion_text
+
+    try:
+        text = completion_text(completion)
+    except TypeError:
+        text = repr(completion)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
+
+
+def _is_score(value: Any) -> bool:
+    # numbers.Real: numpy/torch scalars count too; a bool is almost always a bug (a missing float()).
+    return value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool))
+
+
 class BoundReward:
-    """A reward reference plus its config kwargs, callable the way trl calls rewards.
+    """A reward reference plus its config kwargs and error policy, callable the way trl calls rewards.
 
     - ``__name__`` is the display name: trl logs each reward under it (``rewards/<name>/mean``).
     - The function is resolved and its kwargs validated at construction (fail at setup).
-    - Pickling keeps only ``(ref, kwargs, name)``; the function is resolved again, lazily, in the
-      process that unpickles it.
+    - Pickling keeps only ``(ref, kwargs, name, on_error)``; the function is resolved again, lazily,
+      in the process that unpickles it.
     - Bound kwargs are config; a dataset column with the same name is an error rather than a silent
       override either way (rename the column or the kwarg).
+    - ``on_error`` (:data:`ERROR_POLICIES`): with ``none``/``zero``, a batch that raises is scored
+      again sample by sample to find the failing samples; each one is logged (sample index, reward
+      name, exception, completion excerpt) at WARNING level and scored ``None``/0.0, and the
+      fraction of failing samples is reported through trl's ``log_metric`` as
+      ``rewards/<name>/error_frac`` on every call. ``errors`` counts failing samples over the
+      object's lifetime. A wrong number of scores is a bug in the reward and always raises.
     """
 
     def __init__(
-        self, ref: str, kwargs: Mapping[str, Any] | None = None, name: str | None = None
+        self,
+        ref: str,
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        on_error: str = "raise",
     ) -> None:
         self.ref = ref
         self.kwargs: dict[str, Any] = _plain(dict(kwargs or {}))
         fn = resolve(ref)
         self.__name__ = name or getattr(fn, "__name__", ref)
+        if on_error not in ERROR_POLICIES:
+            raise RewardConfigError(
+                f"reward {self.__name__!r}: on_error must be one of {list(ERROR_POLICIES)}, got "
+                f"{on_error!r}{_closest(str(on_error), ERROR_POLICIES)}"
+            )
+        self.on_error = on_error
         check_reward_kwargs(fn, self.kwargs, self.__name__)
         self._fn: RewardFn | None = fn
+        self.errors = 0
+        # Set by build_rewards on its first reward: the names of all rewards of the run (their
+        # columns in trl's table must not be overwritten by a dataset column of the same name).
+        self.log_columns: tuple[str, ...] = ()
 
     @property
     def fn(self) -> RewardFn:
@@ -253,19 +304,140 @@ class BoundReward:
                 f"reward {self.__name__!r}: bound kwargs {clash} collide with dataset columns of the same "
                 "name; rename the column or drop the kwarg"
             )
-        return self.fn(completions=completions, **columns, **self.kwargs)
+        n = len(completions)
+        if self.log_columns:
+            _log_columns(columns, n, skip=self.log_columns)
+        if self.on_error == "raise":
+            try:
+                scores = self.fn(completions=completions, **columns, **self.kwargs)
+            except Exception as e:
+                if hasattr(e, "add_note"):  # Python 3.11+
+                    e.add_note(
+                        f"raised by reward {self.__name__!r} ({self.ref}) on a batch of {n} completions; "
+                        "set on_error: none or zero in its config to score failing samples instead"
+                    )
+                raise
+            self._check_length(scores, n)
+            bad = [i for i, v in enumerate(scores) if not _is_score(v)]
+            if bad:
+                raise RewardError(
+                    f"reward {self.__name__!r} returned a non-number at sample {bad[0]}: "
+                    f"{scores[bad[0]]!r} (rewards return floats, or None for 'not applicable')"
+                )
+            return [None if v is None else float(v) for v in scores]
+        return self._call_with_policy(completions, columns)
+
+    def _check_length(self, scores: Any, n: int) -> None:
+        if not isinstance(scores, Sequence) or isinstance(scores, (str, bytes)) or len(scores) != n:
+            got = len(scores) if isinstance(scores, Sequence) else type(scores).__name__
+            raise RewardError(
+                f"reward {self.__name__!r} returned {got} scores for {n} completions; a reward returns "
+                "one float (or None) per completion"
+            )
+
+    def _call_with_policy(
+        self, completions: Sequence[Any], columns: dict[str, Any]
+    ) -> list[float | None]:
+        n = len(completions)
+        failed: dict[int, BaseException | str] = {}
+        try:
+            scores = list(self.fn(completions=completions, **columns, **self.kwargs))
+        except Exception:
+            # Which samples failed? Score them one at a time. log_extra is muted meanwhile: a sample
+            # that fails would log nothing and shift every later row of trl's completions table.
+            scores = []
+            single_columns = {**columns, "log_extra": _discard} if "log_extra" in columns else columns
+            for i in range(n):
+                try:
+                    one = self.fn(
+                        completions=[completions[i]],
+                        **_slice_columns(single_columns, i, n),
+                        **self.kwargs,
+                    )
+                    self._check_length(one, 1)
+                    scores.append(one[0])
+                except RewardError:
+                    raise
+                except Exception as e:
+                    failed[i] = e
+                    scores.append(None)
+        else:
+            self._check_length(scores, n)
+        for i, value in enumerate(scores):
+            if i not in failed and not _is_score(value):
+                failed[i] = f"returned a non-number: {value!r}"
+        fill = None if self.on_error == "none" else 0.0
+        for i, error in failed.items():
+            scores[i] = fill
+            detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+            log.warning(
+                "reward %r failed on sample %d of %d (scored %s, on_error=%s): %s; completion: %r",
+                self.__name__, i, n, fill, self.on_error, detail, _excerpt(completions[i]),
+                exc_info=error if isinstance(error, BaseException) else None,
+            )
+        self.errors += len(failed)
+        log_metric = columns.get("log_metric")
+        if callable(log_metric):
+            log_metric(f"rewards/{self.__name__}/error_frac", len(failed) / max(n, 1))
+        return [None if v is None else float(v) for v in scores]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"ref": self.ref, "kwargs": self.kwargs, "__name__": self.__name__}
+        return {
+            "ref": self.ref,
+            "kwargs": self.kwargs,
+            "__name__": self.__name__,
+            "on_error": self.on_error,
+            "log_columns": self.log_columns,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.ref = state["ref"]
         self.kwargs = state["kwargs"]
         self.__name__ = state["__name__"]
+        self.on_error = state.get("on_error", "raise")
         self._fn = None
+        self.errors = 0
+        self.log_columns = tuple(state.get("log_columns", ()))
 
     def __repr__(self) -> str:
-        return f"BoundReward(ref={self.ref!r}, kwargs={self.kwargs!r}, name={self.__name__!r})"
+        return (
+            f"BoundReward(ref={self.ref!r}, kwargs={self.kwargs!r}, name={self.__name__!r}, "
+            f"on_error={self.on_error!r})"
+        )
+
+
+# Columns never copied into trl's completions table: images do not serialise to parquet.
+_UNLOGGED_COLUMNS = frozenset({"image", "images"})
+
+
+def _log_columns(columns: Mapping[str, Any], n: int, skip: Iterable[str] = ()) -> None:
+    """Copy the dataset columns of this batch into trl's completions table (``log_extra``), so a
+    finished run's logged completions can be scored again offline (``python -m rewards score``)."""
+    log_extra = columns.get("log_extra")
+    if not callable(log_extra):
+        return
+    for key, values in columns.items():
+        if key in TRAINER_KWARGS or key in _UNLOGGED_COLUMNS or key in skip:
+            continue
+        if not isinstance(values, Sequence) or isinstance(values, (str, bytes)) or len(values) != n:
+            continue
+        try:
+            json.dumps(values[0] if n else None)
+        except (TypeError, ValueError):
+            continue  # not serialisable: not worth breaking trl's table for
+        log_extra(key, list(values))
+
+
+def _discard(*args: Any, **kwargs: Any) -> None:
+    """Stands in for trl's ``log_extra`` while failing samples are isolated."""
+
+
+def _slice_columns(columns: Mapping[str, Any], i: int, n: int) -> dict[str, Any]:
+    """Sample ``i`` of every per-sample column (a list of length ``n``); other values as they are."""
+    return {
+        k: [v[i]] if isinstance(v, Sequence) and not isinstance(v, (str, bytes)) and len(v) == n else v
+        for k, v in columns.items()
+    }
 
 
 def build_rewards(
@@ -274,8 +446,8 @@ def build_rewards(
 ) -> tuple[list[BoundReward], list[float]]:
     """Build trl's ``reward_funcs`` and ``reward_weights`` from the ``rewards:`` config.
 
-    ``specs`` maps a display name to ``{"fn": ref, "weight": 1.0, "kwargs": {}}``; ``weight`` and
-    ``kwargs`` are optional, any other key is an error. Pass the dataset's ``columns`` to have a
+    ``specs`` maps a display name to ``{"fn": ref, "weight": 1.0, "kwargs": {}, "on_error": "raise"}``;
+    ``weight``, ``kwargs`` and ``on_error`` are optional, any other key is an error. Pass the dataset's ``columns`` to have a
     bound kwarg that shadows a column rejected here, at setup, rather than at the first step.
     """
     if not specs:
@@ -313,7 +485,9 @@ def build_rewards(
             raise RewardConfigError(
                 f"reward {name!r}: kwargs must be a mapping, got {type(kwargs).__name__}"
             )
-        bound = BoundReward(spec["fn"], kwargs, name=str(name))
+        bound = BoundReward(
+            spec["fn"], kwargs, name=str(name), on_error=spec.get("on_error", "raise")
+        )
         clash = sorted(set(bound.kwargs) & set(columns or ()))
         if clash:
             raise RewardConfigError(
@@ -322,4 +496,6 @@ def build_rewards(
             )
         funcs.append(bound)
         weights.append(float(weight))
+    # One reward (the first) copies the dataset columns into trl's completions table, once per batch.
+    funcs[0].log_columns = tuple(f.__name__ for f in funcs)
     return funcs, weights

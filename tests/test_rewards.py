@@ -33,6 +33,13 @@ BUILTINS = [
     "regex_format",
     "overlong",
     "length_band",
+    "cosine_length",
+    "repetition",
+    "code_tests",
+    "json_schema",
+    "tool_calls",
+    "reward_model",
+    "llm_judge",
 ]
 
 
@@ -61,7 +68,8 @@ def test_builtins_are_registered() -> None:
 def test_import_is_light() -> None:
     code = (
         "import sys, rewards; "
-        "heavy = [m for m in ('torch', 'trl', 'sympy', 'math_verify', 'align') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'trl', 'sympy', 'math_verify', 'align', 'transformers', "
+        "'jsonschema', 'hydra', 'pandas', 'pyarrow', 'rich') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
