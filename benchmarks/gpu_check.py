@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -94,7 +95,9 @@ def cases(model: Path, steps: int) -> list[dict]:
 
 
 def run_case(case: dict, out: Path, timeout: int) -> dict:
-    run_dir = out / "runs" / f"{case['group']}-{case['name'].replace(' ', '_').replace(',', '')}"
+    # Hydra's override grammar reserves ( ) , [ ] and friends: keep folder names plain.
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", case["name"]).strip("_")
+    run_dir = out / "runs" / f"{case['group']}-{slug}"
     need = case.get("needs")
     if need and importlib.util.find_spec(need) is None:
         return {**case, "status": f"skipped: {need} not installed"}

@@ -156,46 +156,33 @@ def test_sft_text(tmp_path):
     assert data.heldout is None  # plain text has no prompt/answer boundary
 
 
-def test_sft_sharegpt_llava_converted_and_image_columns_kept(tmp_path):
+def test_sft_sharegpt_for_a_text_model(tmp_path, caplog):
+    """ShareGPT/LLaVA rows convert to `messages`. For a text model, image columns that no text
+    refers to are dropped with a warning; text that refers to an image is an error (a text
+    model would read the placeholder as words and never see the picture)."""
     rows = [
-        {
-            "id": "a1",
-            "image": "imgs/a1.jpg",
-            "conversations": [
-                {"from": "system", "value": "You see images."},
-                {"from": "human", "value": "<image>\nWhat is shown?"},
-                {"from": "gpt", "value": "A cat."},
-            ],
-        },
         {
             "id": "a2",
             "image": "imgs/a2.jpg",
             "conversations": [
+                {"from": "system", "value": "Be brief."},
                 {"from": "user", "value": "Colour?"},
                 {"from": "assistant", "value": "Red."},
             ],
         },
     ]
-    data = load(write(tmp_path, rows), "sft", eval_path=write(tmp_path, rows, name="eval"))
+    with caplog.at_level("WARNING"):
+        data = load(write(tmp_path, rows), "sft", eval_path=write(tmp_path, rows, name="eval"))
     assert data.format == "sharegpt"
-    assert sorted(data.train.column_names) == ["id", "image", "messages"]
-    assert data.train.to_list()[0] == {
-        "id": "a1",
-        "image": "imgs/a1.jpg",
-        "messages": [
-            system("You see images."),
-            user("<image>\nWhat is shown?"),
-            assistant("A cat."),
-        ],
-    }
-    assert data.train[1]["messages"] == [user("Colour?"), assistant("Red.")]
-    assert data.heldout[0] == {
-        "id": "a1",
-        "image": "imgs/a1.jpg",
-        "prompt": [system("You see images."), user("<image>\nWhat is shown?")],
-        "solution": "A cat.",
-    }
+    assert sorted(data.train.column_names) == ["id", "messages"]
+    assert data.train[0]["messages"] == [system("Be brief."), user("Colour?"), assistant("Red.")]
+    assert data.heldout[0] == {"id": "a2", "prompt": [system("Be brief."), user("Colour?")],
+                               "solution": "Red."}
+    assert "image" in caplog.text
 
+    rows[0]["conversations"][1]["value"] = "<image>\nColour?"
+    with pytest.raises(DataError, match="image"):
+        load(write(tmp_path, rows, name="with_placeholder"), "sft")
 
 def test_sft_alpaca_becomes_conversational_prompt_completion(tmp_path):
     rows = [

@@ -118,4 +118,4 @@ def test_unknown_param_is_rejected():
 
 
 def test_task_names():
-    assert SYNTHETIC_TASKS == ("arithmetic",)
+    assert SYNTHETIC_TASKS == ("arithmetic", "shapes")
