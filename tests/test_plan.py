@@ -1,0 +1,96 @@
+"""The memory planner: exact parameter counts without weights, DeepSpeed's accounting, advice."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from align.models import ModelConfig
+from align.plan import Setup, model_shape, zero_model_states
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def seven_b(tmp_path_factory):
+    """A Llama-2-7B-shaped config (no weights): planning never loads weights."""
+    path = tmp_path_factory.mktemp("llama7b")
+    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000).save_pretrained(path)
+    return path
+
+
+def test_parameter_count_matches_the_real_model(tiny_base_path):
+    shape = model_shape(ModelConfig(name_or_path=str(tiny_base_path)))
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_path)
+    assert shape.total == sum({id(p): p.numel() for p in model.parameters()}.values())
+    assert shape.layers == model.config.num_hidden_layers
+
+
+def test_seven_b_count_without_loading_weights(seven_b):
+    shape = model_shape(ModelConfig(name_or_path=str(seven_b)))
+    assert shape.total == 6_738_415_616  # Llama-2-7B's published parameter count
+    assert shape.largest_layer == 32000 * 4096  # the embedding (or the untied output head)
+
+
+@pytest.mark.parametrize("stage,gpus,nodes,offload_opt,offload_params", [
+    (2, 1, 1, False, False), (2, 8, 1, False, False), (2, 8, 2, True, False),
+    (3, 1, 1, False, False), (3, 8, 1, False, False), (3, 8, 2, True, False),
+    (3, 8, 1, True, True), (1, 4, 1, False, False),
+])
+def test_model_states_agree_with_deepspeed_estimators(stage, gpus, nodes, offload_opt, offload_params):
+    pytest.importorskip("deepspeed", reason="the `deepspeed` extra")
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    total, largest = 6_738_415_616, 131_072_000
+    setup = Setup(gpus=gpus, nodes=nodes, zero=stage, offload_optimizer=offload_opt,
+                  offload_params=offload_params)
+    gpu, cpu = zero_model_states(total, largest, setup)
+    if stage in (1, 2):
+        ds_cpu, ds_gpu = estimate_zero2_model_states_mem_needs(
+            total, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_opt)
+    else:
+        ds_cpu, ds_gpu, _ = estimate_zero3_model_states_mem_needs(
+            total, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_opt,
+            cpu_offload_params=offload_params)
+    assert gpu == pytest.approx(ds_gpu, rel=1e-6)
+    assert cpu == pytest.approx(ds_cpu, rel=1e-6)
+
+
+def plan(*args, cwd):
+    proc = subprocess.run([sys.executable, str(REPO / "align" / "plan.py"), *args],
+                          capture_output=True, text=True, timeout=180, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_cli_says_what_fits_and_what_to_change(seven_b, tmp_path):
+    model = f"model.name_or_path={seven_b}"
+    full = plan("--stage", "dpo", model, "peft=none", "model.dtype=bfloat16", "--card", "24,80",
+                cwd=tmp_path)
+    assert "reference model" in full
+    assert "24 GB card" in full and "does NOT fit" in full
+    assert "peft=lora" in full and "zero3" in full
+
+    lora = plan("--stage", "dpo", model, "peft=lora", "model.dtype=bfloat16",
+                "model.gradient_checkpointing=true", "trainer.per_device_train_batch_size=1",
+                "--card", "24", cwd=tmp_path)
+    assert "reference model:" in lora and "no copy" in lora
+    assert "  reference model " not in lora
+    assert "-> fits" in lora
+
+    sharded = plan("--stage", "sft", model, "peft=none", "model.dtype=bfloat16",
+                   "model.gradient_checkpointing=true", "trainer.per_device_train_batch_size=1",
+                   "--launch", str(REPO / "launch" / "zero3.yaml"), "--gpus", "8",
+                   "--card", "80", cwd=tmp_path)
+    assert "ZeRO-3" in sharded and "-> fits" in sharded
+
+
+def test_cli_rejects_a_typo_like_the_job(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "align" / "plan.py"), "trainer.lerning_rate=1"],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "learning_rate" in proc.stderr
