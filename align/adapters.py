@@ -6,7 +6,11 @@ prompt methods), so every peft option can be set from config and typos are caugh
 peft's own dataclass. Two keys are align's own:
 
 - `quantization`: BitsAndBytesConfig arguments for loading the base model in 4/8 bit (QLoRA);
-- `optimizer_8bit`: full fine-tuning with bitsandbytes' 8-bit AdamW (`method: none` only).
+- `optimizer_8bit`: full fine-tuning with bitsandbytes' 8-bit AdamW (`method: none` only);
+- `apply_to` (vision-language models, LoRA family): `language_model` (the default; adapters on the
+  language model only, vision tower and projector frozen: Qwen2-VL-Finetune's "LoRA") or `all`
+  (also on the vision tower and the projector: its "LoRA-vision"). `target_modules` then names
+  linear layers inside those parts (default: all of them), resolved on the loaded model.
 
 Supported methods: none (full fine-tuning), lora, qlora, dora, rslora, loftq, pissa,
 prompt_tuning, p_tuning. Target modules default to every linear layer but the output head
@@ -20,9 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from align.config import field_names, init_params, suggest, to_container, unknown_keys
-from align.errors import MissingExtraError
+from align.errors import ConfigError, MissingExtraError
 
-ALIGN_KEYS = ("method", "quantization", "optimizer_8bit")
+ALIGN_KEYS = ("method", "quantization", "optimizer_8bit", "apply_to")
+#: Where adapters go on a vision-language model (see the module docstring).
+APPLY_TO = {"language_model": ("language_model",),
+            "all": ("language_model", "vision_tower", "projector")}
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class PeftPlan:
     peft_config: Any = None
     quantization: dict[str, Any] | None = None
     optimizer_8bit: bool = False
+    #: vision-language models: the parts that get adapters (peft.apply_to), None for text models
+    apply_to: str | None = None
 
     @property
     def uses_adapter(self) -> bool:
@@ -89,6 +98,12 @@ def check_peft_section(section: Any) -> list[str]:
 
         cls = getattr(peft, spec.config_class)
         errors += unknown_keys(rest, field_names(cls), "peft", f"peft.{spec.config_class}")
+    apply_to = section.get("apply_to")
+    if apply_to is not None:
+        if apply_to not in APPLY_TO:
+            errors.append(f"peft.apply_to={apply_to!r}: choose one of {', '.join(APPLY_TO)}")
+        elif not (spec and spec.config_class == "LoraConfig"):
+            errors.append(f"peft.apply_to applies to the LoRA family (got peft={method})")
     if section.get("optimizer_8bit") and method != "none":
         errors.append("peft.optimizer_8bit applies to full fine-tuning (peft=none) only")
     if section.get("quantization") and not (spec and spec.quantized):
@@ -116,6 +131,7 @@ def build_peft_plan(section: Any) -> PeftPlan:
     method = section.pop("method", "none")
     quantization = section.pop("quantization", None)
     optimizer_8bit = bool(section.pop("optimizer_8bit", False))
+    apply_to = section.pop("apply_to", None)
     spec = METHODS[method]
     if spec is None:
         return PeftPlan(method, optimizer_8bit=optimizer_8bit)
@@ -131,4 +147,41 @@ def build_peft_plan(section: Any) -> PeftPlan:
     config = getattr(peft, spec.config_class)(**kwargs)
     if spec.quantized:
         quantization = {**DEFAULT_QUANTIZATION, **(quantization or {})}
-    return PeftPlan(method, config, quantization, optimizer_8bit)
+    return PeftPlan(method, config, quantization, optimizer_8bit, apply_to)
+
+
+def target_vision_parts(plan: PeftPlan, model) -> None:
+    """Point a LoRA-family adapter of a vision-language model at the parts `plan.apply_to` names.
+
+    peft's "all-linear" would put adapters on the vision tower and projector too; here
+    target_modules becomes the explicit list of linear layers (full module names) inside the
+    chosen parts, keeping the user's own target names when given (e.g. [q_proj, v_proj]). A regex
+    string is the user's exact choice and is left alone.
+    """
+    import torch
+
+    from align.models import part_of, vision_parts
+
+    config = plan.peft_config
+    if config is None or not hasattr(config, "target_modules"):
+        return
+    plan.apply_to = plan.apply_to or "language_model"
+    wanted = config.target_modules
+    if isinstance(wanted, str) and wanted != "all-linear":
+        return
+    names = None if wanted in (None, "all-linear") else set(wanted)
+    parts = vision_parts(model)
+    keep = APPLY_TO[plan.apply_to]
+    output = model.get_output_embeddings()
+    targets = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is output:
+            continue
+        if part_of(name, parts) not in keep:
+            continue
+        if names is None or name.rsplit(".", 1)[-1] in names:
+            targets.append(name)
+    if not targets:
+        raise ConfigError(f"peft.target_modules={sorted(names) if names else wanted} matches no linear "
+                          f"layer in the {' / '.join(keep)} of {type(model).__name__}")
+    config.target_modules = set(targets)

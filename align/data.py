@@ -33,6 +33,20 @@ Eval split: `data.eval_path` (a file/folder/hub id, split `data.eval_split` or "
 synthetic tasks use their own "eval" split. `StageData.heldout` is the eval split as RL prompts
 (`prompt` + `solution`) for measuring greedy accuracy; see `build_heldout`.
 
+Vision-language data (`load_stage_data(..., model_kind="image_text_to_text")`): rows may carry
+`image`/`images` and `video`/`videos` columns (a path or a list of paths; absolute, or relative to
+`data.image_folder`, default the data file's folder) with `<image>`/`<video>` placeholders in the
+text (LLaVA / Qwen2-VL-Finetune: `{"id", "image", "conversations"}`; DPO `prompt` with
+placeholders + `chosen`/`rejected`; GRPO `prompt` with placeholders + answer columns). Every
+message becomes a list of typed parts with an image part where each placeholder stood, and the
+row's media become one `images` column (datasets `Image` features, decoded when trl collates a
+batch); a video becomes up to `data.video_max_frames` frames at `data.video_fps` (align/vision.py).
+A placeholder count that differs from the number of images/videos, a missing file or an unreadable
+one fails before training, naming the row, its `id` and the path.
+For a text model (`model_kind="causal_lm"`, the default) media columns are dropped with a warning
+when no text refers to them, and rows whose text has `<image>`/`<video>` placeholders are an
+error: a text model would read the placeholders as words and never see the images.
+
 Every row is checked in plain python before any training starts; a bad row raises `DataError`
 naming the source, the 0-based row (and, for JSON Lines, the 1-based line), the field and the fix.
 
@@ -140,6 +154,12 @@ class DataConfig:
     seed: int = 0
     synthetic: dict[str, Any] = field(default_factory=dict)
     num_proc: int | None = None
+    #: vision-language data: folder that relative image/video paths are joined to
+    #: (default: the folder of the data file)
+    image_folder: str | None = None
+    #: frames sampled per second of video, and the most frames kept per video
+    video_fps: float = 1.0
+    video_max_frames: int = 8
 
     def __post_init__(self) -> None:
         # Checked here so that a bad value fails when the config is validated, before any load.
@@ -153,6 +173,10 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise DataError(f"data.{key}={value} must be >= 1 (or null for no limit)")
+        if self.video_fps <= 0:
+            raise DataError(f"data.video_fps={self.video_fps} must be > 0")
+        if self.video_max_frames < 1:
+            raise DataError(f"data.video_max_frames={self.video_max_frames} must be >= 1")
         synthetic = self.path.startswith("synthetic:")
         if self.eval_fraction and (self.eval_path or self.eval_split):
             raise DataError(
@@ -748,14 +772,122 @@ READ_COLUMNS = {
 }
 
 
-def _row_label(src: _Source, index: int) -> str:
+def _row_label(src: _Source, index: int, sample_id: Any = None) -> str:
     line = f" (line {src.lines[index]})" if src.lines is not None else ""
-    return f"{src.label}: row {index}{line}"
+    ident = f" (id {sample_id!r})" if sample_id is not None else ""
+    return f"{src.label}: row {index}{line}{ident}"
 
 
-def _check_rows(src: _Source, fmt: str, system_prompt: str | None) -> None:
+@dataclass
+class _Media:
+    """How rows' images and videos are handled (vision-language models only)."""
+
+    folder: str | None  # relative paths are joined to this
+    video_fps: float
+    video_max_frames: int
+
+
+#: Fields whose text may hold <image>/<video> placeholders (the user side); media in an answer
+#: is not something a model generates.
+_ANSWER_FIELDS = ("completion", "chosen", "rejected")
+
+
+def _attach_media(out: dict, row: Mapping, media: _Media, decode: bool) -> dict:
+    """Turn a normalised row into its vision-language form: typed parts + an `images` list.
+
+    With decode=False (the check pass) files are opened and checked but videos are not sampled
+    into the output; with decode=True (the map pass) video frames become images.
+    """
+    from align import vision
+
+    try:
+        image_col, images = vision.media_list(row, vision.IMAGE_COLUMNS)
+        video_col, videos = vision.media_list(row, vision.VIDEO_COLUMNS)
+    except vision.MediaError as err:
+        raise _RowError(err.field, err.problem) from None
+    if "text" in out:
+        if images or videos:
+            raise _RowError("text", "plain 'text' rows cannot place images; write the rows as "
+                                    "'conversations' or 'messages' with <image> placeholders")
+        return out
+
+    converted: dict[str, Any] = {}
+    order: list[str] = []  # "image" / "video" parts in the order trl fills them
+    for name, value in out.items():
+        if name not in ("messages", "prompt", "completion", "chosen", "rejected"):
+            converted[name] = value
+            continue
+        if isinstance(value, str):  # a plain prompt/answer becomes one message of typed parts
+            value = [{"role": "assistant" if name in _ANSWER_FIELDS else "user", "content": value}]
+        messages = []
+        for message in value:
+            parts = vision.to_parts(message.get("content") or "")
+            kinds = [p["type"] for p in parts if p["type"] in ("image", "video")]
+            if kinds and name in _ANSWER_FIELDS:
+                raise _RowError(name, "has an <image>/<video> placeholder; images belong in the prompt")
+            order += kinds
+            messages.append({**message, "content": parts})
+        converted[name] = messages
+
+    n_img, n_vid = order.count("image"), order.count("video")
+    if n_img != len(images):
+        raise _RowError(image_col or "image",
+                        f"{n_img} <image> placeholder(s) in the text but {len(images)} image(s) in "
+                        f"'{image_col or 'image'}'; put one <image> where each image goes")
+    if n_vid != len(videos):
+        raise _RowError(video_col or "video",
+                        f"{n_vid} <video> placeholder(s) in the text but {len(videos)} video(s) in "
+                        f"'{video_col or 'video'}'; put one <video> where each video goes")
+
+    def resolved(item, field_):
+        if isinstance(item, str):
+            return vision.resolve(item, media.folder)
+        if isinstance(item, dict) and (item.get("bytes") or item.get("path")):
+            return item
+        raise _RowError(field_, f"expected a path string, got {_type_name(item)}")
+
+    image_items = [resolved(i, image_col) for i in images]
+    video_paths = [resolved(v, video_col) for v in videos]
+    try:
+        if not decode:
+            for item in image_items:
+                vision.check_image(item, image_col)
+        frames = []
+        for path in video_paths:
+            if decode or not os.path.isfile(path):
+                frames.append(vision.sample_frames(path, media.video_fps, media.video_max_frames, video_col))
+            else:
+                frames.append([None])  # checked (decoded) in the map pass; counts stay consistent
+    except vision.MediaError as err:
+        raise _RowError(err.field, err.problem) from None
+
+    # Expand each video part into one image part per frame; list images in part order.
+    out_images, next_image, next_video = [], iter(image_items), iter(frames)
+    for name in ("messages", "prompt"):
+        for message in converted.get(name) or []:
+            content = []
+            for part in message["content"]:
+                if part["type"] == "image":
+                    item = next(next_image)
+                    out_images.append(item if isinstance(item, dict) else {"bytes": None, "path": item})
+                    content.append(part)
+                elif part["type"] == "video":
+                    clip = next(next_video)
+                    out_images += [vision.png_bytes(f) if f is not None else None for f in clip]
+                    content += [{"type": "image", "text": None} for _ in clip]
+                else:
+                    content.append(part)
+            message["content"] = content
+    converted["images"] = out_images
+    return converted
+
+
+def _check_rows(src: _Source, fmt: str, system_prompt: str | None, media: _Media | None = None) -> None:
     """Run the format's normaliser over every row in python; raise one DataError listing bad rows."""
-    read = [c for c in READ_COLUMNS[fmt] if c in src.dataset.column_names]
+    from align import vision
+
+    extra = ("id",) + vision.MEDIA_COLUMNS if media is not None else ("id",)
+    read = [c for c in READ_COLUMNS[fmt] + extra if c in src.dataset.column_names]
     if src.rows is not None:
         # Rows exactly as json parsed them, with the dataset's columns: a key missing from one
         # row is a null column value in the dataset, and the check must see the same thing.
@@ -770,8 +902,10 @@ def _check_rows(src: _Source, fmt: str, system_prompt: str | None) -> None:
     for i, row in enumerate(rows):
         try:
             out = normalise(row, system_prompt)
+            if media is not None:
+                _attach_media(out, row, media, decode=False)
         except _RowError as err:
-            problems.append(f"{_row_label(src, i)}: field '{err.field}': {err.problem}")
+            problems.append(f"{_row_label(src, i, row.get('id'))}: field '{err.field}': {err.problem}")
             continue
         if fmt == "preference" and out["chosen"] == out["rejected"]:
             same.append(i)
@@ -792,16 +926,24 @@ def _check_rows(src: _Source, fmt: str, system_prompt: str | None) -> None:
     raise DataError(f"{src.label}: {len(problems)} malformed rows:\n  " + "\n  ".join(shown) + more)
 
 
-def _normalise(dataset: datasets.Dataset, fmt: str, cfg: DataConfig, label: str) -> datasets.Dataset:
+def _normalise(dataset: datasets.Dataset, fmt: str, cfg: DataConfig, label: str,
+               media: _Media | None = None) -> datasets.Dataset:
+    from align import vision
+
     normalise = NORMALISERS[fmt]
 
     def apply(row, index):
         try:
-            return normalise(row, cfg.system_prompt)
+            out = normalise(row, cfg.system_prompt)
+            return _attach_media(out, row, media, decode=True) if media is not None else out
         except _RowError as err:  # only if arrow's view of a row differs from what was checked
-            raise DataError(f"{label}: row {index}: field '{err.field}': {err.problem}") from None
+            raise DataError(f"{_row_label_plain(label, index, row.get('id'))}: field '{err.field}': "
+                            f"{err.problem}") from None
 
-    remove = [c for c in REMOVED_COLUMNS.get(fmt, []) if c in dataset.column_names]
+    removed = list(REMOVED_COLUMNS.get(fmt, []))
+    if media is not None:  # replaced by the `images` column
+        removed += [c for c in vision.MEDIA_COLUMNS if c != "images"]
+    remove = [c for c in removed if c in dataset.column_names]
     return dataset.map(
         apply,
         with_indices=True,
@@ -809,6 +951,10 @@ def _normalise(dataset: datasets.Dataset, fmt: str, cfg: DataConfig, label: str)
         num_proc=cfg.num_proc,
         desc=f"Normalising ({fmt})",
     )
+
+
+def _row_label_plain(label: str, index: int, sample_id: Any) -> str:
+    return f"{label}: row {index}" + (f" (id {sample_id!r})" if sample_id is not None else "")
 
 
 # --------------------------------------------------------------------------- held-out prompts
@@ -885,7 +1031,44 @@ def build_heldout(eval_dataset: datasets.Dataset | None, fmt: str, num_proc: int
 # --------------------------------------------------------------------------- entry point
 
 
-def _prepare(src: _Source, fmt: str, cfg: DataConfig, limit: int | None) -> datasets.Dataset:
+def _media_for(src: _Source, fmt: str, cfg: DataConfig, model_kind: str) -> tuple[_Source, _Media | None]:
+    """How this source's media is handled for `model_kind`: attached (vision-language model),
+    dropped with a warning (text model, media never referred to), or an error (text model whose
+    rows have <image>/<video> placeholders)."""
+    from align import vision
+    from align.models import VISION_KINDS
+
+    present = [c for c in vision.MEDIA_COLUMNS if c in src.dataset.column_names]
+    if model_kind in VISION_KINDS:
+        vision.require_pillow()
+        if any(c in present for c in vision.VIDEO_COLUMNS):
+            vision.require_av()
+        folder = cfg.image_folder
+        if folder is None and os.path.isfile(src.label):
+            folder = os.path.dirname(os.path.abspath(src.label))
+        return src, _Media(folder, cfg.video_fps, cfg.video_max_frames)
+    text_cols = [c for c in READ_COLUMNS[fmt] + ("prompt",) if c in src.dataset.column_names]
+    if src.rows is not None:
+        rows = src.rows
+    else:
+        rows = [dict(zip(text_cols, v)) for v in zip(*src.dataset.select_columns(text_cols).to_dict().values())]
+    for i, row in enumerate(rows):
+        if vision.mentions_media({c: row.get(c) for c in text_cols}):
+            raise DataError(
+                f"{_row_label(src, i, row.get('id'))}: the text refers to images or videos "
+                f"(<image>/<video> placeholders or image parts), but model.kind={model_kind} is a text "
+                "model that cannot see them; use a vision-language model (model=tiny_vlm, or "
+                "model.kind=image_text_to_text with a VLM) or remove the placeholders"
+            )
+    if present:
+        logger.warning("%s: dropping the %s column(s): model.kind=%s is a text model (no text refers "
+                       "to them)", src.label, present, model_kind)
+        src = _Source(src.label, src.dataset.remove_columns(present), src.rows, src.lines)
+    return src, None
+
+
+def _prepare(src: _Source, fmt: str, cfg: DataConfig, limit: int | None,
+             model_kind: str = "causal_lm") -> datasets.Dataset:
     """Keep the first `limit` rows, check them, normalise them."""
     if limit is not None and limit < len(src.dataset):
         # The first rows (not a sample) so that row numbers in error messages are still file rows.
@@ -900,25 +1083,41 @@ def _prepare(src: _Source, fmt: str, cfg: DataConfig, limit: int | None) -> data
             f"{src.label}: data.system_prompt needs conversational data, but the rows are plain 'text'; "
             "remove data.system_prompt or convert the data to messages"
         )
-    _check_rows(src, fmt, cfg.system_prompt)
-    return _normalise(src.dataset, fmt, cfg, src.label)
+    src, media = _media_for(src, fmt, cfg, model_kind)
+    _check_rows(src, fmt, cfg.system_prompt, media)
+    return _normalise(src.dataset, fmt, cfg, src.label, media)
 
 
-def load_stage_data(cfg: Any, stage: str) -> StageData:
+def _cast_images(dataset: datasets.Dataset | None) -> datasets.Dataset | None:
+    """The `images` column as datasets Image features (decoded to PIL when trl reads a batch)."""
+    if dataset is None or "images" not in dataset.column_names:
+        return dataset
+    from align.vision import image_feature
+
+    return dataset.cast_column("images", image_feature())
+
+
+def load_stage_data(cfg: Any, stage: str, model_kind: str = "causal_lm") -> StageData:
     """Load, check and normalise the train (and eval) data of one stage ("sft", "dpo" or "grpo").
 
-    `cfg` is a DataConfig, a mapping or a DictConfig with DataConfig's keys. Raises DataError with
-    the source, row, field and fix for anything trl would choke on later.
+    `cfg` is a DataConfig, a mapping or a DictConfig with DataConfig's keys. `model_kind` is the
+    model's `model.kind`: "image_text_to_text" keeps and checks images/videos (see the module
+    docstring); a text kind drops unused media columns. Raises DataError with the source, row,
+    field and fix for anything trl would choke on later.
     """
+    from align.models import KINDS
+
     if stage not in STAGES:
         raise DataError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if model_kind not in KINDS:
+        raise DataError(f"unknown model kind {model_kind!r}; expected one of {', '.join(KINDS)}")
     cfg = as_data_config(cfg)
     train_src, eval_src = _load_sources(cfg, stage)
     train_src = _rename(train_src, cfg.columns)
     fmt = detect_format(train_src.dataset.column_names, stage, train_src.label, cfg.format)
 
     if cfg.eval_fraction:
-        full = _prepare(train_src, fmt, cfg, None)
+        full = _prepare(train_src, fmt, cfg, None, model_kind)
         try:
             parts = full.train_test_split(test_size=cfg.eval_fraction, seed=cfg.seed)
         except ValueError as exc:
@@ -933,15 +1132,17 @@ def load_stage_data(cfg: Any, stage: str) -> StageData:
             fmt,
         )
     else:
-        train = _prepare(train_src, fmt, cfg, cfg.max_samples)
+        train = _prepare(train_src, fmt, cfg, cfg.max_samples, model_kind)
         eval_, eval_desc, eval_fmt = None, "no eval split", fmt
         if eval_src is not None:
             eval_src = _rename(eval_src, cfg.columns)
             eval_fmt = detect_format(eval_src.dataset.column_names, stage, eval_src.label, cfg.format)
-            eval_ = _prepare(eval_src, eval_fmt, cfg, cfg.max_eval_samples)
+            eval_ = _prepare(eval_src, eval_fmt, cfg, cfg.max_eval_samples, model_kind)
             eval_desc = f"eval: {eval_src.label}"
 
     heldout = build_heldout(eval_, eval_fmt, cfg.num_proc)
+    # Cast last: a map over decoded images would re-encode every one of them.
+    train, eval_, heldout = _cast_images(train), _cast_images(eval_), _cast_images(heldout)
     source = f"{train_src.label} [{stage}, {fmt}] train {len(train)} rows; {eval_desc}" + (
         f", {len(eval_)} rows" if eval_ is not None else ""
     )

@@ -3,6 +3,10 @@
 Supports any causal LM that ``generate`` supports, including peft-wrapped models. Prompts are
 plain strings (tokenised as they are) or chat message lists (rendered with the tokenizer's chat
 template and its generation prompt). Greedy by default; sampling with ``do_sample=True``.
+
+Vision-language models: pass the processor as ``tokenizer`` and each prompt's images as
+``images`` (one list per prompt, PIL images, as the data layer's ``images`` column holds them);
+image parts of the prompt messages are filled in order, as trl does in training.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def generate_completions(
     temperature: float = 1.0,
     seed: int | None = None,
     progress: bool = False,
+    images: list | None = None,
 ) -> list[str]:
     """Generate one completion per prompt and return the decoded new text, stripped.
 
@@ -46,6 +51,8 @@ def generate_completions(
         do_sample, temperature: greedy decoding unless ``do_sample`` is True.
         seed: seeds sampling in a forked RNG, so the caller's global RNG state is untouched.
         progress: show a tqdm bar over batches.
+        images: vision-language models only: one list of images per prompt (``tokenizer`` is
+            then the model's processor).
     """
     import torch
 
@@ -56,7 +63,17 @@ def generate_completions(
     is_chat = [not isinstance(p, str) for p in prompts]
     if any(is_chat) and not all(is_chat):
         raise TypeError("prompts mix strings and message lists; pass one kind per call")
-    texts = [_render(tokenizer, p) for p in prompts]
+    processor = tokenizer if hasattr(tokenizer, "image_processor") else None
+    if images is not None and processor is None:
+        raise TypeError("images were given but the processing class has no image processor")
+    if images is not None and len(images) != len(prompts):
+        raise ValueError(f"{len(images)} image lists for {len(prompts)} prompts")
+    if processor is not None:
+        tokenizer = processor.tokenizer
+        texts = [processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 if not isinstance(p, str) else p for p in prompts]
+    else:
+        texts = [_render(tokenizer, p) for p in prompts]
     # A rendered chat template already holds the special tokens (BOS etc.) the model expects;
     # plain strings get the tokenizer's usual ones.
     add_special_tokens = not is_chat[0]
@@ -71,7 +88,9 @@ def generate_completions(
         )
 
     device = next(model.parameters()).device
-    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    starts = range(0, len(texts), batch_size)
+    batches = [(texts[i : i + batch_size], images[i : i + batch_size] if images is not None else None)
+               for i in starts]
     if progress:
         from tqdm.auto import tqdm
 
@@ -102,13 +121,25 @@ def generate_completions(
         with rng, torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            for batch in batches:
-                enc = tokenizer(
-                    batch,
-                    return_tensors="pt",
-                    padding=True,
-                    add_special_tokens=add_special_tokens,
-                ).to(device)
+            for batch, batch_images in batches:
+                if processor is not None:
+                    # processors take None, not a list of empty lists, for text-only batches
+                    has_images = batch_images is not None and any(batch_images)
+                    enc = processor(
+                        text=batch,
+                        images=[list(i) for i in batch_images] if has_images else None,
+                        return_tensors="pt",
+                        padding=True,
+                        padding_side="left",
+                        add_special_tokens=add_special_tokens,
+                    ).to(device)
+                else:
+                    enc = tokenizer(
+                        batch,
+                        return_tensors="pt",
+                        padding=True,
+                        add_special_tokens=add_special_tokens,
+                    ).to(device)
                 out = model.generate(**enc, **gen_kwargs)
                 new_tokens = out[:, enc["input_ids"].shape[1] :]
                 completions.extend(

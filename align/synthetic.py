@@ -5,6 +5,16 @@ digits of ``a+b`` and nothing else. Every pair is enumerated once and shuffled w
 first ``n_eval`` pairs are the held-out ``"eval"`` split, the rest ``"train"`` (optionally capped at
 ``n_train``), so the two splits never share a problem.
 
+Supported task: ``"shapes"`` (for vision-language models; needs Pillow, the ``vision`` extra) --
+a 56x56 picture of 1-4 circles or squares of one colour on a 2x2 grid, with the question "How
+many shapes are there?" (answer: the digit) or "What colour are the shapes?" (answer: red, green,
+blue or yellow). Every (colour, occupied cells, shape per cell) combination is one problem (320
+in all, times the questions asked: ``questions=[count, colour]`` by default); they are shuffled with
+``seed`` and the first ``n_eval`` (64) are the ``"eval"`` split. Rows carry the picture in an
+``images`` column ({bytes, path} PNG values) and messages of typed parts
+(``[{"type": "image"}, {"type": "text", "text": ...}]``), the form align's data layer gives
+vision-language data; counting answers are numbers, so the ``accuracy`` reward scores them.
+
 Dataset kinds (the column layouts trl's trainers accept):
 
 - ``"sft"``: ``messages`` = user prompt + assistant answer (conversational language modeling).
@@ -28,7 +38,7 @@ if (
 ):  # datasets is imported lazily so that importing this module stays cheap
     import datasets
 
-SYNTHETIC_TASKS = ("arithmetic",)
+SYNTHETIC_TASKS = ("arithmetic", "shapes")
 SYNTHETIC_KINDS = ("sft", "preference", "prompt")
 SYNTHETIC_SPLITS = ("train", "eval")
 
@@ -141,6 +151,8 @@ def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Data
             f"unknown split {split!r}; valid splits: {', '.join(SYNTHETIC_SPLITS)}"
         )
     allowed = {"seed", "n_eval", "n_train", "max_operand"}
+    if task == "shapes":
+        allowed = {"seed", "n_eval", "n_train", "questions"}
     unknown = set(params) - allowed
     if unknown:
         raise TypeError(
@@ -149,6 +161,8 @@ def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Data
 
     import datasets
 
+    if task == "shapes":
+        return datasets.Dataset.from_list(_shapes_rows(kind, split, **params))
     pairs = arithmetic_pairs(split, **params)
     rows = _arithmetic_rows(kind, pairs, params.get("seed", 0))
     if not rows:  # from_list cannot infer columns from nothing
@@ -160,3 +174,87 @@ def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Data
             {c: [] for c in columns.get(kind, ["prompt", "solution"])}
         )
     return datasets.Dataset.from_list(rows)
+
+
+# --------------------------------------------------------------------------- shapes (vision)
+
+SHAPE_COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220),
+                 "yellow": (230, 200, 20)}
+SHAPE_QUESTIONS = {"count": "How many shapes are there?", "colour": "What colour are the shapes?"}
+SHAPE_IMAGE_SIZE = 56
+
+
+def shape_problems(split: str, seed: int = 0, n_eval: int = 64, n_train: int | None = None,
+                   questions: tuple[str, ...] | list[str] = ("count", "colour")) -> list[tuple]:
+    """The (colour, cells, kinds, question) problems of one split, in a deterministic order."""
+    from itertools import combinations, product
+
+    if split not in SYNTHETIC_SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SYNTHETIC_SPLITS)}")
+    unknown = [q for q in questions if q not in SHAPE_QUESTIONS]
+    if unknown or not questions:
+        raise ValueError(f"questions={list(questions)}: choose from {', '.join(SHAPE_QUESTIONS)}")
+    problems = [
+        (colour, cells, kinds, question)
+        for question in questions
+        for colour in SHAPE_COLOURS
+        for n in range(1, 5)
+        for cells in combinations(range(4), n)
+        for kinds in product(("circle", "square"), repeat=n)
+    ]
+    if not 0 <= n_eval < len(problems):
+        raise ValueError(f"n_eval={n_eval} must be in [0, {len(problems)}) for questions={list(questions)}")
+    random.Random(seed).shuffle(problems)
+    if split == "eval":
+        return problems[:n_eval]
+    train = problems[n_eval:]
+    return train if n_train is None else train[:n_train]
+
+
+def draw_shapes(colour: str, cells: tuple[int, ...], kinds: tuple[str, ...], rng: random.Random):
+    """A PIL image: one shape per occupied cell of a 2x2 grid, jittered a little."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (SHAPE_IMAGE_SIZE, SHAPE_IMAGE_SIZE), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    half = SHAPE_IMAGE_SIZE // 2
+    for cell, kind in zip(cells, kinds):
+        x0 = (cell % 2) * half + rng.randint(2, 6)
+        y0 = (cell // 2) * half + rng.randint(2, 6)
+        side = rng.randint(14, 18)
+        box = (x0, y0, x0 + side, y0 + side)
+        (draw.ellipse if kind == "circle" else draw.rectangle)(box, fill=SHAPE_COLOURS[colour])
+    return image
+
+
+def _shapes_rows(kind: str, split: str, seed: int = 0, **params) -> list[dict]:
+    try:
+        from align.vision import png_bytes
+    except ImportError:  # pragma: no cover - align.vision itself has no heavy import
+        raise
+    from align.vision import require_pillow
+
+    require_pillow("the synthetic shapes task")
+    rng = random.Random(f"shapes-{split}-{seed}")
+    rows = []
+    for colour, cells, kinds, question in shape_problems(split, seed=seed, **params):
+        answer = str(len(cells)) if question == "count" else colour
+        if question == "count":
+            wrong = str(rng.choice([n for n in range(1, 5) if n != len(cells)]))
+        else:
+            wrong = rng.choice([c for c in SHAPE_COLOURS if c != colour])
+        user = [{"role": "user", "content": [{"type": "image", "text": None},
+                                             {"type": "text", "text": SHAPE_QUESTIONS[question]}]}]
+        images = [png_bytes(draw_shapes(colour, cells, kinds, rng))]
+
+        def said(text):
+            return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+        if kind == "sft":
+            rows.append({"messages": user + said(answer), "images": images})
+        elif kind == "preference":
+            rows.append({"prompt": user, "chosen": said(answer), "rejected": said(wrong),
+                         "images": images, "solution": answer})
+        else:
+            rows.append({"prompt": user, "images": images, "solution": answer})
+    return rows

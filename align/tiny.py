@@ -11,6 +11,13 @@ Two variants, each a directory that ``AutoModelForCausalLM`` / ``AutoTokenizer``
   minute on 2 CPU cores. RL from a weaker start barely moves (most sampled groups are all wrong),
   which is why the warm-up stops at a target accuracy and not after a fixed number of steps.
 
+A third variant, ``"vlm"``, is a tiny vision-language model (see :func:`tiny_vlm_path`): the same
+tokenizer plus an image token, a LLaVA-architecture model (a 1-layer CLIP vision tower on 56x56
+images, a 2-layer MLP projector and the base's Llama language model shape), randomly initialised,
+saved with its processor so ``AutoProcessor`` / ``AutoModelForImageTextToText`` load it. It has its
+own cache folder and version (``tiny/vlm-<VLM_BUILD_VERSION>``), so building it never touches the
+text variants.
+
 Use ``tiny_model_path("sft")`` or, wherever a model name is accepted, ``"tiny://sft"`` through
 :func:`resolve_model_path`. The cache lives under ``$ALIGN_CACHE`` (default ``~/.cache/align``)
 in ``tiny/<BUILD_VERSION>/<variant>``; a file lock makes concurrent processes (e.g. the ranks of
@@ -116,10 +123,139 @@ def tiny_model_path(variant: str) -> pathlib.Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``"tiny://base"`` / ``"tiny://sft"`` -> the built directory; anything else unchanged."""
+    """``"tiny://base"`` / ``"tiny://sft"`` / ``"tiny://vlm"`` -> the built directory; anything
+    else unchanged."""
     if isinstance(name_or_path, str) and name_or_path.startswith(TINY_SCHEME):
-        return str(tiny_model_path(name_or_path[len(TINY_SCHEME) :]))
+        variant = name_or_path[len(TINY_SCHEME) :]
+        if variant in VLM_VARIANTS:
+            return str(tiny_vlm_path(variant))
+        return str(tiny_model_path(variant))
     return name_or_path
+
+
+# --------------------------------------------------------------------------- tiny vision-language model
+
+#: Bump whenever the VLM recipe below changes; independent of BUILD_VERSION.
+VLM_BUILD_VERSION = "v1"
+VLM_VARIANTS = ("vlm",)
+#: The token the processor expands to one token per image patch. Not "<image>": that string is the
+#: placeholder of LLaVA / Qwen2-VL-Finetune data files, which align turns into image parts.
+IMAGE_TOKEN = "<|image_pad|>"
+VLM_IMAGE_SIZE = 56  # 4x4 patches of 14 pixels: 16 image tokens per image
+VLM_PATCH_SIZE = 14
+
+# ChatML as in CHAT_TEMPLATE, with content given as a list of typed parts (how processors pass
+# images): an image part renders as the image token, which the processor expands per patch.
+VLM_CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}{%- for part in content -%}"
+    "{%- if part['type'] == 'image' -%}{{- '" + IMAGE_TOKEN + "' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- generation %}{{- render(message['content']) + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- render(message['content']) + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def tiny_vlm_path(variant: str = "vlm") -> pathlib.Path:
+    """The directory of the tiny vision-language model, built on first use (a few seconds)."""
+    if variant not in VLM_VARIANTS:
+        raise ValueError(f"unknown tiny VLM variant {variant!r}; available: {', '.join(VLM_VARIANTS)}")
+    root = cache_root() / "tiny" / f"vlm-{VLM_BUILD_VERSION}"
+    final = root / variant
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+
+    from filelock import FileLock
+
+    with FileLock(str(root / "build.lock")):
+        if not final.is_dir():
+            _build_into(root, variant)
+    return final
+
+
+def build_vlm_processor():
+    """The tiny VLM's processor: the tiny tokenizer plus an image token, and LLaVA's PIL image
+    processor (resize + centre crop to 56x56; needs Pillow, not torchvision)."""
+    from transformers import LlavaProcessor
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IMAGE_TOKEN]})
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    image_processor = LlavaImageProcessorPil(
+        size={"shortest_edge": VLM_IMAGE_SIZE},
+        crop_size={"height": VLM_IMAGE_SIZE, "width": VLM_IMAGE_SIZE},
+    )
+    # "default" drops the CLS feature, which num_additional_image_tokens=1 accounts for.
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=VLM_PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=IMAGE_TOKEN,
+        chat_template=VLM_CHAT_TEMPLATE,
+    )
+
+
+def _build_vlm(out: pathlib.Path) -> None:
+    import torch
+    from transformers import (AutoModelForImageTextToText, AutoProcessor, CLIPVisionConfig,
+                              GenerationConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration)
+
+    # LLaVA rather than Qwen2-VL: transformers' Qwen2-VL processor requires a video processor,
+    # which needs torchvision; LLaVA's needs only Pillow. trl's SFT/DPO/GRPO treat both alike
+    # (a processor + pixel_values), and the module layout (vision tower, projector, language
+    # model) is the one the PEFT and freeze options address.
+    processor = build_vlm_processor()
+    tokenizer = processor.tokenizer
+    eos_id, pad_id, image_id = tokenizer.convert_tokens_to_ids([EOS_TOKEN, PAD_TOKEN, IMAGE_TOKEN])
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        tie_word_embeddings=True, attention_bias=False, bos_token_id=None,
+        eos_token_id=eos_id, pad_token_id=pad_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=VLM_IMAGE_SIZE, patch_size=VLM_PATCH_SIZE, projection_dim=32,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=image_id,
+        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        projector_hidden_act="gelu", tie_word_embeddings=True,
+    )
+    torch.manual_seed(SEED)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    # The reloaded processor must tokenise exactly as the one built here.
+    reloaded = AutoProcessor.from_pretrained(out)
+    for text_ in _CHECK_STRINGS + [f"{IMAGE_TOKEN}What colour?"]:
+        if reloaded.tokenizer(text_)["input_ids"] != tokenizer(text_)["input_ids"]:
+            raise RuntimeError(f"the tiny VLM processor saved at {out} tokenises {text_!r} "
+                               "differently after reload")
+    if reloaded.image_token != IMAGE_TOKEN:
+        raise RuntimeError(f"image token changed on reload: {reloaded.image_token!r}")
+    AutoModelForImageTextToText.from_pretrained(out)
+    logger.info("tiny vlm: vocab %d, %d parameters", len(tokenizer),
+                sum(p.numel() for p in model.parameters()))
 
 
 def _build_into(root: pathlib.Path, variant: str) -> None:
@@ -141,6 +277,8 @@ def _build_into(root: pathlib.Path, variant: str) -> None:
         with torch.random.fork_rng(devices=[]):
             if variant == "base":
                 _build_base(tmp)
+            elif variant == "vlm":
+                _build_vlm(tmp)
             else:
                 _build_sft(root / "base", tmp)
         os.replace(tmp, final)

@@ -1,0 +1,210 @@
+"""Images and videos for vision-language data: placeholders, paths, checks and frame sampling.
+
+Supported input (the LLaVA / Qwen2-VL-Finetune convention): text with `<image>` and `<video>`
+placeholders, one per item of the row's `image`/`images` and `video`/`videos` lists (a single
+string is a list of one). Paths are absolute, or relative to `data.image_folder` (default: the
+folder of the data file). Each placeholder becomes a typed content part where it stood, which is
+how processors and trl place images:
+
+    "<image>\\nWhat is this?"  ->  [{"type": "image"}, {"type": "text", "text": "\\nWhat is this?"}]
+
+A video becomes `data.video_max_frames` frames at most, sampled `data.video_fps` times a second
+and given to the model as images in a row: trl's trainers pass images (not videos) to the model,
+and a sequence of frames is how every image model sees a clip. Videos are decoded with PyAV
+(`av`, FFmpeg's libraries bundled in its wheels, no system FFmpeg needed, works on CPU-only
+machines and is the backend transformers' own video utilities use); torchvision's video reader
+is deprecated and its PyPI wheels need a CUDA build of torch, decord has no recent wheels.
+
+Images need Pillow and videos need PyAV: the `vision` extra (pip install -e '.[vision]').
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from align.errors import MissingExtraError
+
+IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
+_PLACEHOLDER = re.compile(r"(<image>|<video>)")
+#: Columns that hold a row's media: one path (string) or a list of paths.
+IMAGE_COLUMNS = ("image", "images")
+VIDEO_COLUMNS = ("video", "videos")
+MEDIA_COLUMNS = IMAGE_COLUMNS + VIDEO_COLUMNS
+
+
+class MediaError(Exception):
+    """A problem with one row's media; the data layer adds the source, row and sample id."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(problem)
+        self.field, self.problem = field, problem
+
+
+def require_pillow(feature: str = "images in the data") -> None:
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(feature, "vision", "pillow") from None
+
+
+def require_av(feature: str = "videos in the data") -> None:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(feature, "vision", "av") from None
+
+
+# --------------------------------------------------------------------------- placeholders
+
+
+def count_placeholders(text: str) -> tuple[int, int]:
+    """(number of `<image>`, number of `<video>`) in a string."""
+    return text.count(IMAGE_PLACEHOLDER), text.count(VIDEO_PLACEHOLDER)
+
+
+def to_parts(content: Any) -> list[dict]:
+    """Content (a string with placeholders, or a list of parts) as a list of typed parts.
+
+    `<image>` -> {"type": "image"}; `<video>` -> {"type": "video"} (the data layer expands it
+    into one image part per sampled frame). Parts always carry both `type` and `text`, so that
+    every row has the same arrow type.
+    """
+    if not isinstance(content, str):
+        return [{"type": p.get("type", "text"), "text": p.get("text")} for p in content]
+    parts: list[dict] = []
+    for piece in _PLACEHOLDER.split(content):
+        if piece == IMAGE_PLACEHOLDER:
+            parts.append({"type": "image", "text": None})
+        elif piece == VIDEO_PLACEHOLDER:
+            parts.append({"type": "video", "text": None})
+        elif piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
+def mentions_media(value: Any) -> bool:
+    """True when text or typed parts anywhere in `value` refer to an image or a video."""
+    if isinstance(value, str):
+        return IMAGE_PLACEHOLDER in value or VIDEO_PLACEHOLDER in value
+    if isinstance(value, Mapping):
+        if value.get("type") in ("image", "video"):
+            return True
+        return any(mentions_media(v) for v in value.values())
+    if isinstance(value, list):
+        return any(mentions_media(v) for v in value)
+    return False
+
+
+# --------------------------------------------------------------------------- paths and files
+
+
+def media_list(row: Mapping, columns: tuple[str, ...]) -> tuple[str | None, list]:
+    """(the column used, its items as a list) for the first of `columns` present and not null."""
+    for column in columns:
+        value = row.get(column)
+        if value is None:
+            continue
+        if isinstance(value, (str, dict)) or _is_pil(value):
+            return column, [value]
+        if isinstance(value, list):
+            return column, value
+        raise MediaError(column, f"expected a path or a list of paths, got {type(value).__name__}")
+    return None, []
+
+
+def _is_pil(value: Any) -> bool:
+    return type(value).__module__.startswith("PIL.")
+
+
+def resolve(path: str, folder: str | None) -> str:
+    """An absolute path: `path` itself if absolute, else joined to `folder`."""
+    path = os.path.expanduser(path)
+    if os.path.isabs(path) or folder is None:
+        return os.path.abspath(path)
+    return os.path.abspath(os.path.join(os.path.expanduser(folder), path))
+
+
+def check_image(item: Any, field: str) -> None:
+    """Open and fully decode one image (a path or {bytes, path}); MediaError naming it if not."""
+    from PIL import Image
+
+    if _is_pil(item):
+        return
+    if isinstance(item, dict):
+        source, name = (io.BytesIO(item["bytes"]), "embedded image") if item.get("bytes") else (
+            item.get("path"), item.get("path"))
+    else:
+        source, name = item, item
+    if isinstance(source, str) and not os.path.isfile(source):
+        raise MediaError(field, f"{name}: no such image file")
+    try:
+        with Image.open(source) as img:
+            img.load()  # verify() misses truncated files; a full decode does not
+    except Exception as exc:
+        raise MediaError(field, f"{name}: unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+def sample_frames(path: str, fps: float, max_frames: int, field: str = "video") -> list:
+    """Frames of a video as PIL images: one every 1/fps seconds, at most `max_frames` (evenly
+    spread over the clip when it has more). MediaError naming the file when it cannot be read."""
+    import av
+
+    if not os.path.isfile(path):
+        raise MediaError(field, f"{path}: no such video file")
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            frames = [(float(f.time or 0.0), f) for f in container.decode(stream)]
+            if not frames:
+                raise ValueError("no video frames")
+            picked, next_t = [], frames[0][0]
+            for t, frame in frames:
+                if t + 1e-6 >= next_t:
+                    picked.append(frame)
+                    next_t = t + 1.0 / fps
+            if len(picked) > max_frames:
+                step = len(picked) / max_frames
+                picked = [picked[int(i * step)] for i in range(max_frames)]
+            return [f.to_image() for f in picked]
+    except MediaError:
+        raise
+    except Exception as exc:
+        raise MediaError(field, f"{path}: unreadable video ({type(exc).__name__}: {exc})") from None
+
+
+def png_bytes(image) -> dict:
+    """A PIL image as an `Image` feature value ({bytes, path}) that datasets stores as it is."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def image_feature():
+    """The feature of the normalised `images` column: a list of images decoded on access."""
+    import datasets
+
+    return datasets.List(datasets.Image())
+
+
+__all__ = [
+    "IMAGE_COLUMNS",
+    "MEDIA_COLUMNS",
+    "VIDEO_COLUMNS",
+    "MediaError",
+    "check_image",
+    "count_placeholders",
+    "mentions_media",
+    "image_feature",
+    "media_list",
+    "png_bytes",
+    "require_av",
+    "require_pillow",
+    "resolve",
+    "sample_frames",
+    "to_parts",
+]
