@@ -3,6 +3,13 @@
 `python align/grpo.py key=value`, `accelerate launch align/grpo.py key=value` and
 `python align/grpo.py -m key=a,b` all come through `main`. User errors (config, data, missing
 extras) print one message and exit with status 2; bugs keep their traceback.
+
+The Hydra task returns one number, the run's `objective` (a dotted key into metrics.json,
+`heldout_after.accuracy` unless set), so that a sweeper plugin can optimise it:
+
+    python align/grpo.py -m hydra/sweeper=optuna_heldout            # needs the `sweep` extra
+
+`run(cfg)` itself keeps returning the whole metrics dict.
 """
 
 from __future__ import annotations
@@ -33,17 +40,37 @@ def main(stage: str, run: Callable) -> None:
     task()
 
 
+#: what the Hydra task returns when the config names no `objective`
+DEFAULT_OBJECTIVE = "heldout_after.accuracy"
+
+
 def _reporting_user_errors(run: Callable) -> Callable:
     @functools.wraps(run)
     def wrapper(cfg):
         try:
-            return run(cfg)
+            return _objective(cfg, run(cfg))
         except AlignError as exc:
             print(f"error: {exc}", file=sys.stderr)
             _remove_empty_run_folder()
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def _objective(cfg, metrics):
+    """The float a sweeper optimises. Without an `objective` key the default metric is
+    returned when the run has it (and None otherwise); a named one must exist."""
+    from align.job import is_main_process, objective_value
+
+    key = cfg.get("objective") if "objective" in cfg else None
+    if not isinstance(metrics, dict) or not is_main_process():
+        return metrics if not isinstance(metrics, dict) else None  # held-out data is the main's
+    if key is None:
+        section, _, name = DEFAULT_OBJECTIVE.partition(".")
+        if name not in (metrics.get(section) or {}):
+            return None
+        key = DEFAULT_OBJECTIVE
+    return objective_value(metrics, str(key))
 
 
 def _remove_empty_run_folder() -> None:

@@ -7,7 +7,9 @@
 
 With an adapter (peft=lora, the default) the reference model is the base model with the
 adapter disabled: no second copy in memory. With peft=none trl loads a frozen reference copy.
-Data: prompt/chosen/rejected, plain or conversational (align/data.py).
+Data: prompt/chosen/rejected, plain or conversational (align/data.py). Held-out figures
+include the preference accuracy on the eval pairs (chosen answer given a higher
+log-probability than the rejected one) next to greedy task accuracy.
 """
 
 from omegaconf import DictConfig
@@ -21,15 +23,16 @@ def run(cfg: DictConfig) -> dict:
     from align.models import build_model
 
     job = Job.start(cfg, "dpo")
-    data = load_stage_data(job.data, "dpo")
+    data = load_stage_data(job.data, "dpo", model_kind=job.model.kind)
     job.begin()
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
-    job.measure("before", model, tokenizer, data.heldout)
+    job.measure("before", model, tokenizer, data.heldout, pairs=data.eval)
     trainer = DPOTrainer(model=model, ref_model=None, args=job.args, train_dataset=data.train,
                          eval_dataset=data.eval, processing_class=tokenizer,
-                         peft_config=plan.peft_config, callbacks=job.callbacks())
+                         peft_config=plan.peft_config,
+                         callbacks=job.callbacks(tokenizer, data.heldout))
     job.train(trainer)
-    job.measure("after", trainer.model, tokenizer, data.heldout)
+    job.measure("after", trainer.model, tokenizer, data.heldout, pairs=data.eval)
     return job.save(trainer)
 
 

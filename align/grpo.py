@@ -23,7 +23,7 @@ def run(cfg: DictConfig) -> dict:
     from rewards import build_rewards
 
     job = Job.start(cfg, "grpo")
-    data = load_stage_data(job.data, "grpo")
+    data = load_stage_data(job.data, "grpo", model_kind=job.model.kind)
     reward_funcs, _ = build_rewards(job.cfg["rewards"])  # weights are in job.args
     job.begin()
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> dict:
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=job.args,
                           train_dataset=data.train, eval_dataset=data.eval,
                           processing_class=tokenizer, peft_config=plan.peft_config,
-                          callbacks=job.callbacks())
+                          callbacks=job.callbacks(tokenizer, data.heldout))
     job.train(trainer)
     job.measure("after", trainer.model, tokenizer, data.heldout)
     return job.save(trainer)

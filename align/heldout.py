@@ -4,6 +4,10 @@ Every stage measures the model on held-out prompts before and after training (gr
 decoding, so the numbers are reproducible), with reward functions from the same registry GRPO
 trains with. This is what tells a user whether the run did what it was meant to.
 
+With `heldout.eval_steps=N` the same measurement also runs every N training steps
+(align.callbacks.HeldoutCallback): the figures go to W&B, the trainer's log history and
+metrics.json (`heldout_during`), with a few sample completions as a W&B table.
+
 `heldout:` config section (schema: HeldoutConfig).
 """
 
@@ -12,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +25,15 @@ log = logging.getLogger(__name__)
 class HeldoutConfig:
     enabled: bool = True
     #: first N held-out prompts (None: all)
-    max_samples: Optional[int] = 200
+    max_samples: int | None = 200
     max_new_tokens: int = 32
     batch_size: int = 64
     #: reward specs ({name: {fn, weight, kwargs}}); GRPO defaults to its training rewards
     rewards: dict[str, Any] = field(default_factory=dict)
+    #: also measure every N training steps (0: only before and after training)
+    eval_steps: int = 0
+    #: completions logged as a W&B table at each periodic measurement
+    log_samples: int = 8
 
 
 def evaluate(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig) -> dict[str, float]:
@@ -34,29 +42,42 @@ def evaluate(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig) -> dic
     Rewards that return None for a sample (not applicable) leave it out of that mean; the
     number of scored samples per reward is reported as `<name>/n`.
     """
+    return evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg)[0]
+
+
+def evaluate_with_samples(model, tokenizer, dataset, reward_funcs,
+                          cfg: HeldoutConfig) -> tuple[dict[str, float], list[dict]]:
+    """`evaluate`, plus one row per prompt: prompt, completion, solution, each reward."""
     from align.generation import generate_completions
 
     if cfg.max_samples is not None and len(dataset) > cfg.max_samples:
         dataset = dataset.select(range(cfg.max_samples))
     started = time.perf_counter()
+    images = list(dataset["images"]) if "images" in dataset.column_names else None
     completions = generate_completions(
         model, tokenizer, list(dataset["prompt"]), max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size, images=images,
     )
     columns = {k: list(dataset[k]) for k in dataset.column_names if k != "prompt"}
     metrics: dict[str, float] = {}
+    rows = [{"prompt": p, "completion": c, "solution": s}
+            for p, c, s in zip(dataset["prompt"], completions,
+                               columns.get("solution", [None] * len(completions)))]
     for fn in reward_funcs:
         scores = fn(completions=completions, prompts=list(dataset["prompt"]), **columns)
         scored = [float(s) for s in scores if s is not None]
         name = fn.__name__
         metrics[name] = sum(scored) / len(scored) if scored else float("nan")
         metrics[f"{name}/n"] = len(scored)
-    lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions]
+        for row, score in zip(rows, scores):
+            row[name] = score
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM's processor holds one
+    lengths = [len(text_tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions]
     metrics["completion_tokens_mean"] = sum(lengths) / max(len(lengths), 1)
     metrics["samples"] = len(completions)
     log.info("held-out evaluation of %d prompts took %.1fs", len(completions),
              time.perf_counter() - started)
-    return metrics
+    return metrics, rows
 
 
 def summary_lines(before: dict | None, after: dict | None, names: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ A run folder holds:
   config.yaml     the resolved config (secrets removed)
   final/          the trained model, or the adapter, in Hugging Face format, with tokenizer
   metrics.json    training metrics and held-out figures before and after training
+  log_history.jsonl  the trainer's log, one JSON object per logging step (for align.plots)
   checkpoint-*/   trl checkpoints, when saving is on
 All ranks of a multi-process run share the folder (see align.config.run_id); only the main
 process writes the shared files.
@@ -28,18 +29,26 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from align.adapters import check_peft_section
-from align.config import (SECTIONS, check_dataclass, field_names, import_object, raise_if,
-                          redact, to_container, unknown_keys)
+from align.config import (
+    SECTIONS,
+    check_dataclass,
+    field_names,
+    import_object,
+    raise_if,
+    redact,
+    to_container,
+    unknown_keys,
+)
 from align.data import DataConfig
 from align.errors import ConfigError, MissingExtraError
 from align.heldout import HeldoutConfig
-from align.models import ModelConfig, check_model_config
+from align.models import ModelConfig, check_model_config, check_vision_peft
 from align.tracking import LoggerConfig, Tracker, check_logger_config, start_tracking
 
 log = logging.getLogger(__name__)
 
 TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
-TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks") + SECTIONS
+TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks", "objective") + SECTIONS
 
 #: trl fields that align sets from another config key, and where to set them instead.
 OWNED_BY_ALIGN = {
@@ -112,10 +121,12 @@ class Job:
     args: Any = None  # trl <Stage>Config
     tracker: Tracker = field(default_factory=lambda: Tracker("none"))
     metrics: dict = field(default_factory=dict)
+    #: held-out preference margins of the model before training (DPO's reference)
+    reference_margins: list | None = None
 
     # ------------------------------------------------------------------ setup
     @classmethod
-    def start(cls, cfg: DictConfig | dict, stage: str) -> "Job":
+    def start(cls, cfg: DictConfig | dict, stage: str) -> Job:
         """Check the config and prepare the run; loads no model and no data."""
         if stage not in TRL_CONFIGS:
             raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(TRL_CONFIGS)}")
@@ -133,7 +144,15 @@ class Job:
         errors += e or check_logger_config(logger)
         heldout, e = check_dataclass(plain.get("heldout"), HeldoutConfig, "heldout")
         errors += e
+        objective = plain.get("objective")
+        if objective is not None and (not isinstance(objective, str) or "." not in objective):
+            errors.append(f"objective={objective!r}: a dotted key into metrics.json, e.g. "
+                          "heldout_after.accuracy")
+        if heldout and heldout.eval_steps < 0:
+            errors.append(f"heldout.eval_steps={heldout.eval_steps}: must be >= 0 (0: off)")
         errors += check_peft_section(plain.get("peft") or {})
+        if model is not None:
+            errors += check_vision_peft(model, plain.get("peft") or {})
         trainer = dict(plain.get("trainer") or {})
         errors += check_trainer_section(trainer, stage)
         if stage == "grpo":
@@ -156,6 +175,14 @@ class Job:
         job = cls(stage=stage, cfg=plain, model=model, data=data, logger=logger,
                   heldout=heldout, out_dir=Path(plain["output_dir"]).resolve())
         job.args = job._trainer_args(trainer)
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if job.heldout.enabled and is_deepspeed_zero3_enabled():
+            # ZeRO-3 shards every weight across ranks, so the main process alone cannot
+            # generate; measure the saved model afterwards instead.
+            log.warning("held-out measurement is off under DeepSpeed ZeRO-3; evaluate the saved "
+                        "model afterwards: python align/eval.py run_dir=%s", job.out_dir)
+            job.heldout.enabled = False
         return job
 
     def _trainer_args(self, trainer: dict):
@@ -211,9 +238,17 @@ class Job:
                                       out_dir=self.out_dir, config=self.cfg, is_main=self.is_main)
         self.args.report_to = self.tracker.report_to
 
-    def callbacks(self) -> list:
-        """transformers TrainerCallbacks named in the `callbacks` list (import paths)."""
-        return [import_object(ref, "callbacks")() for ref in self.cfg.get("callbacks") or []]
+    def callbacks(self, tokenizer=None, heldout=None) -> list:
+        """transformers TrainerCallbacks named in the `callbacks` list (import paths), plus
+        the periodic held-out measurement when `heldout.eval_steps` is set."""
+        callbacks = [import_object(ref, "callbacks")() for ref in self.cfg.get("callbacks") or []]
+        if self.heldout.enabled and self.heldout.eval_steps and heldout is not None:
+            funcs = self.heldout_rewards()
+            if funcs:
+                from align.callbacks import HeldoutCallback
+
+                callbacks.append(HeldoutCallback(self, tokenizer, heldout, funcs))
+        return callbacks
 
     # ------------------------------------------------------------------ held-out data
     def heldout_rewards(self):
@@ -225,16 +260,32 @@ class Job:
         funcs, _ = build_rewards(specs)
         return funcs
 
-    def measure(self, when: str, model, tokenizer, dataset) -> dict | None:
-        """Held-out figures (main process only); logged under heldout_<when>."""
-        if not self.heldout.enabled or dataset is None or not self.is_main:
+    def measure(self, when: str, model, tokenizer, dataset, pairs=None) -> dict | None:
+        """Held-out figures (main process only); logged under heldout_<when>. With `pairs`
+        (held-out prompt/chosen/rejected rows) also the preference figures of
+        align.metrics.preference_accuracy: log-prob ranking and, after training, the DPO
+        implicit-reward accuracy against the model as it was before training."""
+        if not self.heldout.enabled or not self.is_main:
             return None
-        funcs = self.heldout_rewards()
-        if not funcs:
-            return None
-        from align.heldout import evaluate
+        funcs = self.heldout_rewards() if dataset is not None else []
+        figures: dict = {}
+        if funcs:
+            from align.heldout import evaluate
 
-        figures = evaluate(model, tokenizer, dataset, funcs, self.heldout)
+            figures.update(evaluate(model, tokenizer, dataset, funcs, self.heldout))
+        if pairs is not None and {"chosen", "rejected"} <= set(pairs.column_names):
+            from align.metrics import preference_accuracy, preference_margins
+
+            if when == "before":
+                # DPO's reference is the model it starts from: keep its margins, so that the
+                # final measurement can also score the implicit reward on held-out pairs.
+                self.reference_margins = preference_margins(
+                    model, tokenizer, pairs, self.heldout.max_samples, self.heldout.batch_size)
+            figures.update(preference_accuracy(model, tokenizer, pairs, self.heldout.max_samples,
+                                               self.heldout.batch_size,
+                                               self.reference_margins))
+        if not figures:
+            return None
         self.metrics[f"heldout_{when}"] = figures
         if self.tracker.run is not None:
             self.tracker.run.summary.update({f"heldout_{when}/{k}": v for k, v in figures.items()})
@@ -256,6 +307,10 @@ class Job:
         final = self.out_dir / "final"
         trainer.save_model(str(final))  # main process only, gathers ZeRO-3 shards itself
         if self.is_main:
+            # The per-step log, also when no checkpoint (and so no trainer_state.json) is saved.
+            write_atomic(self.out_dir / "log_history.jsonl",
+                         "".join(json.dumps(h, default=float) + "\n"
+                                 for h in trainer.state.log_history))
             write_atomic(self.out_dir / "metrics.json", json.dumps(self.metrics, indent=2,
                                                                    default=float))
             for line in summary_lines(self):
@@ -265,11 +320,28 @@ class Job:
         return self.metrics
 
 
+def objective_value(metrics: dict, key: str | None) -> float | None:
+    """The metric a sweep optimises, read from a run's metrics by a dotted key such as
+    `heldout_after.accuracy`. None when `key` is None; a ConfigError when it names nothing."""
+    if not key:
+        return None
+    node: Any = metrics
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            have = sorted(f"{k}.{m}" for k, v in metrics.items() if isinstance(v, dict)
+                          for m in v if isinstance(v[m], (int, float)))
+            raise ConfigError(f"objective={key!r} is not in the run's metrics. Did you mean one "
+                              f"of: {', '.join(have[:12])}?")
+        node = node[part]
+    return float(node)
+
+
 def summary_lines(job: Job) -> list[str]:
     from align.heldout import summary_lines as lines
 
     names = [k for k in (job.metrics.get("heldout_after") or job.metrics.get("heldout_before")
-                         or {}) if "/" not in k and k not in ("samples", "completion_tokens_mean")]
+                         or {}) if "/" not in k and k not in ("samples", "completion_tokens_mean",
+                                                              "preference_pairs")]
     return lines(job.metrics.get("heldout_before"), job.metrics.get("heldout_after"), names)
 
 

@@ -20,13 +20,14 @@ def run(cfg: DictConfig) -> dict:
     from align.models import build_model
 
     job = Job.start(cfg, "sft")  # the whole config is checked here, before anything loads
-    data = load_stage_data(job.data, "sft")
+    data = load_stage_data(job.data, "sft", model_kind=job.model.kind)
     job.begin()
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
     job.measure("before", model, tokenizer, data.heldout)
     trainer = SFTTrainer(model=model, args=job.args, train_dataset=data.train,
                          eval_dataset=data.eval, processing_class=tokenizer,
-                         peft_config=plan.peft_config, callbacks=job.callbacks())
+                         peft_config=plan.peft_config,
+                         callbacks=job.callbacks(tokenizer, data.heldout))
     job.train(trainer)
     job.measure("after", trainer.model, tokenizer, data.heldout)
     return job.save(trainer)

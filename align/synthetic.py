@@ -17,7 +17,8 @@ vision-language data; counting answers are numbers, so the ``accuracy`` reward s
 
 Dataset kinds (the column layouts trl's trainers accept):
 
-- ``"sft"``: ``messages`` = user prompt + assistant answer (conversational language modeling).
+- ``"sft"``: ``prompt`` (user turn) + ``completion`` (assistant answer), conversational, so
+  trl's completion-only loss trains on the answer (the ``shapes`` task gives ``messages``).
 - ``"preference"``: ``prompt`` / ``chosen`` / ``rejected`` (conversational) plus ``solution``.
 - ``"prompt"``: ``prompt`` (conversational) and ``solution`` (the answer string), for GRPO and
   held-out evaluation.
@@ -111,7 +112,9 @@ def _arithmetic_rows(kind: str, pairs: list[tuple[int, int]], seed: int) -> list
         prompt, answer = arithmetic_prompt(a, b), str(a + b)
         user = [{"role": "user", "content": prompt}]
         if kind == "sft":
-            rows.append({"messages": user + [{"role": "assistant", "content": answer}]})
+            # prompt/completion rather than messages: trl's completion-only loss then trains
+            # on the answer alone, whatever the chat template (no generation markers needed).
+            rows.append({"prompt": user, "completion": [{"role": "assistant", "content": answer}]})
         elif kind == "preference":
             rows.append(
                 {
@@ -167,7 +170,7 @@ def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Data
     rows = _arithmetic_rows(kind, pairs, params.get("seed", 0))
     if not rows:  # from_list cannot infer columns from nothing
         columns = {
-            "sft": ["messages"],
+            "sft": ["prompt", "completion"],
             "preference": ["prompt", "chosen", "rejected", "solution"],
         }
         return datasets.Dataset.from_dict(

@@ -431,11 +431,6 @@ def _build_base(out: pathlib.Path) -> None:
     logger.info("tiny base: vocab %d, %d parameters", len(tokenizer), n_params)
 
 
-def _prompt_completion(example: dict) -> dict:
-    # trl's completion-only loss needs prompt/completion columns; the sft kind carries messages.
-    return {"prompt": example["messages"][:-1], "completion": example["messages"][-1:]}
-
-
 def _build_sft(base: pathlib.Path, out: pathlib.Path) -> None:
     from transformers import (
         AutoModelForCausalLM,
@@ -452,7 +447,6 @@ def _build_sft(base: pathlib.Path, out: pathlib.Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
     train = build_synthetic("arithmetic", "sft", "train", seed=SEED)
-    train = train.map(_prompt_completion, remove_columns=["messages"])
     evalset = build_synthetic("arithmetic", "prompt", "eval", seed=SEED)
     eval_prompts, solutions = list(evalset["prompt"]), list(evalset["solution"])
 

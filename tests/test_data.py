@@ -404,7 +404,7 @@ def test_max_samples_only_checks_the_rows_kept(tmp_path):
 @pytest.mark.parametrize(
     ("stage", "kind", "columns"),
     [
-        ("sft", "sft", ["messages"]),
+        ("sft", "sft", ["prompt", "completion"]),
         ("dpo", "preference", ["prompt", "chosen", "rejected", "solution"]),
         ("grpo", "prompt", ["prompt", "solution"]),
     ],

@@ -42,8 +42,9 @@ def test_accelerate_two_processes_share_one_run_folder(stage, tmp_path):
              "dpo": ["trainer.per_device_train_batch_size=4"],
              "sft": ["trainer.per_device_train_batch_size=8"]}[stage]
     proc = run([accelerate, "launch", "--config_file", str(REPO / "launch" / "ddp.yaml"),
-                "--num_processes", "2", str(REPO / "align" / f"{stage}.py"), *QUICK, *extra],
-               cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+                "--num_processes", "2", str(REPO / "align" / f"{stage}.py"), *QUICK, *extra,
+                "callbacks=[rank_check:WeightDigest]"],
+               cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")})
     folders = [p for p in (tmp_path / "outputs" / stage).iterdir() if p.is_dir()]
     assert len(folders) == 1, f"ranks wrote to several folders: {folders}\n{proc.stderr[-2000:]}"
     metrics = json.loads((folders[0] / "metrics.json").read_text())
@@ -51,3 +52,28 @@ def test_accelerate_two_processes_share_one_run_folder(stage, tmp_path):
     assert metrics["world_size"] == 2
     assert (folders[0] / "final").is_dir()
     assert (folders[0] / "config.yaml").exists()
+    digests = [(folders[0] / f"weights-rank{r}.sha256").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1], "the ranks ended with different weights"
+
+
+@pytest.mark.parametrize("config,stage", [("zero2.yaml", "sft"), ("zero3_offload.yaml", "dpo")])
+def test_deepspeed_on_cpu_two_processes(config, stage, tmp_path):
+    """DeepSpeed ZeRO-2, and ZeRO-3 with optimizer and parameter offload, through accelerate.
+    The first ZeRO-3 offload run compiles DeepSpeed's CPU Adam (cached in
+    ~/.cache/torch_extensions)."""
+    pytest.importorskip("deepspeed", reason="the `deepspeed` extra")
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    extra = {"sft": ["trainer.per_device_train_batch_size=8", "peft=none"],
+             "dpo": ["trainer.per_device_train_batch_size=4", "peft=none"]}[stage]
+    run([accelerate, "launch", "--config_file", str(REPO / "launch" / config),
+         "--num_processes", "2", str(REPO / "align" / f"{stage}.py"), *QUICK, *extra],
+        cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}, timeout=900)
+    folders = [p for p in (tmp_path / "outputs" / stage).iterdir() if p.is_dir()]
+    assert len(folders) == 1
+    metrics = json.loads((folders[0] / "metrics.json").read_text())
+    assert metrics["train"]["global_step"] == 2 and metrics["world_size"] == 2
+    # The saved model is whole (ZeRO-3 gathers the shards when saving) and loads.
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folders[0] / "final")
+    assert all(p.numel() > 0 for p in model.parameters())

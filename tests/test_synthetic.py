@@ -50,7 +50,7 @@ def test_params_change_sizes():
 @pytest.mark.parametrize(
     "kind, columns",
     [
-        ("sft", {"messages"}),
+        ("sft", {"prompt", "completion"}),
         ("preference", {"prompt", "chosen", "rejected", "solution"}),
         ("prompt", {"prompt", "solution"}),
     ],
@@ -63,9 +63,8 @@ def test_kind_columns(kind, columns):
 
 def test_sft_answers_are_correct():
     for row in build_synthetic("arithmetic", "sft", "train"):
-        user, assistant = row["messages"]
-        a, b = _operands([user])
-        assert assistant == {"role": "assistant", "content": str(a + b)}
+        a, b = _operands(row["prompt"])
+        assert row["completion"] == [{"role": "assistant", "content": str(a + b)}]
 
 
 def test_prompt_solutions_are_correct_strings():

@@ -135,10 +135,6 @@ def test_trl_completion_only_labels(tiny_base_path, base_tokenizer, tmp_path):
     from align.synthetic import build_synthetic
 
     data = build_synthetic("arithmetic", "sft", "train", n_train=8)
-    data = data.map(
-        lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
-        remove_columns=["messages"],
-    )
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=1)
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_base_path),

@@ -1,8 +1,7 @@
 """Vision-language models train for real in every stage (trl on the tiny VLM, CPU).
 
-`run_stage` is each entry point's run(cfg) with the two lines a vision-language model needs:
-the data layer is told the model kind, and the processor is the processing_class (build_model
-returns it). Held-out scoring of VLMs is measured in test_vlm_generation_fills_images.
+`run_stage` calls the stage's entry point, run(cfg), exactly as for text models. Held-out
+scoring of VLMs is measured in test_vlm_generation_fills_images.
 """
 
 import json
@@ -39,25 +38,9 @@ def compose_run(stage, tmp_path, *overrides):
 
 
 def run_stage(stage, cfg):
-    import trl
+    from align import dpo, grpo, sft
 
-    from align.data import load_stage_data
-    from align.job import Job
-    from align.models import build_model
-    from rewards import build_rewards
-
-    job = Job.start(cfg, stage)
-    data = load_stage_data(job.data, stage, model_kind=job.model.kind)
-    job.begin()
-    model, processing_class, plan = build_model(job.model, job.cfg["peft"])
-    kwargs = dict(model=model, args=job.args, train_dataset=data.train, eval_dataset=data.eval,
-                  processing_class=processing_class, peft_config=plan.peft_config,
-                  callbacks=job.callbacks())
-    if stage == "grpo":
-        kwargs["reward_funcs"] = build_rewards(job.cfg["rewards"])[0]
-    trainer = {"sft": trl.SFTTrainer, "dpo": trl.DPOTrainer, "grpo": trl.GRPOTrainer}[stage](**kwargs)
-    job.train(trainer)
-    return job.save(trainer)
+    return {"sft": sft.run, "dpo": dpo.run, "grpo": grpo.run}[stage](cfg)
 
 
 def changes(tmp_path):

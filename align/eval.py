@@ -1,0 +1,315 @@
+"""Evaluate a model on held-out prompts: sample, score with reward functions, summarise.
+
+    python align/eval.py run_dir=outputs/grpo/<run id>      # a trained run: its final/ model or
+                                                            # adapter, its data and its rewards
+    python align/eval.py model=tiny_sft eval.n=8 eval.k=[1,4,8] eval.temperature=1.0
+    python align/eval.py model.name_or_path=outputs/dpo/<run id>/final     # an adapter folder
+    python align/eval.py model=qwen2.5-0.5b-instruct data=gsm8k rewards=math eval.backend=vllm
+
+What it measures, on the held-out split of `data` (the same split training measures before and
+after; `data.eval_path` etc. choose another): for every prompt `eval.n` completions (greedy when
+`eval.temperature=0`), each scored by every reward in `rewards` (the same registry and specs as
+GRPO training). The summary holds each reward's mean, the accuracy (share of samples whose
+`eval.correct_reward` reaches `eval.correct_threshold`), pass@k for each `eval.k` with the
+unbiased estimator (align.metrics.pass_at_k), completion length statistics and the truncation
+rate (completions that reached `eval.max_new_tokens`).
+
+Models: a hub id or local folder with a full model, `tiny://base|sft`, or a folder holding a
+PEFT adapter (adapter_config.json: its base model is loaded and the adapter applied).
+
+Backends: `eval.backend=hf` (default) uses Hugging Face `generate` (align.generation);
+`eval.backend=vllm` uses vLLM when the `vllm` extra is installed, with the same results format
+(full models only: merge an adapter first with `python -m align.merge`). The vLLM path is not
+exercised by the CPU test suite.
+
+Output (`output_dir`, written atomically): `completions.jsonl` (one row per sample: prompt,
+solution, completion, tokens, truncated, rewards, correct) and `summary.json`. The same seed
+gives the same results (sampling is seeded in a forked RNG).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from align.config import check_dataclass, raise_if, to_container, unknown_keys
+from align.errors import ConfigError, MissingExtraError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("hf", "vllm")
+TOP_LEVEL = ("name", "seed", "output_dir", "run_dir", "stage", "model", "data", "rewards",
+             "eval", "peft", "trainer", "logger", "heldout")
+
+
+@dataclass
+class EvalConfig:
+    """The `eval:` section."""
+
+    backend: str = "hf"
+    #: completions per prompt
+    n: int = 1
+    #: pass@k for each k (each <= n)
+    k: list[int] = field(default_factory=lambda: [1])
+    #: 0: greedy decoding (then n must be 1)
+    temperature: float = 0.0
+    max_new_tokens: int = 32
+    batch_size: int = 64
+    #: first N held-out prompts (None: all)
+    max_samples: int | None = None
+    #: the reward that decides whether a sample is correct (accuracy, pass@k); None: the
+    #: reward named `accuracy` if there is one, else the first
+    correct_reward: str | None = None
+    correct_threshold: float = 1.0
+
+
+def check_eval_config(cfg: EvalConfig) -> list[str]:
+    errors = []
+    if cfg.backend not in BACKENDS:
+        errors.append(f"eval.backend={cfg.backend!r}: choose one of {', '.join(BACKENDS)}")
+    if cfg.n < 1:
+        errors.append(f"eval.n={cfg.n}: must be >= 1")
+    if cfg.temperature < 0:
+        errors.append(f"eval.temperature={cfg.temperature}: must be >= 0 (0: greedy)")
+    if cfg.temperature == 0 and cfg.n > 1:
+        errors.append(f"eval.n={cfg.n} with greedy decoding gives {cfg.n} identical samples: "
+                      "set eval.temperature > 0 (e.g. 1.0) or eval.n=1")
+    bad_k = [k for k in cfg.k if not 1 <= k <= cfg.n]
+    if bad_k:
+        errors.append(f"eval.k={list(cfg.k)}: each k must be in [1, eval.n={cfg.n}] "
+                      f"(pass@k needs at least k samples per prompt); raise eval.n")
+    if cfg.max_samples is not None and cfg.max_samples < 1:
+        errors.append(f"eval.max_samples={cfg.max_samples}: must be >= 1 (or null: all)")
+    return errors
+
+
+@dataclass
+class EvalJob:
+    """A checked evaluation: where the model, data and rewards come from."""
+
+    model: Any  # align.models.ModelConfig
+    data: Any  # align.data.DataConfig
+    rewards: dict
+    eval: EvalConfig
+    stage: str
+    seed: int
+    out_dir: Path
+    source: dict  # what was evaluated (for the summary)
+
+
+def prepare(cfg: DictConfig | dict) -> EvalJob:
+    """Check the config (and the run folder it names) before anything is loaded."""
+    from align.data import DataConfig
+    from align.job import check_reward_specs
+    from align.models import ModelConfig, check_model_config
+
+    try:
+        plain = to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
+    except Exception as exc:
+        raise ConfigError(f"config cannot be resolved: {exc}") from exc
+    errors = [e.replace("'<root>.", "'") for e in
+              unknown_keys(plain, TOP_LEVEL, "<root>", "align's eval config")]
+    source: dict = {}
+    stage = str(plain.get("stage") or "grpo")
+    model_node, data_node = plain.get("model"), plain.get("data")
+    rewards = plain.get("rewards") or {}
+    if plain.get("run_dir"):
+        # A run folder: evaluate its final/ with the data and rewards it was trained and
+        # measured with.
+        run_dir = Path(plain["run_dir"])
+        config_file, final = run_dir / "config.yaml", run_dir / "final"
+        if not config_file.is_file() or not final.is_dir():
+            raise ConfigError(f"run_dir={run_dir}: not a run folder (needs config.yaml and "
+                              "final/, as written by align/sft.py, dpo.py or grpo.py)")
+        run_cfg = OmegaConf.to_container(OmegaConf.load(config_file))
+        model_node = {**run_cfg["model"], "name_or_path": str(final.resolve())}
+        data_node = run_cfg["data"]
+        rewards = (run_cfg.get("heldout") or {}).get("rewards") or run_cfg.get("rewards") or {}
+        stage = run_cfg.get("stage") or stage
+        source["run_dir"] = str(run_dir)
+    model, e = check_dataclass(model_node, ModelConfig, "model")
+    errors += e or check_model_config(model)
+    data, e = check_dataclass(data_node, DataConfig, "data")
+    errors += e
+    ev, e = check_dataclass(plain.get("eval"), EvalConfig, "eval")
+    errors += e or check_eval_config(ev)
+    errors += check_reward_specs(rewards, "rewards", required=True)
+    if stage not in ("sft", "dpo", "grpo"):
+        errors.append(f"stage={stage!r}: the data layout to read, one of sft, dpo, grpo")
+    if not plain.get("output_dir"):
+        errors.append("config key 'output_dir' is empty: give the folder for the results")
+    raise_if(errors)
+    if ev.backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise MissingExtraError("eval.backend=vllm", "vllm", "vllm")
+    if ev.correct_reward is not None and ev.correct_reward not in rewards:
+        raise ConfigError(f"eval.correct_reward={ev.correct_reward!r} is not one of the rewards "
+                          f"({', '.join(rewards)})")
+    source["model"] = model.name_or_path
+    return EvalJob(model=model, data=data, rewards=rewards, eval=ev, stage=stage,
+                   seed=int(plain.get("seed", 42)), out_dir=Path(plain["output_dir"]),
+                   source=source)
+
+
+def load_for_eval(model_cfg):
+    """(model, tokenizer): a full model, or a PEFT adapter folder on top of its base model."""
+    from align.models import load_model, load_tokenizer, resolve_path
+
+    path = Path(resolve_path(model_cfg.name_or_path))
+    tokenizer = load_tokenizer(model_cfg)
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():
+        from dataclasses import replace
+
+        from peft import PeftModel
+
+        base_path = json.loads(adapter.read_text())["base_model_name_or_path"]
+        base = load_model(replace(model_cfg, name_or_path=base_path))
+        model = PeftModel.from_pretrained(base, str(path))
+    else:
+        model = load_model(model_cfg)
+    model.eval()
+    return model, tokenizer
+
+
+def generate_hf(model, tokenizer, prompts: list, ev: EvalConfig, seed: int) -> list[list[str]]:
+    """n completions per prompt with HF generate; sampling seeded, so repeatable."""
+    from align.generation import generate_completions
+
+    repeated = [p for p in prompts for _ in range(ev.n)]
+    flat = generate_completions(model, tokenizer, repeated, max_new_tokens=ev.max_new_tokens,
+                                batch_size=ev.batch_size, do_sample=ev.temperature > 0,
+                                temperature=ev.temperature or 1.0, seed=seed)
+    return [flat[i * ev.n:(i + 1) * ev.n] for i in range(len(prompts))]
+
+
+def generate_vllm(model_path: str, tokenizer, prompts: list, ev: EvalConfig,
+                  seed: int) -> list[list[str]]:  # pragma: no cover - needs vLLM (GPU)
+    """n completions per prompt with vLLM; same shape as `generate_hf`. Not run on CPU."""
+    from vllm import LLM, SamplingParams
+
+    from align.generation import _render
+
+    if (Path(model_path) / "adapter_config.json").is_file():
+        raise ConfigError(f"eval.backend=vllm needs a full model, {model_path} is an adapter: "
+                          "merge it first (python -m align.merge RUN_DIR) and evaluate the result")
+    llm = LLM(model=model_path, seed=seed)
+    params = SamplingParams(n=ev.n, temperature=ev.temperature, max_tokens=ev.max_new_tokens,
+                            seed=seed)
+    outputs = llm.generate([_render(tokenizer, p) for p in prompts], params)
+    return [[o.text.strip() for o in out.outputs] for out in outputs]
+
+
+def correct_reward_name(ev: EvalConfig, names: list[str]) -> str:
+    if ev.correct_reward:
+        return ev.correct_reward
+    return "accuracy" if "accuracy" in names else names[0]
+
+
+def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
+          ev: EvalConfig) -> tuple[dict, list[dict]]:
+    """(summary, one row per sample) for n completions per prompt of `dataset`."""
+    from align.metrics import length_stats, mean, mean_pass_at_k
+
+    n_prompts = len(samples)
+    flat = [c for group in samples for c in group]
+    columns = {k: [v for v in dataset[k] for _ in range(ev.n)]
+               for k in dataset.column_names if k != "prompt"}
+    prompts = [p for p in dataset["prompt"] for _ in range(ev.n)]
+    names = [fn.__name__ for fn in reward_funcs]
+    scores = {fn.__name__: list(fn(completions=flat, prompts=prompts, **columns))
+              for fn in reward_funcs}
+    target = correct_reward_name(ev, names)
+    lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat]
+    rows = []
+    for i, completion in enumerate(flat):
+        value = scores[target][i]
+        rows.append({
+            "index": i // ev.n, "sample": i % ev.n, "prompt": prompts[i],
+            "solution": columns["solution"][i] if "solution" in columns else None,
+            "completion": completion, "tokens": lengths[i],
+            "truncated": lengths[i] >= ev.max_new_tokens,
+            "rewards": {name: scores[name][i] for name in names},
+            "correct": value is not None and value >= ev.correct_threshold,
+        })
+    summary: dict = {"prompts": n_prompts, "samples_per_prompt": ev.n, "rewards": {}}
+    for name in names:
+        summary["rewards"][name], summary["rewards"][f"{name}/n"] = mean(scores[name])
+    summary["correct_reward"] = target
+    summary["accuracy"] = sum(r["correct"] for r in rows) / max(len(rows), 1)
+    correct_counts = [sum(r["correct"] for r in rows[i * ev.n:(i + 1) * ev.n])
+                      for i in range(n_prompts)]
+    for k in sorted(set(ev.k)):
+        summary[f"pass@{k}"] = mean_pass_at_k(correct_counts, ev.n, k)
+    summary.update(length_stats(lengths, ev.max_new_tokens))
+    return summary, rows
+
+
+def run(cfg: DictConfig) -> dict:
+    """Evaluate and write completions.jsonl + summary.json; return the summary."""
+    from transformers import set_seed
+
+    from align.data import load_stage_data
+    from align.job import write_atomic
+    from rewards import build_rewards
+
+    job = prepare(cfg)  # everything is checked before a model or dataset is loaded
+    ev = job.eval
+    heldout = load_stage_data(job.data, job.stage, model_kind=job.model.kind).heldout
+    if heldout is None:
+        raise ConfigError(f"data {job.data.path!r} has no held-out split to evaluate: set "
+                          "data.eval_path, data.eval_split or data.eval_fraction")
+    if ev.max_samples is not None and len(heldout) > ev.max_samples:
+        heldout = heldout.select(range(ev.max_samples))
+    reward_funcs, _ = build_rewards(job.rewards)
+    set_seed(job.seed)
+    started = time.perf_counter()
+    model, tokenizer = load_for_eval(job.model)
+    prompts = list(heldout["prompt"])
+    if ev.backend == "vllm":  # pragma: no cover - needs vLLM
+        from align.models import resolve_path
+
+        samples = generate_vllm(resolve_path(job.model.name_or_path), tokenizer, prompts, ev,
+                                job.seed)
+    else:
+        samples = generate_hf(model, tokenizer, prompts, ev, job.seed)
+    summary, rows = score(samples, heldout, reward_funcs, tokenizer, ev)
+    summary = {**job.source, "stage": job.stage, "backend": ev.backend,
+               "temperature": ev.temperature, "max_new_tokens": ev.max_new_tokens,
+               "seed": job.seed, **summary,
+               "seconds": round(time.perf_counter() - started, 2)}
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(job.out_dir / "completions.jsonl",
+                 "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    write_atomic(job.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    for line in summary_lines(summary):
+        print(line)
+    print(f"results: {job.out_dir}")
+    return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    n = summary["prompts"]
+    per_prompt = summary["samples_per_prompt"]
+    lines = [f"accuracy: {summary['accuracy']:.3f} on {n} prompts x {per_prompt} samples "
+             f"({summary['correct_reward']} >= threshold)"]
+    lines += [f"{k}: {v:.3f}" for k, v in summary.items() if k.startswith("pass@")]
+    lines += [f"reward {k}: {v:.3f}" for k, v in summary["rewards"].items() if "/" not in k]
+    lines.append(f"completion tokens: mean {summary['completion_tokens_mean']:.1f}, max "
+                 f"{summary.get('completion_tokens_max', 0):.0f}, truncated "
+                 f"{summary.get('truncated_rate', 0):.1%}")
+    return lines
+
+
+if __name__ == "__main__":
+    from align.cli import main
+
+    main("eval", run)

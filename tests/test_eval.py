@@ -1,0 +1,128 @@
+"""Evaluation: pass@k against hand-computed values, the eval job's outputs and determinism."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from align.config import CONF_DIR, register
+from align.errors import ConfigError
+from align.metrics import length_stats, mean_pass_at_k, pass_at_k
+
+register()
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("n,c,k,expected", [
+    (5, 2, 1, 2 / 5),                  # pass@1 is the share correct
+    (5, 2, 2, 1 - 3 / 10),             # 1 - C(3,2)/C(5,2)
+    (5, 2, 3, 1 - 1 / 10),             # 1 - C(3,3)/C(5,3)
+    (5, 2, 4, 1.0),                    # fewer than k wrong samples: always a correct one
+    (10, 3, 5, 1 - 21 / 252),          # 1 - C(7,5)/C(10,5)
+    (20, 1, 10, 0.5),                  # 1 - C(19,10)/C(20,10) = 1 - 10/20
+    (4, 0, 2, 0.0),
+    (4, 4, 1, 1.0),
+    (200, 37, 100, 1 - 0.0),           # C(163,100)/C(200,100) is ~1e-13: rounds to 1
+])
+def test_pass_at_k_matches_hand_computed_values(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(4, 1, 5)
+    with pytest.raises(ValueError, match="c <= n"):
+        pass_at_k(4, 5, 1)
+
+
+def test_mean_pass_at_k_and_length_stats():
+    # two problems, 4 samples each: 1 and 3 correct -> pass@2 = mean(1 - 3/6, 1 - 0/6)
+    assert mean_pass_at_k([1, 3], 4, 2) == pytest.approx((0.5 + 1.0) / 2)
+    stats = length_stats([1, 2, 3, 8], limit=8)
+    assert stats == {"completion_tokens_mean": 3.5, "completion_tokens_median": 2.5,
+                     "completion_tokens_max": 8.0, "truncated_rate": 0.25}
+
+
+def compose_eval(tmp_path, *overrides):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("eval", overrides=[f"output_dir={tmp_path}", "eval.max_samples=24",
+                                          *overrides])
+
+
+SAMPLED = ["eval.n=4", "eval.k=[1,2,4]", "eval.temperature=1.0", "eval.max_new_tokens=5"]
+
+
+def test_eval_writes_scored_completions_and_a_consistent_summary(tmp_path):
+    from align.eval import run
+
+    summary = run(compose_eval(tmp_path, *SAMPLED))
+    rows = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 * 4
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    # The summary is computed from the rows, and the rows from the reward function.
+    for row in rows:
+        assert row["correct"] == (row["completion"] == row["solution"])
+        assert row["rewards"]["accuracy"] == float(row["correct"])
+        assert row["tokens"] <= 5 and row["truncated"] == (row["tokens"] >= 5)
+    assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / len(rows))
+    assert summary["pass@1"] == pytest.approx(summary["accuracy"])
+    counts = [sum(r["correct"] for r in rows if r["index"] == i) for i in range(24)]
+    assert summary["pass@4"] == pytest.approx(sum(c > 0 for c in counts) / 24)
+    assert summary["pass@1"] <= summary["pass@2"] <= summary["pass@4"]
+    # The warm-up model answers about half the problems: sampling at T=1 varies between samples.
+    assert 0 < summary["accuracy"] < summary["pass@4"]
+
+
+def test_eval_is_repeatable_with_a_seed(tmp_path):
+    from align.eval import run
+
+    first = run(compose_eval(tmp_path / "a", *SAMPLED, "seed=3"))
+    second = run(compose_eval(tmp_path / "b", *SAMPLED, "seed=3"))
+    other = run(compose_eval(tmp_path / "c", *SAMPLED, "seed=4"))
+    texts = [(tmp_path / d / "completions.jsonl").read_text() for d in "abc"]
+    assert texts[0] == texts[1]
+    assert texts[0] != texts[2]  # the seed is what makes them equal
+    drop = lambda s: {k: v for k, v in s.items() if k != "seconds"}
+    assert drop(first) == drop(second) and drop(first) != drop(other)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["eval.n=4"], "identical samples: set eval.temperature"),
+    (["eval.n=2", "eval.temperature=1", "eval.k=[1,4]"], "each k must be in [1, eval.n=2]"),
+    (["eval.backend=triton"], "eval.backend='triton': choose one of hf, vllm"),
+    (["+eval.temprature=1"], "unknown config key 'eval.temprature'"),
+    (["rewards.accuracy.fn=acuracy"], "rewards"),
+])
+def test_bad_eval_config_fails_before_loading(tmp_path, overrides, message):
+    from align.eval import prepare
+
+    with pytest.raises(ConfigError, match=None) as info:
+        prepare(compose_eval(tmp_path, *overrides))
+    assert message in str(info.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_eval_of_a_folder_that_is_no_run_names_it(tmp_path):
+    from align.eval import prepare
+
+    with pytest.raises(ConfigError, match="not a run folder"):
+        prepare(compose_eval(tmp_path / "out", f"run_dir={tmp_path}"))
+
+
+@pytest.mark.slow
+def test_eval_command_line(tmp_path):
+    out = tmp_path / "res"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "align" / "eval.py"), "eval.max_samples=16",
+         f"hydra.run.dir={out}"],
+        check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "accuracy:" in done.stdout and (out / "summary.json").is_file()
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "align" / "eval.py"), "eval.n=3", f"hydra.run.dir={out}2"],
+        check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert bad.returncode == 2 and "eval.temperature" in bad.stderr
+    assert not (tmp_path / "res2").exists()
