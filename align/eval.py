@@ -161,10 +161,10 @@ def prepare(cfg: DictConfig | dict) -> EvalJob:
 
 def load_for_eval(model_cfg):
     """(model, tokenizer): a full model, or a PEFT adapter folder on top of its base model."""
-    from align.models import load_model, load_tokenizer, resolve_path
+    from align.models import load_model, load_processing_class, resolve_path
 
     path = Path(resolve_path(model_cfg.name_or_path))
-    tokenizer = load_tokenizer(model_cfg)
+    tokenizer = load_processing_class(model_cfg)  # a VLM's processor, else the tokenizer
     adapter = path / "adapter_config.json"
     if adapter.is_file():
         from dataclasses import replace
@@ -180,14 +180,18 @@ def load_for_eval(model_cfg):
     return model, tokenizer
 
 
-def generate_hf(model, tokenizer, prompts: list, ev: EvalConfig, seed: int) -> list[list[str]]:
-    """n completions per prompt with HF generate; sampling seeded, so repeatable."""
+def generate_hf(model, tokenizer, prompts: list, ev: EvalConfig, seed: int,
+                images: list | None = None) -> list[list[str]]:
+    """n completions per prompt with HF generate; sampling seeded, so repeatable. `images`:
+    one list of images per prompt, for vision-language models."""
     from align.generation import generate_completions
 
     repeated = [p for p in prompts for _ in range(ev.n)]
+    repeated_images = [i for i in images for _ in range(ev.n)] if images is not None else None
     flat = generate_completions(model, tokenizer, repeated, max_new_tokens=ev.max_new_tokens,
                                 batch_size=ev.batch_size, do_sample=ev.temperature > 0,
-                                temperature=ev.temperature or 1.0, seed=seed)
+                                temperature=ev.temperature or 1.0, seed=seed,
+                                images=repeated_images)
     return [flat[i * ev.n:(i + 1) * ev.n] for i in range(len(prompts))]
 
 
@@ -228,7 +232,8 @@ def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
     scores = {fn.__name__: list(fn(completions=flat, prompts=prompts, **columns))
               for fn in reward_funcs}
     target = correct_reward_name(ev, names)
-    lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat]
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM's processor holds one
+    lengths = [len(text_tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat]
     rows = []
     for i, completion in enumerate(flat):
         value = scores[target][i]
@@ -280,7 +285,8 @@ def run(cfg: DictConfig) -> dict:
         samples = generate_vllm(resolve_path(job.model.name_or_path), tokenizer, prompts, ev,
                                 job.seed)
     else:
-        samples = generate_hf(model, tokenizer, prompts, ev, job.seed)
+        images = list(heldout["images"]) if "images" in heldout.column_names else None
+        samples = generate_hf(model, tokenizer, prompts, ev, job.seed, images)
     summary, rows = score(samples, heldout, reward_funcs, tokenizer, ev)
     summary = {**job.source, "stage": job.stage, "backend": ev.backend,
                "temperature": ev.temperature, "max_new_tokens": ev.max_new_tokens,

@@ -60,7 +60,7 @@ def load_merged(folder: Path, run_cfg: dict, dtype: str | None = None):
     from dataclasses import replace
 
     from align.config import check_dataclass
-    from align.models import ModelConfig, load_model, load_tokenizer
+    from align.models import ModelConfig, load_model, load_processing_class
 
     model_cfg, errors = check_dataclass(run_cfg.get("model") or {}, ModelConfig, "model")
     if errors:
@@ -69,7 +69,8 @@ def load_merged(folder: Path, run_cfg: dict, dtype: str | None = None):
         model_cfg = replace(model_cfg, dtype=dtype)
     model_cfg = replace(model_cfg, gradient_checkpointing=False, tokenizer=None,
                         name_or_path=str(folder))
-    tokenizer = load_tokenizer(model_cfg)
+    # The processor of a vision-language model (saved with the merged model), else the tokenizer.
+    tokenizer = load_processing_class(model_cfg)
     adapter_file = folder / "adapter_config.json"
     if not adapter_file.is_file():
         return load_model(model_cfg), tokenizer, None

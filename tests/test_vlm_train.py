@@ -157,3 +157,42 @@ def test_vlm_options_contradictions_fail_before_training(tmp_path):
         run_stage("sft", compose_run("sft", tmp_path, "peft=lora", "model.freeze_vision_tower=true"))
     with pytest.raises(ConfigError, match="fixed size"):
         run_stage("sft", compose_run("sft", tmp_path, "model.max_pixels=50000"))
+
+
+def test_vlm_adapter_merges_and_evaluates_with_its_processor(tmp_path):
+    """Export and evaluation of a VLM adapter: the merged model keeps the processor and gives
+    base + adapter's logits on an image prompt; align/eval.py scores it with images."""
+    from PIL import Image
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from align import eval as align_eval
+    from align.merge import merge
+
+    run_dir = tmp_path / "run"
+    run_stage("dpo", compose_run("dpo", run_dir, "peft=lora", "callbacks=[]"))
+    out = merge(run_dir, tmp_path / "merged")
+    assert (out / "processor_config.json").exists() or (out / "preprocessor_config.json").exists()
+
+    processor = AutoProcessor.from_pretrained(out)
+    image = Image.new("RGB", (56, 56), (200, 30, 30))
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}],
+        add_generation_prompt=True)
+    batch = processor(text=[text], images=[[image]], return_tensors="pt")
+    adapter = run_dir / "final"
+    base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(
+            AutoModelForImageTextToText.from_pretrained(base_path), adapter).eval()(**batch).logits
+        got = AutoModelForImageTextToText.from_pretrained(out).eval()(**batch).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"run_dir={run_dir}", f"output_dir={tmp_path / 'eval'}",
+                                         "eval.max_samples=8", "eval.max_new_tokens=3"])
+    summary = align_eval.run(cfg)
+    assert 0.0 <= summary["accuracy"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "completions.jsonl").read_text()
+            .splitlines()]
+    assert len(rows) == 8
