@@ -178,20 +178,28 @@ def load_tokenizer(cfg: ModelConfig):
         source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
     )
     if cfg.chat_template:
-        template = cfg.chat_template
-        if Path(template).is_file():
-            template = Path(template).read_text()
-        tokenizer.chat_template = template
-    if tokenizer.pad_token is None:
-        if cfg.pad_token:
-            tokenizer.pad_token = cfg.pad_token
-        elif tokenizer.eos_token is not None:
-            # Safe for training: trl masks padding by the attention mask, not by token id.
-            tokenizer.pad_token = tokenizer.eos_token
-        else:
-            raise ConfigError(f"tokenizer of {source} has neither a pad nor an eos token: set "
-                              "model.pad_token")
+        tokenizer.chat_template = _chat_template(cfg)
+    _ensure_pad_token(tokenizer, cfg, source)
     return tokenizer
+
+
+def _chat_template(cfg: ModelConfig) -> str:
+    """model.chat_template: a Jinja string, or the path of a file holding one."""
+    template = cfg.chat_template
+    return Path(template).read_text() if Path(template).is_file() else template
+
+
+def _ensure_pad_token(tokenizer, cfg: ModelConfig, source: str) -> None:
+    if tokenizer.pad_token is not None:
+        return
+    if cfg.pad_token:
+        tokenizer.pad_token = cfg.pad_token
+    elif tokenizer.eos_token is not None:
+        # Safe for training: trl masks padding by the attention mask, not by token id.
+        tokenizer.pad_token = tokenizer.eos_token
+    else:
+        raise ConfigError(f"tokenizer of {source} has neither a pad nor an eos token: set "
+                          "model.pad_token")
 
 
 def load_processor(cfg: ModelConfig):
@@ -221,20 +229,9 @@ def load_processor(cfg: ModelConfig):
         processor = AutoProcessor.from_pretrained(
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
             **kwargs, **bounds)
-    tokenizer = processor.tokenizer
     if cfg.chat_template:
-        template = cfg.chat_template
-        if Path(template).is_file():
-            template = Path(template).read_text()
-        processor.chat_template = tokenizer.chat_template = template
-    if tokenizer.pad_token is None:
-        if cfg.pad_token:
-            tokenizer.pad_token = cfg.pad_token
-        elif tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        else:
-            raise ConfigError(f"tokenizer of {source} has neither a pad nor an eos token: set "
-                              "model.pad_token")
+        processor.chat_template = processor.tokenizer.chat_template = _chat_template(cfg)
+    _ensure_pad_token(processor.tokenizer, cfg, source)
     return processor
 
 
