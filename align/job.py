@@ -86,9 +86,43 @@ def check_trainer_section(section: dict, stage: str) -> list[str]:
     return errors
 
 
+def vllm_server_url(trainer: dict) -> str:
+    """The base URL trl's client will use for `vllm_mode=server` (same defaults as trl)."""
+    if trainer.get("vllm_server_base_url"):
+        return str(trainer["vllm_server_base_url"]).rstrip("/")
+    host = trainer.get("vllm_server_host", "0.0.0.0")
+    host = "127.0.0.1" if host == "0.0.0.0" else host
+    return f"http://{host}:{trainer.get('vllm_server_port', 8000)}"
+
+
+def check_vllm_server(trainer: dict, timeout: float = 5.0) -> None:
+    """Fail at setup, not after the model has loaded, when the vLLM server does not answer."""
+    import urllib.error
+    import urllib.request
+
+    url = vllm_server_url(trainer)
+    try:
+        with urllib.request.urlopen(f"{url}/health/", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"answered HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = f"is unreachable ({getattr(exc, 'reason', exc)})"
+    raise ConfigError(
+        f"trainer.vllm_mode=server: the vLLM server at {url} {problem}. Start it first, e.g. "
+        "`trl vllm-serve --model <model>` on other GPUs (see launch/vllm_server.sh), or point "
+        "trainer.vllm_server_base_url at it")
+
+
 def check_optional_packages(trainer: dict) -> None:
     """Fail early, naming the extra, when the config asks for an uninstalled package."""
     if trainer.get("use_vllm"):
+        mode = trainer.get("vllm_mode", "colocate")
+        if mode not in ("colocate", "server"):
+            raise ConfigError(f"trainer.vllm_mode={mode!r}: choose 'colocate' (vLLM shares the "
+                              "training GPUs) or 'server' (a separate `trl vllm-serve`)")
+        if mode == "server" and is_main_process():
+            check_vllm_server(trainer)
         if importlib.util.find_spec("vllm") is None:
             raise MissingExtraError("trainer.use_vllm=true", "vllm", "vllm")
         version = importlib.metadata.version("vllm")
@@ -96,8 +130,6 @@ def check_optional_packages(trainer: dict) -> None:
         if not VLLM_RANGE[0] <= major_minor <= VLLM_RANGE[1]:
             raise ConfigError(f"vLLM {version} is installed but trl 1.16 supports vLLM "
                               "0.22-0.31: pip install -e '.[vllm]'")
-        if trainer.get("vllm_mode", "colocate") not in ("colocate", "server"):
-            raise ConfigError("trainer.vllm_mode must be 'colocate' or 'server'")
     if trainer.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
         raise MissingExtraError("trainer.use_liger_kernel=true", "liger", "liger-kernel")
     deepspeed = trainer.get("deepspeed") or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"

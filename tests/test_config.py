@@ -41,10 +41,10 @@ def test_walk_finds_every_group_file():
     files = group_files()
     groups = {g for g, _ in files}
     assert groups == {"model", "peft", "data", "trainer", "rewards", "logger", "experiment",
-                      "hydra/sweeper"}
+                      "hydra/sweeper", "hydra/launcher"}
     # A fixed count, so that a walk that silently finds fewer files fails: update it when
     # adding a config file.
-    assert len(files) == 39
+    assert len(files) == 40
     # minus the top-level sft/dpo/grpo/eval/run
     assert len(files) == len(list(CONF_DIR.rglob("*.yaml"))) - 5
 
@@ -178,3 +178,53 @@ def test_cli_bad_data_row_names_file_row_field_and_leaves_nothing(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "pairs.jsonl: row 1 (line 2): field 'chosen'" in proc.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_slurm_launcher_composes_into_every_stage():
+    """`-m hydra/launcher=slurm` submits each sweep candidate as a SLURM job (submitit)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the `slurm` extra")
+    for stage in STAGES:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose(stage, overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                            "output_dir=/tmp/x"], return_hydra_config=True)
+        launcher = cfg.hydra.launcher
+        assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+        assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+        assert launcher.submitit_folder.endswith(".submitit/%j")
+
+
+def test_vllm_server_mode_checks_the_server_before_loading(tmp_path):
+    """Server mode fails at setup, with the fix, when nothing answers at the server's URL; and
+    goes past that check when a server answers /health/ (a real HTTP server on loopback)."""
+    import http.server
+    import socket
+    import threading
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    cfg = compose_stage("grpo", ["trainer.use_vllm=true", "trainer.vllm_mode=server",
+                                 f"+trainer.vllm_server_base_url=http://127.0.0.1:{closed_port}"])
+    with pytest.raises(ConfigError, match="unreachable.*trl vllm-serve"):
+        Job.start(cfg, "grpo")
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health/" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = compose_stage("grpo", ["trainer.use_vllm=true", "trainer.vllm_mode=server",
+                                     f"+trainer.vllm_server_base_url=http://127.0.0.1:{server.server_port}"])
+        if __import__("importlib").util.find_spec("vllm") is None:
+            with pytest.raises(MissingExtraError):  # the server answered; vLLM itself is missing
+                Job.start(cfg, "grpo")
+        else:
+            Job.start(cfg, "grpo")
+    finally:
+        server.shutdown()
