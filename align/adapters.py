@@ -94,10 +94,10 @@ def check_peft_section(section: Any) -> list[str]:
         errors += [f"config key 'peft.{k}' has no meaning with peft.method=none (full "
                    f"fine-tuning); choose an adapter method, e.g. peft=lora" for k in rest]
     else:
-        import peft  # cheap: peft's config classes do not pull in the model code
+        from align.fields import PEFT_CONFIGS, dataclass_fields
 
-        cls = getattr(peft, spec.config_class)
-        errors += unknown_keys(rest, field_names(cls), "peft", f"peft.{spec.config_class}")
+        fields = dataclass_fields(PEFT_CONFIGS[spec.config_class], spec.config_class)
+        errors += unknown_keys(rest, fields, "peft", f"peft.{spec.config_class}")
     apply_to = section.get("apply_to")
     if apply_to is not None:
         if apply_to not in APPLY_TO:

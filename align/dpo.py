@@ -16,13 +16,13 @@ from omegaconf import DictConfig
 
 
 def run(cfg: DictConfig) -> dict:
-    from trl import DPOTrainer
-
     from align.data import load_stage_data
     from align.job import Job
     from align.models import build_model
 
     job = Job.start(cfg, "dpo")
+    from trl import DPOTrainer  # heavy: imported once the config is known to be valid
+
     data = load_stage_data(job.data, "dpo", model_kind=job.model.kind)
     job.begin()
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])

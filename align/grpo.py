@@ -15,14 +15,14 @@ from omegaconf import DictConfig
 
 
 def run(cfg: DictConfig) -> dict:
-    from trl import GRPOTrainer
-
     from align.data import load_stage_data
     from align.job import Job
     from align.models import build_model
     from rewards import build_rewards
 
     job = Job.start(cfg, "grpo")
+    from trl import GRPOTrainer  # heavy: imported once the config is known to be valid
+
     data = load_stage_data(job.data, "grpo", model_kind=job.model.kind)
     reward_funcs, _ = build_rewards(job.cfg["rewards"])  # weights are in job.args
     job.begin()

@@ -77,8 +77,10 @@ def is_main_process() -> bool:
 
 
 def check_trainer_section(section: dict, stage: str) -> list[str]:
-    cls = trl_config_class(stage)
-    errors = unknown_keys(section, field_names(cls), "trainer", f"trl's {cls.__name__}")
+    from align.fields import TRL_CONFIGS, dataclass_fields
+
+    module, name = TRL_CONFIGS[stage]
+    errors = unknown_keys(section, dataclass_fields(module, name), "trainer", f"trl's {name}")
     for key in section:
         if key in OWNED_BY_ALIGN:
             errors.append(f"config key 'trainer.{key}' is set by align: use "
@@ -204,18 +206,25 @@ class Job:
         raise_if(errors)
         check_optional_packages(trainer)
 
-        job = cls(stage=stage, cfg=plain, model=model, data=data, logger=logger,
-                  heldout=heldout, out_dir=Path(plain["output_dir"]).resolve())
-        job.args = job._trainer_args(trainer)
+        return cls(stage=stage, cfg=plain, model=model, data=data, logger=logger,
+                   heldout=heldout, out_dir=Path(plain["output_dir"]).resolve())
+
+    def build_args(self):
+        """trl's <Stage>Config from `trainer:` (imports trl: done after the cheap checks, so a
+        typo or a bad data row is reported in a second or two). Values trl rejects raise a
+        ConfigError here, still before any model is loaded."""
+        if self.args is not None:
+            return self.args
+        self.args = self._trainer_args(dict(self.cfg.get("trainer") or {}))
         from transformers.integrations import is_deepspeed_zero3_enabled
 
-        if job.heldout.enabled and is_deepspeed_zero3_enabled():
+        if self.heldout.enabled and is_deepspeed_zero3_enabled():
             # ZeRO-3 shards every weight across ranks, so the main process alone cannot
             # generate; measure the saved model afterwards instead.
             log.warning("held-out measurement is off under DeepSpeed ZeRO-3; evaluate the saved "
-                        "model afterwards: python align/eval.py run_dir=%s", job.out_dir)
-            job.heldout.enabled = False
-        return job
+                        "model afterwards: python align/eval.py run_dir=%s", self.out_dir)
+            self.heldout.enabled = False
+        return self.args
 
     def _trainer_args(self, trainer: dict):
         import torch
@@ -260,6 +269,7 @@ class Job:
         data has been loaded and checked, so that bad data leaves no run behind."""
         from transformers import set_seed
 
+        self.build_args()
         set_seed(self.args.seed)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,13 @@ from omegaconf import DictConfig
 
 
 def run(cfg: DictConfig) -> dict:
-    from trl import SFTTrainer
-
     from align.data import load_stage_data
     from align.job import Job
     from align.models import build_model
 
     job = Job.start(cfg, "sft")  # the whole config is checked here, before anything loads
+    from trl import SFTTrainer  # heavy: imported once the config is known to be valid
+
     data = load_stage_data(job.data, "sft", model_kind=job.model.kind)
     job.begin()
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])

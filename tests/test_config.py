@@ -68,7 +68,7 @@ def test_every_config_file_composes_and_checks(group, choice):
         if OmegaConf.is_missing(cfg.data, "path"):
             cfg.data.path = "train.jsonl"
         try:
-            Job.start(cfg, stage)
+            Job.start(cfg, stage).build_args()  # trl's own checks of the values too
         except MissingExtraError as exc:
             assert "pip install -e '.[" in str(exc)
         except ConfigError as exc:  # a method that needs a GPU, on a machine without one
@@ -118,6 +118,7 @@ def test_peft_keys_are_checked_against_peft_dataclass():
 def test_any_trl_field_can_be_set_without_plus():
     cfg = compose_stage("dpo", ["trainer.max_grad_norm=0.5", "trainer.loss_type=[sigmoid,sft]"])
     job = Job.start(cfg, "dpo")
+    job.build_args()
     assert job.args.max_grad_norm == 0.5
     assert list(job.args.loss_type) == ["sigmoid", "sft"]
 
@@ -228,3 +229,35 @@ def test_vllm_server_mode_checks_the_server_before_loading(tmp_path):
             Job.start(cfg, "grpo")
     finally:
         server.shutdown()
+
+
+def test_typos_and_bad_data_are_reported_before_torch_or_trl_is_imported(tmp_path):
+    """The checks that catch a typo or a malformed row import neither torch nor trl (those take
+    5-10 s to import), so the report comes at once."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "1+1=", "solution": "2"}\n{"prompt": 7, "solution": "1"}\n')
+    code = f"""
+import sys
+from hydra import compose, initialize_config_dir
+from align.config import CONF_DIR, register
+from align.data import load_stage_data
+from align.errors import AlignError
+from align.job import Job
+register()
+found = []
+for overrides, step in ((["trainer.learnig_rate=1"], "config"),
+                        (["peft=lora", "peft.rnk=4"], "config"),
+                        (["data=local", "data.path={data}"], "data")):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("grpo", overrides=overrides + ["output_dir={tmp_path}/out"])
+    try:
+        job = Job.start(cfg, "grpo")
+        load_stage_data(job.data, "grpo")
+    except AlignError as exc:
+        found.append(step)
+print(found, sorted(m for m in ("torch", "trl", "transformers") if m in sys.modules))
+"""
+    # Twice: the first run may fill the field-name cache (that imports trl once).
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['config', 'config', 'data'] []", out.stderr[-2000:]
