@@ -23,7 +23,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
-from align.config import field_names, init_params, suggest, to_container, unknown_keys
+from align.config import init_params, suggest, to_container, unknown_keys
 from align.errors import ConfigError, MissingExtraError
 
 ALIGN_KEYS = ("method", "quantization", "optimizer_8bit", "apply_to")

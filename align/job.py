@@ -32,7 +32,6 @@ from align.adapters import check_peft_section
 from align.config import (
     SECTIONS,
     check_dataclass,
-    field_names,
     import_object,
     raise_if,
     redact,
