@@ -36,6 +36,8 @@ class ModelShape:
     layers: int
     vocab: int
     kv_dim: int  # key/value width per layer (kv heads x head dim)
+    intermediate: int = 0  # MLP width
+    gated: bool = True  # gated MLP (SwiGLU: gate, up, down) as in Llama/Qwen/Mistral
     linear: list[tuple[int, int]] = field(default_factory=list)  # (in, out) of adapter targets
 
 
@@ -81,9 +83,39 @@ def model_shape(model_cfg) -> ModelShape:
     output = model.get_output_embeddings()
     linear = [(m.in_features, m.out_features) for m in model.modules()
               if isinstance(m, torch.nn.Linear) and m is not output]
+    gated = any(name.endswith(("gate_proj", "w1", "w3")) for name, _ in model.named_modules())
+    intermediate = getattr(text, "intermediate_size", None) or 4 * text.hidden_size
     return ModelShape(total=total, largest_layer=largest, hidden=text.hidden_size,
                       layers=text.num_hidden_layers, vocab=text.vocab_size,
-                      kv_dim=kv_heads * head_dim, linear=linear)
+                      kv_dim=kv_heads * head_dim, intermediate=intermediate, gated=gated,
+                      linear=linear)
+
+
+# trl 1.16 computes log-probs for all three stages through a fused LM head that never builds
+# the [tokens, vocab] logits: it projects [TOKEN_CHUNK, VOCAB_CHUNK] tiles into one buffer
+# (trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE, trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE;
+# a test keeps these in step with the installed trl). The buffer is not clamped to the vocab.
+TRL_TOKEN_CHUNK = 4096
+TRL_VOCAB_CHUNK = 32768
+
+
+def activation_elements(shape: ModelShape) -> int:
+    """Values one decoder layer keeps for backward per token (flash/sdpa attention, no dropout):
+    attention norm in/out, q/k/v, rotated q/k and the attention output (7h + 3 kv), the MLP norm
+    in/out, and the MLP's inner tensors (gate, up, act(gate), product: 4i; 2i without a gate)."""
+    h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
+    return 7 * h + 3 * kv + (4 if shape.gated else 2) * i
+
+
+def activation_bytes(shape: ModelShape, tokens: int, w: int, checkpointing: bool) -> float:
+    """Activations of one micro-batch of `tokens` tokens in `w`-byte compute precision; with
+    gradient checkpointing only each layer's input is kept, plus one layer recomputed. Outside
+    the layers: the embedding output, the final norm's input and output, the head's input."""
+    layer = activation_elements(shape) * tokens * w
+    outside = 4 * shape.hidden * tokens * w
+    if checkpointing:
+        return shape.layers * shape.hidden * tokens * w + layer + outside
+    return shape.layers * layer + outside
 
 
 def read_launch(path: Path, gpus: int | None) -> Setup:
@@ -165,18 +197,14 @@ def plan_job(stage: str, plain: dict, shape: ModelShape, setup: Setup,
     else:
         s = int(trainer.get("max_length") or 1024)
     seqs = 2 * b if stage == "dpo" else b  # DPO runs chosen and rejected together
-    sbh = s * seqs * shape.hidden
-    full = shape.layers * 34 * sbh  # bf16 activations per layer (Korthikanti et al., flash attn)
-    ckpt = shape.layers * 2 * sbh + 34 * sbh  # layer inputs kept + one layer recomputed
+    tokens = seqs * s
+    full = activation_bytes(shape, tokens, w, checkpointing=False)
+    ckpt = activation_bytes(shape, tokens, w, checkpointing=True)
     checkpointing = bool(model.get("gradient_checkpointing"))
     parts["activations" + (" (checkpointed)" if checkpointing else "")] = ckpt if checkpointing else full
     notes.append(f"activations: {full / GIB:.2f} GiB without gradient checkpointing, "
                  f"{ckpt / GIB:.2f} GiB with it (micro-batch {seqs} x {s} tokens)")
-    if stage == "grpo":
-        # trl computes GRPO log-probs through a chunked LM head: no full logits tensor.
-        parts["logits (chunked)"] = seqs * min(s, 1024) * shape.vocab * 4 / 8
-    else:
-        parts["logits"] = seqs * s * shape.vocab * (2 + 4)
+    parts["logits tile (trl fused LM head)"] = min(tokens, TRL_TOKEN_CHUNK) * TRL_VOCAB_CHUNK * w
 
     needs_reference = method == "none" and (
         (stage == "dpo" and not trainer.get("precompute_ref_log_probs"))

@@ -1,5 +1,6 @@
 """The memory planner: exact parameter counts without weights, DeepSpeed's accounting, advice."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,59 @@ def test_cli_rejects_a_typo_like_the_job(tmp_path):
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 2
     assert "learning_rate" in proc.stderr
+
+
+def test_trl_fused_head_constants_match_the_installed_trl():
+    from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    from align.plan import TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK
+
+    assert (TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK) == (TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE)
+
+
+# The planner against a real trl step on the tiny model, measured by PyTorch's profiler
+# (tests/memory_probe.py): model states exactly, activations and the step's peak within bounds.
+@pytest.mark.parametrize("stage,peft,checkpointing", [
+    ("sft", "none", False), ("sft", "none", True), ("dpo", "lora", False), ("grpo", "lora", False),
+])
+def test_planner_against_the_measured_peak_of_a_tiny_run(stage, peft, checkpointing, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from align import dpo, grpo, sft
+    from align.config import CONF_DIR, register
+    from align.plan import plan_job
+
+    register()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(stage, overrides=[
+            f"peft={peft}", "model.dtype=float32", f"model.gradient_checkpointing={checkpointing}",
+            "trainer.max_steps=2", "trainer.save_strategy=no", "heldout.enabled=false",
+            "logger=none", f"output_dir={tmp_path}", "callbacks=[memory_probe:MemoryProbe]"])
+    {"sft": sft.run, "dpo": dpo.run, "grpo": grpo.run}[stage](cfg)
+    probe = json.loads((tmp_path / "memory_probe.json").read_text())
+    measured = probe["peak"]
+
+    # Plan for the micro-batch the step really ran (sequences are padded to the longest).
+    seqs, length = probe["batch"]
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    trainer = plain["trainer"]
+    trainer["per_device_train_batch_size"] = seqs // 2 if stage == "dpo" else seqs
+    trainer["max_length"] = length
+    prompt_len = length - int(trainer.get("max_completion_length") or 0)
+    plan = plan_job(stage, plain, model_shape(ModelConfig(name_or_path=cfg.model.name_or_path)),
+                    Setup(), prompt_len=prompt_len)
+    parts = plan.parts
+
+    if peft == "none":
+        assert measured["GRADIENT"] == pytest.approx(parts["gradients"], rel=1e-3)
+        assert measured["OPTIMIZER_STATE"] == pytest.approx(parts["optimizer states"], rel=1e-3)
+    else:  # AdamW keeps two fp32 moments per adapter weight: half of weights+grads+moments
+        assert measured["OPTIMIZER_STATE"] == pytest.approx(
+            parts["adapter weights+grads+optimizer"] / 2, rel=1e-3)
+    if not checkpointing:  # the profiler files recomputed activations under other categories
+        ratio = measured["ACTIVATION"] / parts["activations"]
+        assert 0.8 < ratio < 1.6, (ratio, measured, parts)
+    ratio = probe["peak_total"] / plan.total
+    assert 0.75 < ratio < 1.35, (ratio, probe, parts)
