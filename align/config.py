@@ -35,7 +35,8 @@ def run_id() -> str:
     """An id for this launch that every rank of it agrees on, without talking to the others.
 
     Order: `ALIGN_RUN_ID` (set it yourself, e.g. to resume into an existing run folder, or on
-    multi-node jobs), the SLURM job id, then the start time of the launcher process that
+    multi-node jobs), the SLURM job id (kept by a requeued job, so `resume=true` continues in
+    the same folder), then the start time of the launcher process that
     spawned this rank (torchrun/accelerate set LOCAL_RANK; their ranks on one node share that
     parent), and for a plain single process its own start time. Hydra's `${now:}` cannot be
     used: each rank resolves it separately and ranks may land in different folders.

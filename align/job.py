@@ -13,6 +13,8 @@ A run folder holds:
   checkpoint-*/   trl checkpoints, when saving is on
 All ranks of a multi-process run share the folder (see align.config.run_id); only the main
 process writes the shared files.
+
+Resuming (`resume=true` or a checkpoint folder) is in align.resume and docs/resume.md.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ from align.data import DataConfig
 from align.errors import ConfigError, MissingExtraError
 from align.heldout import HeldoutConfig
 from align.models import ModelConfig, check_model_config, check_vision_peft
+from align.resume import (
+    TRAINER_STATE,
+    changed_keys,
+    check_resume,
+    checkpoint_step,
+    latest_checkpoint,
+    resolve_checkpoint,
+    restore_trl_state,
+    trl_state_saver,
+    warn_unlogged_steps,
+    whole_run_train_loss,
+)
 from align.tracking import LoggerConfig, Tracker, check_logger_config, start_tracking
 
 log = logging.getLogger(__name__)
@@ -205,6 +219,8 @@ class Job:
                     errors.append(str(exc))
         if not plain.get("output_dir"):
             errors.append("config key 'output_dir' is empty: give the run folder")
+        else:
+            errors += check_resume(plain.get("resume"), Path(plain["output_dir"]))
         raise_if(errors)
         check_optional_packages(trainer)
 
@@ -275,12 +291,32 @@ class Job:
         set_seed(self.args.seed)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.out_dir / "config.yaml",
-                         OmegaConf.to_yaml(OmegaConf.create(redact(self.cfg))))
+            self._write_config()
         group, run_name = hydra_run_names(self.name)
         self.tracker = start_tracking(self.logger, name=run_name, group=group,
-                                      out_dir=self.out_dir, config=self.cfg, is_main=self.is_main)
+                                      out_dir=self.out_dir, config=self.cfg, is_main=self.is_main,
+                                      resume=bool(self.cfg.get("resume")))
         self.args.report_to = self.tracker.report_to
+
+    def _write_config(self) -> None:
+        """config.yaml. A resumed run keeps the file of the launch it continues when only
+        `resume` differs; a changed config replaces it, the old one kept aside and the changed
+        keys logged (never a silent overwrite)."""
+        path = self.out_dir / "config.yaml"
+        text = OmegaConf.to_yaml(OmegaConf.create(redact(self.cfg)))
+        if self.cfg.get("resume") and path.exists():
+            old = OmegaConf.to_container(OmegaConf.load(path))
+            changed = [k for k in changed_keys(old, OmegaConf.to_container(
+                OmegaConf.create(text))) if k != "resume"]
+            if not changed:
+                return
+            n = 1
+            while (self.out_dir / f"config.prev-{n}.yaml").exists():
+                n += 1
+            os.replace(path, self.out_dir / f"config.prev-{n}.yaml")
+            log.warning("resume: the config differs from the run's config.yaml in %s; the old "
+                        "one is kept as config.prev-%d.yaml", ", ".join(changed), n)
+        write_atomic(path, text)
 
     def callbacks(self, tokenizer=None, heldout=None) -> list:
         """transformers TrainerCallbacks named in the `callbacks` list (import paths), plus
@@ -336,15 +372,61 @@ class Job:
         return figures
 
     # ------------------------------------------------------------------ finish
-    def train(self, trainer) -> None:
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint this launch continues from: None for a fresh start."""
         resume = self.cfg.get("resume")
-        result = trainer.train(resume_from_checkpoint=resume or None)
+        if isinstance(resume, str):
+            return resolve_checkpoint(resume, self.out_dir)
+        found = latest_checkpoint(self.out_dir)
+        if resume:
+            if found is None:
+                log.info("resume=true: no complete checkpoint in %s, starting from scratch",
+                         self.out_dir)
+            else:
+                log.info("resume=true: continuing from %s", found)
+            return found
+        if found is not None:
+            log.warning("the run folder already holds %s; training from scratch (resume=true "
+                        "would continue it)", found.name)
+        return None
+
+    def train(self, trainer) -> None:
+        checkpoint = self.resume_checkpoint()
+        if checkpoint is not None:
+            warn_unlogged_steps(checkpoint)
+            restore_trl_state(trainer, checkpoint)
+            self._restore_heldout_curve(checkpoint)
+        trainer.add_callback(trl_state_saver(trainer))
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         self.metrics["train"] = dict(result.metrics)
         self.metrics["train"]["global_step"] = result.global_step
+        if checkpoint is not None:
+            # transformers averages train_loss over the steps of this launch only; report the
+            # whole run's, as an uninterrupted run does (train_runtime & co stay per launch).
+            self.metrics["train"]["resumed_from"] = checkpoint.name
+            whole = whole_run_train_loss(trainer.state.log_history, checkpoint_step(checkpoint),
+                                         result.training_loss, result.global_step)
+            if whole is not None:
+                self.metrics["train"]["train_loss"] = whole
+                summary = trainer.state.log_history[-1] if trainer.state.log_history else {}
+                if "train_loss" in summary:  # the summary line of log_history.jsonl
+                    summary["train_loss"] = whole
         self.metrics["world_size"] = trainer.args.world_size
         history = [h for h in trainer.state.log_history if "loss" in h]
         if history:
             self.metrics["train"]["final_loss"] = history[-1]["loss"]
+
+    def _restore_heldout_curve(self, checkpoint: Path) -> None:
+        """metrics.json's `heldout_during` points measured before the checkpoint, from its log
+        history (align.callbacks.HeldoutCallback appends the later ones to the same list)."""
+        if "heldout_during" not in self.metrics:
+            return
+        history = json.loads((checkpoint / TRAINER_STATE).read_text()).get("log_history", [])
+        earlier = [{"step": h["step"], **{k.removeprefix("heldout/"): v for k, v in h.items()
+                                          if k.startswith("heldout/")
+                                          and k != "heldout/completion_tokens_mean"}}
+                   for h in history if any(k.startswith("heldout/") for k in h)]
+        self.metrics["heldout_during"][:0] = earlier
 
     def save(self, trainer) -> dict:
         """Save the final model/adapter, tokenizer and metrics; return the metrics."""

@@ -92,9 +92,13 @@ class Tracker:
             print(f"W&B run: {url}")
 
 
+WANDB_ID_FILE = "wandb_run_id"
+
+
 def start_tracking(cfg: LoggerConfig, *, name: str, group: str | None, out_dir: Path,
-                   config: dict, is_main: bool) -> Tracker:
-    """Start a W&B run on the main process; other ranks track nothing."""
+                   config: dict, is_main: bool, resume: bool = False) -> Tracker:
+    """Start a W&B run on the main process; other ranks track nothing. The run's id is kept
+    in the run folder, so a resumed launch (`resume=...`) continues the same W&B run."""
     if cfg.backend == "none" or not is_main:
         return Tracker("none")
     mode = resolve_mode(cfg.mode)
@@ -102,7 +106,11 @@ def start_tracking(cfg: LoggerConfig, *, name: str, group: str | None, out_dir: 
         return Tracker("none")
     import wandb
 
+    from align.job import write_atomic
+
     os.environ.setdefault("WANDB_SILENT", "true")
+    id_file = out_dir / WANDB_ID_FILE
+    previous_id = id_file.read_text().strip() if resume and id_file.exists() else None
     run = wandb.init(
         project=cfg.project,
         entity=cfg.entity,
@@ -113,6 +121,10 @@ def start_tracking(cfg: LoggerConfig, *, name: str, group: str | None, out_dir: 
         mode=mode,
         config=redact(config),
         reinit="finish_previous",
+        id=previous_id,
+        resume="allow" if previous_id else None,
     )
+    if run.id != previous_id:
+        write_atomic(id_file, run.id)  # the run a later `resume` continues
     log.info("W&B run %s (%s) in %s", run.name, mode, run.dir)
     return Tracker("wandb", run)

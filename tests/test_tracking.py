@@ -32,3 +32,25 @@ def test_wandb_without_key_runs_offline_and_keeps_secrets_out(tmp_path, monkeypa
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert SECRET.encode() not in path.read_bytes(), f"secret leaked into {path}"
     assert "<redacted>" in (tmp_path / "config.yaml").read_text()
+
+
+def test_a_resumed_launch_continues_the_same_wandb_run(tmp_path, monkeypatch):
+    from align.tracking import WANDB_ID_FILE, LoggerConfig, start_tracking
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = LoggerConfig(mode="offline")
+
+    def launch(resume):
+        tracker = start_tracking(cfg, name="run", group=None, out_dir=tmp_path, config={},
+                                 is_main=True, resume=resume)
+        run_id = tracker.run.id
+        tracker.run.finish()
+        return run_id
+
+    first = launch(resume=True)  # the first launch of a requeueable job: nothing to resume
+    assert (tmp_path / WANDB_ID_FILE).read_text() == first
+    assert launch(resume=True) == first
+    fresh = launch(resume=False)  # a fresh start is a new W&B run, which a resume continues
+    assert fresh != first
+    assert launch(resume=True) == fresh
