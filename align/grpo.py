@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> dict:
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
     job.measure("before", model, tokenizer, data.heldout)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=job.args,
-                          train_dataset=data.train, eval_dataset=data.eval,
+                          train_dataset=data.train, eval_dataset=job.trl_eval_dataset(data),
                           processing_class=tokenizer, peft_config=plan.peft_config,
                           callbacks=job.callbacks(tokenizer, data.heldout))
     job.train(trainer)

@@ -318,6 +318,11 @@ class Job:
                         "one is kept as config.prev-%d.yaml", ", ".join(changed), n)
         write_atomic(path, text)
 
+    def trl_eval_dataset(self, data):
+        """The eval split to hand trl: only when trl evaluates (`trainer.eval_strategy`), as
+        trl tokenises it up front; align's own held-out measurement reads `data.heldout`."""
+        return data.eval if self.args.eval_strategy != "no" else None
+
     def callbacks(self, tokenizer=None, heldout=None) -> list:
         """transformers TrainerCallbacks named in the `callbacks` list (import paths), plus
         the periodic held-out measurement when `heldout.eval_steps` is set."""

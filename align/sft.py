@@ -25,7 +25,7 @@ def run(cfg: DictConfig) -> dict:
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
     job.measure("before", model, tokenizer, data.heldout)
     trainer = SFTTrainer(model=model, args=job.args, train_dataset=data.train,
-                         eval_dataset=data.eval, processing_class=tokenizer,
+                         eval_dataset=job.trl_eval_dataset(data), processing_class=tokenizer,
                          peft_config=plan.peft_config,
                          callbacks=job.callbacks(tokenizer, data.heldout))
     job.train(trainer)

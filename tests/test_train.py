@@ -143,3 +143,12 @@ def test_reward_from_a_file_outside_the_repo_gets_dataset_columns(tmp_path, monk
         assert all(by_solution[s] == d for s, d in zip(call["solution"], call["difficulty"]))
     saved = (run_dir / "config.yaml").read_text()
     assert "my_rewards.py:score" in saved
+
+
+def test_trl_gets_the_eval_split_only_when_it_evaluates(tmp_path):
+    # trl tokenises an eval_dataset up front; align hands it over only when trl evaluates.
+    cfg = compose_run("sft", tmp_path, "trainer.eval_strategy=steps", "trainer.eval_steps=2",
+                      "data.max_eval_samples=16")
+    sft.run(cfg)
+    history = [json.loads(line) for line in (tmp_path / "log_history.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in h for h in history)
