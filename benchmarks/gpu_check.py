@@ -17,6 +17,8 @@ Cases (ratios are read against the first case of their group, from the same run)
   dpo   LoRA (reference = adapter disabled)  vs full fine-tuning with a reference copy
         vs full with precomputed reference log-probs
   sft   bf16 full fine-tuning, and + Liger
+  sftvar  variable-length rows (benchmarks/run.py's sum task, 12-190 tokens): padded vs
+        padding-free vs packed (bfd), attention `auto` (flash-attn when installed, else sdpa)
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def build_model(out: Path, hidden: int, layers: int) -> Path:
     return path
 
 
-def cases(model: Path, steps: int) -> list[dict]:
+def cases(model: Path, steps: int, varlen: Path | None = None, packed_batch: int = 8) -> list[dict]:
     m = [f"model.name_or_path={model}", "model.attn_implementation=sdpa"]
     grpo = [*m, f"trainer.max_steps={steps}", "trainer.per_device_train_batch_size=64",
             "trainer.num_generations=8", "trainer.max_completion_length=128",
@@ -73,7 +75,7 @@ def cases(model: Path, steps: int) -> list[dict]:
     sft = [*m, f"trainer.max_steps={steps}", "trainer.per_device_train_batch_size=64",
            "peft=none"]
     liger = "liger_kernel"
-    return [
+    out = [
         dict(group="grpo", name="bf16 sdpa", stage="grpo", args=grpo),
         dict(group="grpo", name="+ liger", stage="grpo", args=[*grpo, "trainer.use_liger_kernel=true"],
              needs=liger),
@@ -92,6 +94,20 @@ def cases(model: Path, steps: int) -> list[dict]:
         dict(group="sft", name="+ liger", stage="sft", args=[*sft, "trainer.use_liger_kernel=true"],
              needs=liger),
     ]
+    if varlen is not None:  # same rows for padded and padding-free; packed: about as many tokens
+        var = [f"model.name_or_path={model}", "model.attn_implementation=auto", "data=local",
+               f"data.path={varlen}", f"trainer.max_steps={steps}", "peft=none"]
+        out += [
+            dict(group="sftvar", name="padded", stage="sft",
+                 args=[*var, "trainer.per_device_train_batch_size=32", "trainer.max_length=256"]),
+            dict(group="sftvar", name="padding-free", stage="sft",
+                 args=[*var, "trainer.per_device_train_batch_size=32", "trainer.max_length=null",
+                       "trainer.padding_free=true"]),
+            dict(group="sftvar", name="packed (bfd)", stage="sft",
+                 args=[*var, f"trainer.per_device_train_batch_size={packed_batch}",
+                       "trainer.max_length=256", "trainer.packing=true"]),
+        ]
+    return out
 
 
 def run_case(case: dict, out: Path, timeout: int) -> dict:
@@ -170,7 +186,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--case-timeout", type=int, default=150)
     parser.add_argument("--budget", type=int, default=480, help="skip cases after this many s")
-    parser.add_argument("--only", default="", help="comma-separated groups (grpo,dpo,sft)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated groups (grpo,dpo,sft,sftvar)")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="check the mechanics on a CPU (float32, no GPU settings)")
     opts = parser.parse_args()
@@ -184,7 +201,11 @@ def main() -> None:
     header = f"{versions()}; model {model.name}; {time.strftime('%Y-%m-%d')}"
     print(header, flush=True)
     results = []
-    for case in cases(model, opts.steps):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from run import build_varlen, packed_batch_size  # the CPU harness's variable-length task
+
+    varlen = build_varlen(opts.out / "varlen_sum.jsonl")
+    for case in cases(model, opts.steps, varlen, packed_batch_size(varlen, str(model), 32, 256)):
         if opts.only and case["group"] not in opts.only.split(","):
             continue
         if time.perf_counter() - started > opts.budget:
