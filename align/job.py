@@ -257,6 +257,8 @@ class Job:
         # model.gradient_checkpointing is the one switch (trl's configs default it on; off is
         # faster for small models). transformers 5 calls it activation checkpointing;
         # non-reentrant works with adapters and frozen embeddings.
+        if self.model.gradient_checkpointing == "auto":
+            self.model.gradient_checkpointing = self._auto_checkpointing(kwargs)
         kwargs["activation_checkpointing"] = self.model.gradient_checkpointing
         if self.model.gradient_checkpointing:
             kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
@@ -317,6 +319,32 @@ class Job:
             log.warning("resume: the config differs from the run's config.yaml in %s; the old "
                         "one is kept as config.prev-%d.yaml", ", ".join(changed), n)
         write_atomic(path, text)
+
+    def _auto_checkpointing(self, trainer: dict) -> bool:
+        """`model.gradient_checkpointing=auto`: on when align.plan's estimate for this job
+        without it exceeds 80% of the GPU; off on CPU (a trade of time for memory)."""
+        import torch
+
+        from align import plan
+
+        if not torch.cuda.is_available():
+            log.info("model.gradient_checkpointing=auto: off (no GPU)")
+            return False
+        try:
+            shape = plan.model_shape(self.model)
+        except Exception as exc:  # an architecture the planner cannot size: be safe
+            log.info("model.gradient_checkpointing=auto: on (the model could not be sized from "
+                     "its config: %s)", exc)
+            return True
+        plain = OmegaConf.to_container(self.cfg, resolve=True)
+        plain["model"]["gradient_checkpointing"] = False
+        plain["trainer"] = trainer
+        total = plan.plan_job(self.stage, plain, shape, plan.setup_from_env()).total
+        card = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        on = plan.auto_checkpointing(total, card)
+        log.info("model.gradient_checkpointing=auto: %s (planned %.1f GiB per GPU without it, "
+                 "card %.0f GiB)", "on" if on else "off", total / 2**30, card / 2**30)
+        return on
 
     def trl_eval_dataset(self, data):
         """The eval split to hand trl: only when trl evaluates (`trainer.eval_strategy`), as

@@ -118,6 +118,33 @@ def activation_bytes(shape: ModelShape, tokens: int, w: int, checkpointing: bool
     return shape.layers * layer + outside
 
 
+def setup_from_env() -> Setup:
+    """The process setup of this launch, from what `accelerate launch` exports."""
+    import os
+
+    env = os.environ
+    deepspeed = env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    return Setup(
+        gpus=int(env.get("LOCAL_WORLD_SIZE") or 1),
+        nodes=max(1, int(env.get("WORLD_SIZE") or 1) // int(env.get("LOCAL_WORLD_SIZE") or 1)),
+        zero=int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 0) if deepspeed else 0,
+        offload_optimizer=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE") == "cpu",
+        offload_params=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE") == "cpu",
+    )
+
+
+# model.gradient_checkpointing=auto turns checkpointing on only when the job would not fit
+# without it: it costs time (34M SFT on CPU: 1.32x the step time for 0.79x the peak memory,
+# benchmarks/CPU_RESULTS.md sft-memory), so it is worth paying only for the memory.
+AUTO_CHECKPOINTING_SHARE = 0.8  # of the card, leaving room for what the plan leaves out
+
+
+def auto_checkpointing(total_without: float, card_bytes: float) -> bool:
+    """`model.gradient_checkpointing=auto`: on when the planned per-GPU memory without it
+    exceeds AUTO_CHECKPOINTING_SHARE of the card."""
+    return total_without > AUTO_CHECKPOINTING_SHARE * card_bytes
+
+
 def read_launch(path: Path, gpus: int | None) -> Setup:
     """ZeRO stage, offload and process count from an accelerate config file."""
     import yaml
@@ -157,6 +184,17 @@ def zero_model_states(total: int, largest: int, setup: Setup) -> tuple[float, fl
 def plan_job(stage: str, plain: dict, shape: ModelShape, setup: Setup,
              card_gib: float | None = None, prompt_len: int = 512) -> Plan:
     """Bytes per GPU for one job (plain: the resolved config as a dict)."""
+    if plain["model"].get("gradient_checkpointing", "auto") == "auto":  # ModelConfig's default
+        def with_checkpointing(on: bool) -> dict:
+            return {**plain, "model": {**plain["model"], "gradient_checkpointing": on}}
+
+        on = card_gib is not None and auto_checkpointing(
+            plan_job(stage, with_checkpointing(False), shape, setup, card_gib, prompt_len).total,
+            card_gib * GIB)
+        plan = plan_job(stage, with_checkpointing(on), shape, setup, card_gib, prompt_len)
+        plan.notes.append("model.gradient_checkpointing=auto: on only where the job would not "
+                          f"fit in {AUTO_CHECKPOINTING_SHARE:.0%} of the card without it")
+        return plan
     model, peft, trainer = plain["model"], plain.get("peft") or {}, plain.get("trainer") or {}
     method = peft.get("method", "none")
     gpu_available = _cuda()
@@ -237,7 +275,7 @@ def plan_job(stage: str, plain: dict, shape: ModelShape, setup: Setup,
 def suggestions(stage: str, plain: dict, setup: Setup) -> list[str]:
     model, peft, trainer = plain["model"], plain.get("peft") or {}, plain.get("trainer") or {}
     out = []
-    if not model.get("gradient_checkpointing"):
+    if model.get("gradient_checkpointing") is not True:
         out.append("model.gradient_checkpointing=true (activations shrink to layer inputs)")
     if (peft.get("method") or "none") == "none":
         out.append("peft=lora (adapter training; no reference copy for DPO) or peft=qlora")
@@ -286,8 +324,11 @@ def report(stage: str, plain: dict, shape: ModelShape, setup: Setup, cards=CARDS
         plan = plan_job(stage, plain, shape, setup, card_gib=card, prompt_len=prompt_len)
         usable = card * 0.92  # CUDA context, allocator fragmentation, workspaces
         verdicts.append((card, plan.total / GIB, plan.total / GIB <= usable))
+        auto_on = any(k == "activations (checkpointed)" for k in plan.parts) and \
+            plain["model"].get("gradient_checkpointing", "auto") == "auto"
         lines.append(f"{card:>4g} GB card: {plan.total / GIB:7.2f} GiB -> "
-                     + ("fits" if plan.total / GIB <= usable else "does NOT fit"))
+                     + ("fits" if plan.total / GIB <= usable else "does NOT fit")
+                     + (" (gradient checkpointing on)" if auto_on else ""))
     if not all(ok for *_, ok in verdicts):
         lines.append("")
         lines.append("to fit on a smaller card, try:")

@@ -151,3 +151,24 @@ def test_planner_against_the_measured_peak_of_a_tiny_run(stage, peft, checkpoint
         assert 0.8 < ratio < 1.6, (ratio, measured, parts)
     ratio = probe["peak_total"] / plan.total
     assert 0.75 < ratio < 1.35, (ratio, probe, parts)
+
+
+def test_auto_checkpointing_turns_on_only_where_the_job_would_not_fit(seven_b, tmp_path):
+    job = [f"model.name_or_path={seven_b}", "peft=lora", "model.dtype=bfloat16",
+           "trainer.max_length=2048", "trainer.per_device_train_batch_size=8"]
+    out = plan("--stage", "sft", *job, "--card", "24,141", cwd=tmp_path)  # auto: the default
+    small, large = [line for line in out.splitlines() if "GB card" in line]
+    assert "fits (gradient checkpointing on)" in small  # ~97 GiB of activations without it
+    assert "fits" in large and "checkpointing on" not in large
+
+    off = plan("--stage", "sft", *job, "model.gradient_checkpointing=false", "--card", "24",
+               cwd=tmp_path)
+    assert "does NOT fit" in off and "model.gradient_checkpointing=true" in off
+
+
+def test_gradient_checkpointing_takes_true_false_or_auto(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "align" / "plan.py"),
+                           "model.gradient_checkpointing=sometimes"],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "true, false or auto" in proc.stderr
