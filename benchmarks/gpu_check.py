@@ -4,8 +4,9 @@
 
 No network is needed: the model is generated here (Llama architecture, the tiny model's
 tokenizer, random weights), the data is align's synthetic task. Each case runs the real entry
-point in its own process (python or `accelerate launch`), with benchmarks/probe.py measuring
-median step time, tokens/s and peak GPU memory. Cases whose optional package is missing
+point in its own process (python or `accelerate launch`), with benchmarks/timing.py measuring
+median step time, tokens/s, peak GPU memory and (GRPO) the share of step time spent in
+`generate`, from trl's own profiling blocks. Cases whose optional package is missing
 (liger-kernel, deepspeed) are skipped and say so. Results: a Markdown table on stdout and in
 `--out`/gpu_check.md, raw figures in gpu_check.json; copy the table into
 benchmarks/RESULTS.md with the card name.
@@ -37,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 COMMON = ["logger=none", "heldout.enabled=false", "trainer.save_strategy=no",
           "trainer.logging_steps=1", "trainer.use_cpu=false", "trainer.bf16=true",
-          "model.dtype=bfloat16", "callbacks=[probe:Probe]"]
+          "model.dtype=bfloat16", "callbacks=[timing:Timing]"]
 
 
 def build_model(out: Path, hidden: int, layers: int) -> Path:
@@ -139,26 +140,34 @@ def run_case(case: dict, out: Path, timeout: int) -> dict:
     if proc.returncode != 0 or not probe.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {**case, "status": f"failed (rc={proc.returncode}): {' | '.join(tail)[-300:]}"}
-    return {**case, "status": "ok", "wall_s": wall, **json.loads(probe.read_text())}
+    result = {**case, "status": "ok", "wall_s": wall, **json.loads(probe.read_text())}
+    timing = run_dir / "timing.json"  # benchmarks/timing.py: trl's own profiling blocks
+    if timing.exists():
+        t = json.loads(timing.read_text())
+        generate = (t.get("profile") or {}).get("transformers.generate", {}).get("s")
+        if generate is not None and t.get("step_s_sum"):
+            result["generate_share"] = generate / t["step_s_sum"]
+    return result
 
 
 def table(results: list[dict]) -> str:
     rows = ["| stage | case | step s (median) | x first | tokens/s | peak GiB | x first | "
-            "final loss | status |", "|---|---|---|---|---|---|---|---|---|"]
+            "final loss | generate % | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     first: dict[str, dict] = {}
     for r in results:
         base = first.setdefault(r["group"], r) if r["status"] == "ok" else first.get(r["group"])
         if r["status"] != "ok":
-            rows.append(f"| {r['group']} | {r['name']} | | | | | | | {r['status']} |")
+            rows.append(f"| {r['group']} | {r['name']} | | | | | | | | {r['status']} |")
             continue
 
         def ratio(key):
             return f"{r[key] / base[key]:.2f}" if base and base.get(key) and r.get(key) else ""
 
         tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else ""
+        share = f"{r['generate_share']:.0%}" if r.get("generate_share") is not None else ""
         rows.append(f"| {r['group']} | {r['name']} | {r['step_s_median']:.3f} | "
                     f"{ratio('step_s_median')} | {tps} | {r['peak_mem_gib']:.2f} | "
-                    f"{ratio('peak_mem_gib')} | {r['final_loss']:.4g} | ok |")
+                    f"{ratio('peak_mem_gib')} | {r['final_loss']:.4g} | {share} | ok |")
     return "\n".join(rows)
 
 
