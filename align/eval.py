@@ -38,7 +38,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,7 +73,7 @@ class EvalConfig:
     correct_threshold: float = 1.0
     #: eval.backend=vllm: extra keyword arguments for vllm.LLM (gpu_memory_utilization,
     #: tensor_parallel_size, max_model_len, enforce_eager ...)
-    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+    vllm_kwargs: Optional[dict[str, Any]] = None
 
 
 def check_eval_config(cfg: EvalConfig) -> list[str]:
@@ -280,7 +280,7 @@ def generate_vllm(model_cfg, tokenizer, prompts: list, ev: EvalConfig,
         rank = next(r for r in VLLM_LORA_RANKS if r >= int(adapter["r"]))
         llm_kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
         lora_request = LoRARequest("eval-adapter", 1, str(path))
-    llm_kwargs.update(ev.vllm_kwargs)
+    llm_kwargs.update(ev.vllm_kwargs or {})
 
     try:
         generation = GenerationConfig.from_pretrained(base)

@@ -36,7 +36,7 @@ def compose_eval(tmp_path, *overrides):
         # enforce_eager: no torch.compile warm-up (about 50 s on 2 cores, for a 0.5M model)
         return compose("eval", overrides=[
             f"output_dir={tmp_path}", f"eval.max_samples={PROMPTS}",
-            f"eval.max_new_tokens={MAX_NEW_TOKENS}", "++eval.vllm_kwargs={enforce_eager: true}",
+            f"eval.max_new_tokens={MAX_NEW_TOKENS}", "eval.vllm_kwargs={enforce_eager: true}",
             *overrides])
 
 
