@@ -45,11 +45,10 @@ from align.errors import ConfigError, MissingExtraError
 from align.heldout import HeldoutConfig
 from align.models import ModelConfig, check_model_config, check_vision_peft
 from align.resume import (
-    TRAINER_STATE,
     changed_keys,
     check_resume,
-    checkpoint_step,
     latest_checkpoint,
+    read_state,
     resolve_checkpoint,
     restore_trl_state,
     trl_state_saver,
@@ -425,10 +424,11 @@ class Job:
 
     def train(self, trainer) -> None:
         checkpoint = self.resume_checkpoint()
+        state = read_state(checkpoint) if checkpoint is not None else {}
         if checkpoint is not None:
-            warn_unlogged_steps(checkpoint)
-            restore_trl_state(trainer, checkpoint)
-            self._restore_heldout_curve(checkpoint)
+            warn_unlogged_steps(checkpoint, state)
+            restore_trl_state(trainer, checkpoint, state["global_step"])
+            self._restore_heldout_curve(state.get("log_history", []))
         trainer.add_callback(trl_state_saver(trainer))
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         self.metrics["train"] = dict(result.metrics)
@@ -437,7 +437,7 @@ class Job:
             # transformers averages train_loss over the steps of this launch only; report the
             # whole run's, as an uninterrupted run does (train_runtime & co stay per launch).
             self.metrics["train"]["resumed_from"] = checkpoint.name
-            whole = whole_run_train_loss(trainer.state.log_history, checkpoint_step(checkpoint),
+            whole = whole_run_train_loss(trainer.state.log_history, state["global_step"],
                                          result.training_loss, result.global_step)
             if whole is not None:
                 self.metrics["train"]["train_loss"] = whole
@@ -449,12 +449,11 @@ class Job:
         if history:
             self.metrics["train"]["final_loss"] = history[-1]["loss"]
 
-    def _restore_heldout_curve(self, checkpoint: Path) -> None:
+    def _restore_heldout_curve(self, history: list[dict]) -> None:
         """metrics.json's `heldout_during` points measured before the checkpoint, from its log
         history (align.callbacks.HeldoutCallback appends the later ones to the same list)."""
         if "heldout_during" not in self.metrics:
             return
-        history = json.loads((checkpoint / TRAINER_STATE).read_text()).get("log_history", [])
         earlier = [{"step": h["step"], **{k.removeprefix("heldout/"): v for k, v in h.items()
                                           if k.startswith("heldout/")
                                           and k != "heldout/completion_tokens_mean"}}

@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"  # transformers writes it last into a checkpoint folder
 
 
-def checkpoint_step(folder: Path) -> int:
-    """The optimizer step a complete checkpoint was saved at (any folder name)."""
-    return int(json.loads((folder / TRAINER_STATE).read_text())["global_step"])
+def read_state(folder: Path) -> dict:
+    """A complete checkpoint's trainer_state.json: global_step, log_history, ..."""
+    return json.loads((folder / TRAINER_STATE).read_text())
 
 
 def _name_step(folder: Path) -> int:
@@ -94,8 +94,7 @@ def whole_run_train_loss(history: list[dict], resumed_at: int, launch_loss: floa
     return (total + launch_loss * (global_step - resumed_at)) / global_step
 
 
-def warn_unlogged_steps(checkpoint: Path) -> None:
-    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+def warn_unlogged_steps(checkpoint: Path, state: dict) -> None:
     logged = [h["step"] for h in state.get("log_history", []) if "loss" in h]
     step = state["global_step"]
     if step and (not logged or logged[-1] != step):
@@ -155,7 +154,7 @@ def trl_state_saver(trainer):
     return TrlStateSaver()
 
 
-def restore_trl_state(trainer, checkpoint: Path) -> None:
+def restore_trl_state(trainer, checkpoint: Path, global_step: int) -> None:
     """Put back what `trl_state_saver` saved; for a checkpoint without it (not written by
     align) restore what can be inferred, and warn about what cannot."""
     import torch
@@ -170,7 +169,7 @@ def restore_trl_state(trainer, checkpoint: Path) -> None:
     if "step" in saved:
         trainer._step = saved["step"]
     else:
-        trainer._step = checkpoint_step(checkpoint) * trainer.args.gradient_accumulation_steps
+        trainer._step = global_step * trainer.args.gradient_accumulation_steps
     if "buffered_inputs" in saved:
         trainer._buffered_inputs = saved["buffered_inputs"]
     elif trainer._step % _generate_every(trainer):
