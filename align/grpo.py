@@ -16,14 +16,14 @@ from omegaconf import DictConfig
 
 def run(cfg: DictConfig) -> dict:
     from align.data import load_stage_data
-    from align.job import Job
     from align.models import build_model
+    from align.run.job import Job
     from rewards import build_rewards
 
     job = Job.start(cfg, "grpo")
     from trl import GRPOTrainer  # heavy: imported once the config is known to be valid
 
-    data = load_stage_data(job.data, "grpo", model_kind=job.model.kind)
+    data = load_stage_data(job.data, "grpo", vision=job.model.is_vision)
     reward_funcs, _ = build_rewards(job.cfg["rewards"])  # weights are in job.args
     job.begin()
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
@@ -38,6 +38,6 @@ def run(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    from align.cli import main
+    from align.run.cli import main
 
     main("grpo", run)

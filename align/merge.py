@@ -27,11 +27,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from align.errors import AlignError, ConfigError
+from align.errors import AlignError, ConfigError, report_user_error
 
 #: peft types whose adapter lives in the weights and can be merged
 MERGEABLE = ("LORA", "ADALORA", "IA3", "LOHA", "LOKR", "OFT", "BOFT", "VERA", "FOURIERFT")
@@ -59,8 +58,8 @@ def load_merged(folder: Path, run_cfg: dict, dtype: str | None = None):
     """(merged model, tokenizer, adapter info or None) for an adapter or full-model folder."""
     from dataclasses import replace
 
-    from align.config import check_dataclass
     from align.models import ModelConfig, load_model, load_processing_class
+    from align.schema import check_dataclass
 
     model_cfg, errors = check_dataclass(run_cfg.get("model") or {}, ModelConfig, "model")
     if errors:
@@ -90,7 +89,7 @@ def model_card(run_dir: Path, run_cfg: dict, adapter: dict | None, name: str) ->
     """A short README.md: what the model is, how it was trained, what it scored."""
     from omegaconf import OmegaConf
 
-    from align.config import redact
+    from align.secrets import redact
 
     stage = run_cfg.get("stage", "?")
     base = (adapter or {}).get("base_model_name_or_path") or \
@@ -195,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         out = merge(args.run_dir, args.out, args.dtype, args.overwrite, args.push_to_hub,
                     args.private)
     except AlignError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_user_error(exc)
     print(f"standalone model: {out}")
     return 0
 

@@ -26,10 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
-from align.errors import AlignError
+from align.errors import AlignError, report_user_error
 
 #: chart file name -> (title, y label, key in the trainer's log history)
 FIXED_CHARTS = {
@@ -214,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = plot(args.runs, args.out)
     except AlignError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_user_error(exc)
     print(f"wrote {len(written)} charts to {args.out}: "
           + ", ".join(p.name for p in written))
     return 0

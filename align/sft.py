@@ -6,7 +6,7 @@
     python align/sft.py -m peft=none,lora                 # a sweep, one run per value
 
 Data: messages, prompt/completion, text, ShareGPT/LLaVA conversations or Alpaca rows
-(align/data.py). The run folder gets config.yaml, final/ and metrics.json (align/job.py).
+(align/data/). The run folder gets config.yaml, final/ and metrics.json (align/run/job.py).
 """
 
 from omegaconf import DictConfig
@@ -14,13 +14,13 @@ from omegaconf import DictConfig
 
 def run(cfg: DictConfig) -> dict:
     from align.data import load_stage_data
-    from align.job import Job
     from align.models import build_model
+    from align.run.job import Job
 
     job = Job.start(cfg, "sft")  # the whole config is checked here, before anything loads
     from trl import SFTTrainer  # heavy: imported once the config is known to be valid
 
-    data = load_stage_data(job.data, "sft", model_kind=job.model.kind)
+    data = load_stage_data(job.data, "sft", vision=job.model.is_vision)
     job.begin()
     model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
     job.measure("before", model, tokenizer, data.heldout)
@@ -34,6 +34,6 @@ def run(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    from align.cli import main
+    from align.run.cli import main
 
     main("sft", run)

@@ -46,7 +46,7 @@ def build_model(out: Path, hidden: int, layers: int) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from align.tiny import tiny_model_path
+    from align.models.tiny import tiny_model_path
 
     path = out / f"llama-{hidden}x{layers}"
     if (path / "config.json").exists():
@@ -211,7 +211,10 @@ def main() -> None:
     print(header, flush=True)
     results = []
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from run import build_varlen, packed_batch_size  # the CPU harness's variable-length task
+    from run import (  # the CPU harness's variable-length task
+        build_varlen,
+        packed_batch_size,
+    )
 
     varlen = build_varlen(opts.out / "varlen_sum.jsonl")
     for case in cases(model, opts.steps, varlen, packed_batch_size(varlen, str(model), 32, 256)):

@@ -102,7 +102,7 @@ def comparisons(ctx: dict) -> list[Comparison]:
         Comparison(
             "overhead-sft", "align vs plain trl: SFT, tiny model, 40 steps",
             "`python align/sft.py` against benchmarks/plain/sft.py: the same SFTConfig fields "
-            "(conf/trainer/sft.yaml), model (tiny://base), data (align.synthetic a+b, 9,800 "
+            "(conf/trainer/sft.yaml), model (tiny://base), data (align.data.synthetic a+b, 9,800 "
             "rows) and seed. Parity: the loss curve and the saved weights must be identical.",
             pair("sft", 40, ["--model", ctx["tiny_base"]]), overhead_cols),
         Comparison(
@@ -232,7 +232,7 @@ def packed_batch_size(varlen: Path, model: str, rows_per_step: int, max_length: 
 
 
 def prepare(names: list[str], work: Path) -> dict:
-    from align.tiny import tiny_model_path
+    from align.models.tiny import tiny_model_path
 
     ctx = {"tiny_base": str(tiny_model_path("base")), "tiny_sft": str(tiny_model_path("sft"))}
     needs = {n for c in comparisons({**ctx, "medium": "", "varlen": ""}) if c.name in names

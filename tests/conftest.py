@@ -9,13 +9,13 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_base_path():
-    from align.tiny import tiny_model_path
+    from align.models.tiny import tiny_model_path
 
     return tiny_model_path("base")
 
 
 @pytest.fixture(scope="session")
 def tiny_sft_path():
-    from align.tiny import tiny_model_path
+    from align.models.tiny import tiny_model_path
 
     return tiny_model_path("sft")

@@ -11,10 +11,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from align import sft
-from align.cli import _objective
 from align.compare import compare, main
-from align.config import CONF_DIR, register
 from align.errors import ConfigError
+from align.run.cli import _objective
+from align.run.conf import CONF_DIR, register
 
 register()
 REPO = Path(__file__).resolve().parent.parent

@@ -8,9 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from align.config import CONF_DIR, redact, register
 from align.errors import ConfigError, MissingExtraError
-from align.job import Job
+from align.run.conf import CONF_DIR, register
+from align.run.job import Job
+from align.secrets import redact
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("sft", "dpo", "grpo")
@@ -239,10 +240,10 @@ def test_typos_and_bad_data_are_reported_before_torch_or_trl_is_imported(tmp_pat
     code = f"""
 import sys
 from hydra import compose, initialize_config_dir
-from align.config import CONF_DIR, register
+from align.run.conf import CONF_DIR, register
 from align.data import load_stage_data
 from align.errors import AlignError
-from align.job import Job
+from align.run.job import Job
 register()
 found = []
 for overrides, step in ((["trainer.learnig_rate=1"], "config"),

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from align.config import CONF_DIR, register
 from align.errors import ConfigError
-from align.metrics import length_stats, mean_pass_at_k, pass_at_k
+from align.measure.metrics import length_stats, mean_pass_at_k, pass_at_k
+from align.run.conf import CONF_DIR, register
 
 register()
 REPO = Path(__file__).resolve().parent.parent

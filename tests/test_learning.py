@@ -27,7 +27,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from align import dpo, grpo, sft
-from align.config import CONF_DIR, register
+from align.run.conf import CONF_DIR, register
 
 register()
 SEED = int(os.environ.get("ALIGN_LEARNING_SEED", "0"))
@@ -72,7 +72,7 @@ def write_jsonl(path, rows):
 
 
 def test_sft_teaches_the_untrained_model_to_add(workdir):
-    from align.synthetic import build_synthetic
+    from align.data.synthetic import build_synthetic
 
     # The synthetic SFT rows (prompt/completion, so the loss is on the answer only), written
     # to files to go through the data layer as a user's own data would.
@@ -106,9 +106,9 @@ def own_sample_pairs(workdir):
     itself sampled (T=1) for the prompt. Held-out pairs come from the held-out prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from align.generation import generate_completions
-    from align.synthetic import build_synthetic
-    from align.tiny import tiny_model_path
+    from align.data.synthetic import build_synthetic
+    from align.measure.generation import generate_completions
+    from align.models.tiny import tiny_model_path
 
     path = tiny_model_path("sft")
     model = AutoModelForCausalLM.from_pretrained(path)

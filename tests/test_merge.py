@@ -9,8 +9,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from align import dpo
-from align.config import CONF_DIR, register
 from align.merge import main, merge
+from align.run.conf import CONF_DIR, register
 
 register()
 

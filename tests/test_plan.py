@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from align.models import ModelConfig
-from align.plan import Setup, model_shape, zero_model_states
+from align.run.planner import Setup, model_shape, zero_model_states
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,9 @@ def test_seven_b_count_without_loading_weights(seven_b):
 def test_model_states_agree_with_deepspeed_estimators(stage, gpus, nodes, offload_opt, offload_params):
     pytest.importorskip("deepspeed", reason="the `deepspeed` extra")
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import (
+        estimate_zero2_model_states_mem_needs,
+    )
 
     total, largest = 6_738_415_616, 131_072_000
     setup = Setup(gpus=gpus, nodes=nodes, zero=stage, offload_optimizer=offload_opt,
@@ -101,7 +103,7 @@ def test_trl_fused_head_constants_match_the_installed_trl():
     from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
     from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
-    from align.plan import TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK
+    from align.run.planner import TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK
 
     assert (TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK) == (TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE)
 
@@ -116,8 +118,8 @@ def test_planner_against_the_measured_peak_of_a_tiny_run(stage, peft, checkpoint
     from omegaconf import OmegaConf
 
     from align import dpo, grpo, sft
-    from align.config import CONF_DIR, register
-    from align.plan import plan_job
+    from align.run.conf import CONF_DIR, register
+    from align.run.planner import plan_job
 
     register()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

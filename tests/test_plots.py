@@ -7,8 +7,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from align import grpo, sft
-from align.config import CONF_DIR, register
 from align.plots import main, plot
+from align.run.conf import CONF_DIR, register
 
 register()
 COMMON = ["trainer.max_steps=4", "trainer.logging_steps=1", "trainer.warmup_steps=0",

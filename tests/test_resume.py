@@ -197,7 +197,7 @@ def make_checkpoint(folder, step, complete=True):
 def test_latest_checkpoint_skips_half_written_ones(tmp_path):
     from transformers.trainer_utils import get_last_checkpoint
 
-    from align.resume import latest_checkpoint
+    from align.run.resume import latest_checkpoint
 
     assert latest_checkpoint(tmp_path) is None
     assert latest_checkpoint(tmp_path / "missing") is None
@@ -213,7 +213,7 @@ def test_latest_checkpoint_skips_half_written_ones(tmp_path):
 
 
 def test_resume_folder_must_be_a_complete_checkpoint(tmp_path):
-    from align.resume import check_resume
+    from align.run.resume import check_resume
 
     good = make_checkpoint(tmp_path, 10)
     make_checkpoint(tmp_path, 20, complete=False)
@@ -230,7 +230,7 @@ def test_resume_folder_must_be_a_complete_checkpoint(tmp_path):
 
 
 def test_whole_run_train_loss():
-    from align.resume import whole_run_train_loss
+    from align.run.resume import whole_run_train_loss
 
     history = [{"loss": 1.0, "step": 2}, {"loss": 4.0, "step": 4}, {"loss": 9.0, "step": 6},
                {"train_loss": 0.5, "step": 6}]
@@ -242,8 +242,8 @@ def test_whole_run_train_loss():
 def test_changed_config_on_resume_is_kept_aside(tmp_path, caplog):
     from hydra import compose, initialize_config_dir
 
-    from align.config import CONF_DIR, register
-    from align.job import Job
+    from align.run.conf import CONF_DIR, register
+    from align.run.job import Job
 
     register()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from align.synthetic import (
+from align.data.synthetic import (
     SYNTHETIC_TASKS,
     arithmetic_pairs,
     build_synthetic,

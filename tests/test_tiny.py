@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from align.tiny import (
+from align.models.tiny import (
     EOS_TOKEN,
     SFT_TARGET_ACCURACY,
     TINY_SCHEME,
@@ -132,7 +132,7 @@ def test_trl_completion_only_labels(tiny_base_path, base_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from align.synthetic import build_synthetic
+    from align.data.synthetic import build_synthetic
 
     data = build_synthetic("arithmetic", "sft", "train", n_train=8)
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=1)
@@ -170,7 +170,7 @@ def test_base_model_loads(tiny_base_path, base_tokenizer):
 
 
 def test_base_build_is_deterministic(tiny_base_path, tmp_path):
-    from align.tiny import _build_base
+    from align.models.tiny import _build_base
 
     _build_base(tmp_path)
     for name in [
@@ -185,7 +185,7 @@ def test_base_build_is_deterministic(tiny_base_path, tmp_path):
 
 
 def _eval_prompts(n=None):
-    from align.synthetic import build_synthetic
+    from align.data.synthetic import build_synthetic
 
     ds = build_synthetic("arithmetic", "prompt", "eval")
     if n is not None:
@@ -194,7 +194,7 @@ def _eval_prompts(n=None):
 
 
 def test_generate_completions_shape_and_determinism(sft_model_and_tokenizer):
-    from align.generation import generate_completions
+    from align.measure.generation import generate_completions
 
     model, tokenizer = sft_model_and_tokenizer
     prompts, _ = _eval_prompts(10)
@@ -214,7 +214,7 @@ def test_generate_completions_shape_and_determinism(sft_model_and_tokenizer):
 
 
 def test_generate_completions_sampling_with_seed(sft_model_and_tokenizer):
-    from align.generation import generate_completions
+    from align.measure.generation import generate_completions
 
     model, tokenizer = sft_model_and_tokenizer
     prompts, _ = _eval_prompts(32)
@@ -225,7 +225,7 @@ def test_generate_completions_sampling_with_seed(sft_model_and_tokenizer):
 
 
 def test_generate_completions_string_prompts(sft_model_and_tokenizer):
-    from align.generation import generate_completions
+    from align.measure.generation import generate_completions
 
     model, tokenizer = sft_model_and_tokenizer
     text = tokenizer.apply_chat_template(
@@ -250,7 +250,7 @@ def test_generate_completions_string_prompts(sft_model_and_tokenizer):
 def test_generate_completions_with_peft(sft_model_and_tokenizer):
     from peft import LoraConfig, get_peft_model
 
-    from align.generation import generate_completions
+    from align.measure.generation import generate_completions
 
     model, tokenizer = sft_model_and_tokenizer
     prompts, _ = _eval_prompts(8)
@@ -268,7 +268,7 @@ def test_generate_completions_with_peft(sft_model_and_tokenizer):
 
 
 def test_sft_warmup_reached_target(tiny_sft_path, sft_model_and_tokenizer):
-    from align.generation import generate_completions
+    from align.measure.generation import generate_completions
 
     summary = json.loads((tiny_sft_path / "warmup.json").read_text())
     assert (

@@ -3,7 +3,7 @@
 from hydra import compose, initialize_config_dir
 
 from align import sft
-from align.config import CONF_DIR, register
+from align.run.conf import CONF_DIR, register
 
 register()
 SECRET = "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"
@@ -35,7 +35,7 @@ def test_wandb_without_key_runs_offline_and_keeps_secrets_out(tmp_path, monkeypa
 
 
 def test_a_resumed_launch_continues_the_same_wandb_run(tmp_path, monkeypatch):
-    from align.tracking import WANDB_ID_FILE, LoggerConfig, start_tracking
+    from align.run.tracking import WANDB_ID_FILE, LoggerConfig, start_tracking
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))

@@ -10,9 +10,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from align import dpo, grpo, sft
-from align.config import CONF_DIR, register
 from align.errors import ConfigError
-from align.tiny import resolve_model_path
+from align.models.tiny import resolve_model_path
+from align.run.conf import CONF_DIR, register
 
 register()
 RUNS = {"sft": sft.run, "dpo": dpo.run, "grpo": grpo.run}

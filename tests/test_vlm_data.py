@@ -9,8 +9,6 @@ from PIL import Image  # noqa: E402
 
 from align.data import DataError, load_stage_data  # noqa: E402
 
-VLM = "image_text_to_text"
-
 
 @pytest.fixture
 def folder(tmp_path):
@@ -39,7 +37,7 @@ def test_sharegpt_images_in_placeholder_order_relative_and_absolute(folder):
         {"id": "c", "conversations": conv("No picture here.", "fine")},
     ]
     path = write(folder / "train.json", rows)
-    data = load_stage_data({"path": path, "image_folder": str(folder / "imgs")}, "sft", model_kind=VLM)
+    data = load_stage_data({"path": path, "image_folder": str(folder / "imgs")}, "sft", vision=True)
     first = data.train[0]
     assert first["id"] == "a" and "image" not in data.train.column_names
     assert [p["type"] for p in first["messages"][0]["content"]] == ["image", "text", "image", "text"]
@@ -53,7 +51,7 @@ def test_sharegpt_images_in_placeholder_order_relative_and_absolute(folder):
 def test_relative_paths_default_to_the_data_file_folder(folder):
     path = write(folder / "imgs" / "train.json",
                  [{"id": "x", "image": "red.png", "conversations": conv("<image>?")}])
-    data = load_stage_data({"path": path}, "sft", model_kind=VLM)
+    data = load_stage_data({"path": path}, "sft", vision=True)
     assert data.train[0]["images"][0].size == (40, 30)
 
 
@@ -73,7 +71,7 @@ def test_bad_media_fail_naming_row_id_and_path(folder, row, expected):
     pytest.importorskip("av", reason="the `vision` extra")
     path = write(folder / "bad.json", [row])
     with pytest.raises(DataError) as err:
-        load_stage_data({"path": path, "image_folder": str(folder / "imgs")}, "sft", model_kind=VLM)
+        load_stage_data({"path": path, "image_folder": str(folder / "imgs")}, "sft", vision=True)
     assert expected.format(imgs=folder / "imgs") in str(err.value)
     assert str(err.value).startswith(path)
 
@@ -81,7 +79,7 @@ def test_bad_media_fail_naming_row_id_and_path(folder, row, expected):
 def test_dpo_and_grpo_rows_with_images(folder):
     pairs = [{"id": "p", "image": "red.png", "prompt": "<image>\nColour?", "chosen": "red",
               "rejected": "blue"}]
-    dpo = load_stage_data({"path": write(folder / "imgs" / "pairs.json", pairs)}, "dpo", model_kind=VLM)
+    dpo = load_stage_data({"path": write(folder / "imgs" / "pairs.json", pairs)}, "dpo", vision=True)
     row = dpo.train[0]
     assert [p["type"] for p in row["prompt"][0]["content"]] == ["image", "text"]
     assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
@@ -89,12 +87,12 @@ def test_dpo_and_grpo_rows_with_images(folder):
     prompts = [{"id": "g", "image": "blue.jpg", "prompt": "<image>\nColour?", "solution": "blue",
                 "difficulty": 2}]
     grpo = load_stage_data({"path": write(folder / "imgs" / "prompts.json", prompts)}, "grpo",
-                           model_kind=VLM)
+                           vision=True)
     assert grpo.train[0]["solution"] == "blue" and grpo.train[0]["difficulty"] == 2
     assert grpo.train[0]["images"][0].size == (30, 40)
     bad = [{**pairs[0], "chosen": "<image> red"}]
     with pytest.raises(DataError, match="field 'chosen': has an <image>/<video> placeholder"):
-        load_stage_data({"path": write(folder / "imgs" / "bad.json", bad)}, "dpo", model_kind=VLM)
+        load_stage_data({"path": write(folder / "imgs" / "bad.json", bad)}, "dpo", vision=True)
 
 
 def test_text_model_drops_unused_media_and_refuses_placeholders(folder, caplog):
@@ -130,19 +128,19 @@ def test_video_frames_sampled_at_rate_and_capped(folder):
     rows = [{"id": "v", "video": "clip.mp4", "image": "red.png",
              "conversations": conv("<image> then <video> What changed?", "brighter")}]
     path = write(folder / "imgs" / "v.json", rows)
-    data = load_stage_data({"path": path, "video_fps": 1.0}, "sft", model_kind=VLM)
+    data = load_stage_data({"path": path, "video_fps": 1.0}, "sft", vision=True)
     parts = [p["type"] for p in data.train[0]["messages"][0]["content"]]
     assert parts == ["image", "text"] + ["image"] * 3 + ["text"]  # 3 s at 1 frame/s
     assert [im.size for im in data.train[0]["images"]] == [(40, 30)] + [(32, 32)] * 3
-    capped = load_stage_data({"path": path, "video_fps": 10.0, "video_max_frames": 4}, "sft", model_kind=VLM)
+    capped = load_stage_data({"path": path, "video_fps": 10.0, "video_max_frames": 4}, "sft", vision=True)
     assert len(capped.train[0]["images"]) == 1 + 4
     bad = write(folder / "imgs" / "b.json", [{**rows[0], "video": "bad.mp4"}])
     with pytest.raises(DataError, match=r"row 0 \(id 'v'\): field 'video': .*bad.mp4: unreadable video"):
-        load_stage_data({"path": bad}, "sft", model_kind=VLM)
+        load_stage_data({"path": bad}, "sft", vision=True)
 
 
 def test_synthetic_shapes_answers_match_the_pictures():
-    from align.synthetic import SHAPE_COLOURS, build_synthetic
+    from align.data.synthetic import SHAPE_COLOURS, build_synthetic
 
     rows = build_synthetic("shapes", "prompt", "eval", n_eval=24)
     train = build_synthetic("shapes", "prompt", "train", n_eval=24)

@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 
 pytest.importorskip("PIL", reason="the `vision` extra")
 
-from align.config import CONF_DIR, register  # noqa: E402
 from align.errors import ConfigError  # noqa: E402
-from align.tiny import resolve_model_path  # noqa: E402
+from align.models.tiny import resolve_model_path  # noqa: E402
+from align.run.conf import CONF_DIR, register  # noqa: E402
 
 register()
 FAST = {
@@ -127,7 +127,7 @@ def test_vlm_stage_trains_what_is_configured(stage, overrides, expect, tmp_path,
 def test_vlm_generation_fills_images(tmp_path):
     """Greedy generation with the processor and each prompt's images (held-out scoring)."""
     from align.data import load_stage_data
-    from align.generation import generate_completions
+    from align.measure.generation import generate_completions
     from align.models import ModelConfig, build_model
 
     data = load_stage_data({"path": "synthetic:shapes", "synthetic": {"n_eval": 8}}, "grpo",
@@ -162,8 +162,8 @@ def test_vlm_options_contradictions_fail_before_training(tmp_path):
 def test_vlm_adapter_merges_and_evaluates_with_its_processor(tmp_path):
     """Export and evaluation of a VLM adapter: the merged model keeps the processor and gives
     base + adapter's logits on an image prompt; align/eval.py scores it with images."""
-    from PIL import Image
     from peft import PeftModel
+    from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from align import eval as align_eval

@@ -4,7 +4,7 @@ The trainer fields are read from align's own conf/trainer/<stage>.yaml (and LoRA
 conf/peft/lora.yaml) with plain PyYAML, then the command line's `field=value` pairs on top,
 so that a plain script and align's entry point are given the same numbers and never drift.
 Everything else in these scripts is written directly against trl, transformers, peft and
-datasets: no Hydra, no align.job, no align.data, no align.models.
+datasets: no Hydra, no align.run.job, no align.data, no align.models.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def parse_args(stage: str, doc: str) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="output_dir of the trainer")
     parser.add_argument("--model", required=True, help="a local model folder")
     parser.add_argument("--data", default="synthetic",
-                        help="'synthetic' (align.synthetic's arithmetic task) or a .jsonl file")
+                        help="'synthetic' (align.data.synthetic's arithmetic task) or a .jsonl file")
     parser.add_argument("--max-samples", type=int, default=None, help="first N training rows")
     parser.add_argument("--peft", choices=["none", "lora"], default="none")
     parser.add_argument("--attn", default="sdpa", help="attn_implementation")
@@ -64,7 +64,7 @@ def train_data(source: str, kind: str, max_samples: int | None):
     """align's synthetic a+b task (its default data settings: 200 held out, operands 0-99)
     or a JSON-lines file."""
     if source == "synthetic":
-        from align.synthetic import build_synthetic
+        from align.data.synthetic import build_synthetic
 
         data = build_synthetic("arithmetic", kind, "train", n_eval=200, max_operand=99)
     else:

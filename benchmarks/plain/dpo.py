@@ -10,11 +10,10 @@ log-probs of every training pair before the first step instead.
 """
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from trl import DPOConfig, DPOTrainer
-
 from common import SEED, cpu_args, lora_config, parse_args, train_data, trainer_fields
 from timing import Timing
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from trl import DPOConfig, DPOTrainer
 
 opts = parse_args("dpo", __doc__)
 args = DPOConfig(**trainer_fields("dpo", opts.fields), **cpu_args(opts))

@@ -7,12 +7,12 @@ Reward: align's exact-answer `accuracy` (rewards/math.py, conf/rewards/arithmeti
 """
 
 import torch
+from common import SEED, cpu_args, lora_config, parse_args, train_data, trainer_fields
+from timing import Timing
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
-from common import SEED, cpu_args, lora_config, parse_args, train_data, trainer_fields
 from rewards.math import accuracy
-from timing import Timing
 
 opts = parse_args("grpo", __doc__)
 args = GRPOConfig(**trainer_fields("grpo", opts.fields), **cpu_args(opts), reward_weights=[1.0])

@@ -5,11 +5,10 @@
 """
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-from trl import SFTConfig, SFTTrainer
-
 from common import SEED, cpu_args, lora_config, parse_args, train_data, trainer_fields
 from timing import Timing
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from trl import SFTConfig, SFTTrainer
 
 opts = parse_args("sft", __doc__)
 args = SFTConfig(**trainer_fields("sft", opts.fields), **cpu_args(opts))

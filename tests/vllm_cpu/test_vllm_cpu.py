@@ -29,7 +29,7 @@ MAX_NEW_TOKENS = 8
 def compose_eval(tmp_path, *overrides):
     from hydra import compose, initialize_config_dir
 
-    from align.config import CONF_DIR, register
+    from align.run.conf import CONF_DIR, register
 
     register()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -89,7 +89,7 @@ def test_vllm_version_check_accepts_the_installed_vllm():
     """align's pre-flight check (trainer.use_vllm=true) and trl's own both accept it."""
     from trl.import_utils import is_vllm_available
 
-    from align.job import check_optional_packages
+    from align.run.job import check_optional_packages
 
     assert is_vllm_available()
     check_optional_packages({"use_vllm": True, "vllm_mode": "colocate"})
@@ -216,7 +216,7 @@ def test_trl_vllm_serve_generates_hf_greedy_tokens(trl_vllm_server, tiny_sft_pat
 def test_align_preflight_accepts_the_real_trl_server(trl_vllm_server):
     """align's setup check for trainer.vllm_mode=server (reachability, then the vLLM version)
     passes against the real server."""
-    from align.job import check_optional_packages, check_vllm_server
+    from align.run.job import check_optional_packages, check_vllm_server
 
     trainer = {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": trl_vllm_server}
     check_vllm_server(trainer)

@@ -11,17 +11,16 @@ A run folder holds:
   metrics.json    training metrics and held-out figures before and after training
   log_history.jsonl  the trainer's log, one JSON object per logging step (for align.plots)
   checkpoint-*/   trl checkpoints, when saving is on
-All ranks of a multi-process run share the folder (see align.config.run_id); only the main
+All ranks of a multi-process run share the folder (see align.run.conf.run_id); only the main
 process writes the shared files.
 
-Resuming (`resume=true` or a checkpoint folder) is in align.resume and docs/resume.md.
+Resuming (`resume=true` or a checkpoint folder) is in align.run.resume and docs/resume.md.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -30,21 +29,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from align.adapters import check_peft_section
-from align.config import (
-    SECTIONS,
-    check_dataclass,
-    import_object,
-    raise_if,
-    redact,
-    to_container,
-    unknown_keys,
-)
-from align.data import DataConfig
+from align.data.config import DataConfig
 from align.errors import ConfigError, MissingExtraError
-from align.heldout import HeldoutConfig
-from align.models import ModelConfig, check_model_config, check_vision_peft
-from align.resume import (
+from align.files import write_atomic, write_json, write_jsonl
+from align.measure.heldout import HeldoutConfig
+from align.models.adapters import check_peft_section
+from align.models.config import ModelConfig, check_model_config, check_vision_peft
+from align.run.conf import SECTIONS
+from align.run.resume import (
     changed_keys,
     check_resume,
     latest_checkpoint,
@@ -55,7 +47,14 @@ from align.resume import (
     warn_unlogged_steps,
     whole_run_train_loss,
 )
-from align.tracking import LoggerConfig, Tracker, check_logger_config, start_tracking
+from align.run.tracking import (
+    LoggerConfig,
+    Tracker,
+    check_logger_config,
+    start_tracking,
+)
+from align.schema import check_dataclass, import_object, raise_if, to_container, unknown_keys
+from align.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +323,7 @@ class Job:
         without it exceeds 80% of the GPU; off on CPU (a trade of time for memory)."""
         import torch
 
-        from align import plan
+        from align.run import planner as plan
 
         if not torch.cuda.is_available():
             log.info("model.gradient_checkpointing=auto: off (no GPU)")
@@ -357,7 +356,7 @@ class Job:
         if self.heldout.enabled and self.heldout.eval_steps and heldout is not None:
             funcs = self.heldout_rewards()
             if funcs:
-                from align.callbacks import HeldoutCallback
+                from align.measure.callbacks import HeldoutCallback
 
                 callbacks.append(HeldoutCallback(self, tokenizer, heldout, funcs))
         return callbacks
@@ -375,18 +374,18 @@ class Job:
     def measure(self, when: str, model, tokenizer, dataset, pairs=None) -> dict | None:
         """Held-out figures (main process only); logged under heldout_<when>. With `pairs`
         (held-out prompt/chosen/rejected rows) also the preference figures of
-        align.metrics.preference_accuracy: log-prob ranking and, after training, the DPO
+        align.measure.metrics.preference_accuracy: log-prob ranking and, after training, the DPO
         implicit-reward accuracy against the model as it was before training."""
         if not self.heldout.enabled or not self.is_main:
             return None
         funcs = self.heldout_rewards() if dataset is not None else []
         figures: dict = {}
         if funcs:
-            from align.heldout import evaluate
+            from align.measure.heldout import evaluate
 
             figures.update(evaluate(model, tokenizer, dataset, funcs, self.heldout))
         if pairs is not None and {"chosen", "rejected"} <= set(pairs.column_names):
-            from align.metrics import preference_accuracy, preference_margins
+            from align.measure.metrics import preference_accuracy, preference_margins
 
             if when == "before":
                 # DPO's reference is the model it starts from: keep its margins, so that the
@@ -451,7 +450,7 @@ class Job:
 
     def _restore_heldout_curve(self, history: list[dict]) -> None:
         """metrics.json's `heldout_during` points measured before the checkpoint, from its log
-        history (align.callbacks.HeldoutCallback appends the later ones to the same list)."""
+        history (align.measure.callbacks.HeldoutCallback appends the later ones to the same list)."""
         if "heldout_during" not in self.metrics:
             return
         earlier = [{"step": h["step"], **{k.removeprefix("heldout/"): v for k, v in h.items()
@@ -466,11 +465,8 @@ class Job:
         trainer.save_model(str(final))  # main process only, gathers ZeRO-3 shards itself
         if self.is_main:
             # The per-step log, also when no checkpoint (and so no trainer_state.json) is saved.
-            write_atomic(self.out_dir / "log_history.jsonl",
-                         "".join(json.dumps(h, default=float) + "\n"
-                                 for h in trainer.state.log_history))
-            write_atomic(self.out_dir / "metrics.json", json.dumps(self.metrics, indent=2,
-                                                                   default=float))
+            write_jsonl(self.out_dir / "log_history.jsonl", trainer.state.log_history)
+            write_json(self.out_dir / "metrics.json", self.metrics)
             for line in summary_lines(self):
                 print(line)
             print(f"run folder: {self.out_dir}")
@@ -495,7 +491,7 @@ def objective_value(metrics: dict, key: str | None) -> float | None:
 
 
 def summary_lines(job: Job) -> list[str]:
-    from align.heldout import summary_lines as lines
+    from align.measure.heldout import summary_lines as lines
 
     names = [k for k in (job.metrics.get("heldout_after") or job.metrics.get("heldout_before")
                          or {}) if "/" not in k and k not in ("samples", "completion_tokens_mean",
@@ -533,10 +529,3 @@ def hydra_run_names(name: str) -> tuple[str | None, str]:
     if hc.mode == RunMode.MULTIRUN:
         group = f"{name}-{Path(hc.sweep.dir).name}"
     return group, run_name
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers never see half of it (write aside, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,4 +1,5 @@
-"""Images and videos for vision-language data: placeholders, paths, checks and frame sampling.
+"""Images and videos for vision-language data: placeholders, paths, checks, frame sampling, and
+attaching a row's media to its normalised messages.
 
 Supported input (the LLaVA / Qwen2-VL-Finetune convention): text with `<image>` and `<video>`
 placeholders, one per item of the row's `image`/`images` and `video`/`videos` lists (a single
@@ -24,8 +25,10 @@ import io
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from align.data.formats import RowError, type_name
 from align.errors import MissingExtraError
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -191,8 +194,115 @@ def image_feature():
     return datasets.List(datasets.Image())
 
 
+
+
+@dataclass
+class Media:
+    """How rows' images and videos are handled (vision-language models only)."""
+
+    folder: str | None  # relative paths are joined to this
+    video_fps: float
+    video_max_frames: int
+
+
+#: Fields whose text may hold <image>/<video> placeholders (the user side); media in an answer
+#: is not something a model generates.
+_ANSWER_FIELDS = ("completion", "chosen", "rejected")
+
+
+def attach_media(out: dict, row: Mapping, media: Media, decode: bool) -> dict:
+    """Turn a normalised row into its vision-language form: typed parts + an `images` list.
+
+    With decode=False (the check pass) files are opened and checked but videos are not sampled
+    into the output; with decode=True (the map pass) video frames become images.
+    """
+
+
+    try:
+        image_col, images = media_list(row, IMAGE_COLUMNS)
+        video_col, videos = media_list(row, VIDEO_COLUMNS)
+    except MediaError as err:
+        raise RowError(err.field, err.problem) from None
+    if "text" in out:
+        if images or videos:
+            raise RowError("text", "plain 'text' rows cannot place images; write the rows as "
+                                    "'conversations' or 'messages' with <image> placeholders")
+        return out
+
+    converted: dict[str, Any] = {}
+    order: list[str] = []  # "image" / "video" parts in the order trl fills them
+    for name, value in out.items():
+        if name not in ("messages", "prompt", "completion", "chosen", "rejected"):
+            converted[name] = value
+            continue
+        if isinstance(value, str):  # a plain prompt/answer becomes one message of typed parts
+            value = [{"role": "assistant" if name in _ANSWER_FIELDS else "user", "content": value}]
+        messages = []
+        for message in value:
+            parts = to_parts(message.get("content") or "")
+            kinds = [p["type"] for p in parts if p["type"] in ("image", "video")]
+            if kinds and name in _ANSWER_FIELDS:
+                raise RowError(name, "has an <image>/<video> placeholder; images belong in the prompt")
+            order += kinds
+            messages.append({**message, "content": parts})
+        converted[name] = messages
+
+    n_img, n_vid = order.count("image"), order.count("video")
+    if n_img != len(images):
+        raise RowError(image_col or "image",
+                        f"{n_img} <image> placeholder(s) in the text but {len(images)} image(s) in "
+                        f"'{image_col or 'image'}'; put one <image> where each image goes")
+    if n_vid != len(videos):
+        raise RowError(video_col or "video",
+                        f"{n_vid} <video> placeholder(s) in the text but {len(videos)} video(s) in "
+                        f"'{video_col or 'video'}'; put one <video> where each video goes")
+
+    def resolved(item, field_):
+        if isinstance(item, str):
+            return resolve(item, media.folder)
+        if isinstance(item, dict) and (item.get("bytes") or item.get("path")):
+            return item
+        raise RowError(field_, f"expected a path string, got {type_name(item)}")
+
+    image_items = [resolved(i, image_col) for i in images]
+    video_paths = [resolved(v, video_col) for v in videos]
+    try:
+        if not decode:
+            for item in image_items:
+                check_image(item, image_col)
+        frames = []
+        for path in video_paths:
+            if decode or not os.path.isfile(path):
+                frames.append(sample_frames(path, media.video_fps, media.video_max_frames, video_col))
+            else:
+                frames.append([None])  # checked (decoded) in the map pass; counts stay consistent
+    except MediaError as err:
+        raise RowError(err.field, err.problem) from None
+
+    # Expand each video part into one image part per frame; list images in part order.
+    out_images, next_image, next_video = [], iter(image_items), iter(frames)
+    for name in ("messages", "prompt"):
+        for message in converted.get(name) or []:
+            content = []
+            for part in message["content"]:
+                if part["type"] == "image":
+                    item = next(next_image)
+                    out_images.append(item if isinstance(item, dict) else {"bytes": None, "path": item})
+                    content.append(part)
+                elif part["type"] == "video":
+                    clip = next(next_video)
+                    out_images += [png_bytes(f) if f is not None else None for f in clip]
+                    content += [{"type": "image", "text": None} for _ in clip]
+                else:
+                    content.append(part)
+            message["content"] = content
+    converted["images"] = out_images
+    return converted
+
 __all__ = [
     "IMAGE_COLUMNS",
+    "Media",
+    "attach_media",
     "MEDIA_COLUMNS",
     "VIDEO_COLUMNS",
     "MediaError",

@@ -1,7 +1,7 @@
 """Held-out measurement during training, as a transformers TrainerCallback.
 
 Turned on with `heldout.eval_steps=N` on any stage (`python align/grpo.py heldout.eval_steps=100`):
-every N optimizer steps the model answers the held-out prompts greedily (align.heldout.evaluate,
+every N optimizer steps the model answers the held-out prompts greedily (align.measure.heldout.evaluate,
 the same measurement as before and after training) and the figures go
 
   - into the trainer's log history as `heldout/<reward>` (so trainer_state.json, the run
@@ -35,7 +35,7 @@ class HeldoutCallback(TrainerCallback):
         every = self.job.heldout.eval_steps
         if not every or state.global_step % every or not self.job.is_main:
             return
-        from align.heldout import evaluate_with_samples
+        from align.measure.heldout import evaluate_with_samples
 
         figures, rows = evaluate_with_samples(model, self.tokenizer, self.dataset,
                                               self.reward_funcs, self.job.heldout)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from align.config import redact
+from align.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def start_tracking(cfg: LoggerConfig, *, name: str, group: str | None, out_dir: 
         return Tracker("none")
     import wandb
 
-    from align.job import write_atomic
+    from align.files import write_atomic
 
     os.environ.setdefault("WANDB_SILENT", "true")
     id_file = out_dir / WANDB_ID_FILE

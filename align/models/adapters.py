@@ -23,8 +23,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
-from align.config import init_params, suggest, to_container, unknown_keys
 from align.errors import ConfigError, MissingExtraError
+from align.schema import init_params, suggest, to_container, unknown_keys
 
 ALIGN_KEYS = ("method", "quantization", "optimizer_8bit", "apply_to")
 #: Where adapters go on a vision-language model (see the module docstring).
@@ -160,7 +160,7 @@ def target_vision_parts(plan: PeftPlan, model) -> None:
     """
     import torch
 
-    from align.models import part_of, vision_parts
+    from align.models.parts import part_of, vision_parts
 
     config = plan.peft_config
     if config is None or not hasattr(config, "target_modules"):

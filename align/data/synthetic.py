@@ -25,7 +25,7 @@ Dataset kinds (the column layouts trl's trainers accept):
 
 Example::
 
-    from align.synthetic import build_synthetic
+    from align.data.synthetic import build_synthetic
     train = build_synthetic("arithmetic", "sft", "train", seed=0)
 """
 
@@ -231,11 +231,7 @@ def draw_shapes(colour: str, cells: tuple[int, ...], kinds: tuple[str, ...], rng
 
 
 def _shapes_rows(kind: str, split: str, seed: int = 0, **params) -> list[dict]:
-    try:
-        from align.vision import png_bytes
-    except ImportError:  # pragma: no cover - align.vision itself has no heavy import
-        raise
-    from align.vision import require_pillow
+    from align.data.media import png_bytes, require_pillow
 
     require_pillow("the synthetic shapes task")
     rng = random.Random(f"shapes-{split}-{seed}")

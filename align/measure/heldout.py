@@ -5,7 +5,7 @@ decoding, so the numbers are reproducible), with reward functions from the same 
 trains with. This is what tells a user whether the run did what it was meant to.
 
 With `heldout.eval_steps=N` the same measurement also runs every N training steps
-(align.callbacks.HeldoutCallback): the figures go to W&B, the trainer's log history and
+(align.measure.callbacks.HeldoutCallback): the figures go to W&B, the trainer's log history and
 metrics.json (`heldout_during`), with a few sample completions as a W&B table.
 
 `heldout:` config section (schema: HeldoutConfig).
@@ -48,7 +48,7 @@ def evaluate(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig) -> dic
 def evaluate_with_samples(model, tokenizer, dataset, reward_funcs,
                           cfg: HeldoutConfig) -> tuple[dict[str, float], list[dict]]:
     """`evaluate`, plus one row per prompt: prompt, completion, solution, each reward."""
-    from align.generation import generate_completions
+    from align.measure.generation import generate_completions
 
     if cfg.max_samples is not None and len(dataset) > cfg.max_samples:
         dataset = dataset.select(range(cfg.max_samples))

@@ -6,7 +6,7 @@ Two variants, each a directory that ``AutoModelForCausalLM`` / ``AutoTokenizer``
   ``{% generation %}`` markers) and a randomly initialised Llama-architecture model (hidden 128,
   2 layers, 4 heads, tied embeddings, ~0.56M parameters). Builds in a few seconds.
 - ``"sft"``: the base model after a short SFT warm-up with trl's ``SFTTrainer`` on the synthetic
-  arithmetic task (:mod:`align.synthetic`), stopped once greedy held-out accuracy reaches
+  arithmetic task (:mod:`align.data.synthetic`), stopped once greedy held-out accuracy reaches
   ``SFT_TARGET_ACCURACY``; ``warmup.json`` records the steps and the accuracy curve. About a
   minute on 2 CPU cores. RL from a weaker start barely moves (most sampled groups are all wrong),
   which is why the warm-up stops at a target accuracy and not after a fixed number of steps.
@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import time
 
-logger = logging.getLogger("align.tiny")
+logger = logging.getLogger("align.models.tiny")
 
 BUILD_VERSION = "v2"
 TINY_SCHEME = "tiny://"
@@ -189,7 +189,9 @@ def build_vlm_processor():
     """The tiny VLM's processor: the tiny tokenizer plus an image token, and LLaVA's PIL image
     processor (resize + centre crop to 56x56; needs Pillow, not torchvision)."""
     from transformers import LlavaProcessor
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import (
+        LlavaImageProcessorPil,
+    )
 
     tokenizer = build_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IMAGE_TOKEN]})
@@ -212,9 +214,15 @@ def build_vlm_processor():
 
 def _build_vlm(out: pathlib.Path) -> None:
     import torch
-    from transformers import (AutoModelForImageTextToText, AutoProcessor, CLIPVisionConfig,
-                              GenerationConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration)
+    from transformers import (
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     # LLaVA rather than Qwen2-VL: transformers' Qwen2-VL processor requires a video processor,
     # which needs torchvision; LLaVA's needs only Pillow. trl's SFT/DPO/GRPO treat both alike
@@ -297,7 +305,7 @@ def _build_into(root: pathlib.Path, variant: str) -> None:
 
 
 def _tokenizer_corpus() -> list[str]:
-    from align.synthetic import arithmetic_pairs
+    from align.data.synthetic import arithmetic_pairs
 
     rows = []
     for a, b in arithmetic_pairs("train", seed=SEED):
@@ -440,8 +448,8 @@ def _build_sft(base: pathlib.Path, out: pathlib.Path) -> None:
     )
     from trl import SFTConfig, SFTTrainer
 
-    from align.generation import generate_completions
-    from align.synthetic import build_synthetic
+    from align.data.synthetic import build_synthetic
+    from align.measure.generation import generate_completions
 
     set_seed(SEED)
     tokenizer = AutoTokenizer.from_pretrained(base)

@@ -19,10 +19,10 @@ import os
 import sys
 from collections.abc import Callable
 
-from align.config import CONF_DIR, register
-from align.errors import AlignError
+from align.errors import AlignError, exit_user_error
+from align.run.conf import CONF_DIR, register
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # align/
 
 
 def main(stage: str, run: Callable) -> None:
@@ -50,9 +50,8 @@ def _reporting_user_errors(run: Callable) -> Callable:
         try:
             return _objective(cfg, run(cfg))
         except AlignError as exc:
-            print(f"error: {exc}", file=sys.stderr)
             _remove_empty_run_folder()
-            raise SystemExit(2) from None
+            exit_user_error(exc)
 
     return wrapper
 
@@ -60,7 +59,7 @@ def _reporting_user_errors(run: Callable) -> Callable:
 def _objective(cfg, metrics):
     """The float a sweeper optimises. Without an `objective` key the default metric is
     returned when the run has it (and None otherwise); a named one must exist."""
-    from align.job import is_main_process, objective_value
+    from align.run.job import is_main_process, objective_value
 
     key = cfg.get("objective") if "objective" in cfg else None
     if not isinstance(metrics, dict) or not is_main_process():

@@ -1,0 +1,80 @@
+"""The held-out split in RL prompt form (`prompt` + `solution`), for measuring a model before
+and after training, whatever format the stage's data is in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datasets
+
+logger = logging.getLogger(__name__)
+
+def message_text(content: Any) -> str:
+    """The text of a message content: a string, or the text parts of a multimodal part list."""
+    if isinstance(content, str):
+        return content
+    return "".join(
+        p.get("text") or "" for p in content or [] if isinstance(p, dict) and p.get("type", "text") == "text"
+    )
+
+
+def _final_assistant_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return message_text([m for m in value if m.get("role") == "assistant"][-1].get("content"))
+
+
+def _heldout_from_messages(row: Mapping) -> dict:
+    messages = row["messages"]
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+    return {
+        "prompt": messages[:last],
+        "solution": message_text(messages[last].get("content")),
+    }
+
+
+def build_heldout(eval_dataset: datasets.Dataset | None, fmt: str, num_proc: int | None = None):
+    """The eval split in RL prompt form: `prompt`, `solution` and the other columns.
+
+    An existing `solution` column (synthetic tasks have one: the exact answer) is kept; otherwise the
+    solution is the final assistant text of the reference answer (SFT) or of `chosen` (DPO).
+    """
+    if eval_dataset is None or fmt == "text":
+        return None
+    if fmt == "prompt":
+        return eval_dataset
+    names = eval_dataset.column_names
+    keep_solution = "solution" in names
+    if fmt in ("messages", "sharegpt"):
+
+        def convert(row):
+            out = _heldout_from_messages(row)
+            return {"prompt": out["prompt"]} if keep_solution else out
+
+        removed = ["messages"]
+    else:
+        answer = "completion" if fmt in ("prompt_completion", "alpaca") else "chosen"
+
+        def convert(row):
+            return {} if keep_solution else {"solution": _final_assistant_text(row[answer])}
+
+        removed = [c for c in ("completion", "chosen", "rejected") if c in names]
+    heldout = eval_dataset.map(
+        convert,
+        remove_columns=removed,
+        num_proc=num_proc,
+        desc="Building held-out prompts",
+    )
+    if fmt in ("messages", "sharegpt"):
+        # A conversation that opens with the assistant has no prompt to generate from.
+        before = len(heldout)
+        heldout = heldout.filter(lambda row: len(row["prompt"]) > 0)
+        if len(heldout) < before:
+            logger.warning(
+                "held-out: dropped %d eval rows whose first turn is the assistant's",
+                before - len(heldout),
+            )
+    return heldout

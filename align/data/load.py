@@ -1,0 +1,226 @@
+"""Load one stage's data: sources -> renames -> format -> every row checked -> normalised, with
+the media of vision-language rows attached, and the held-out prompts built."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from align.data.config import STAGES, DataConfig, DataError, StageData, as_data_config
+from align.data.formats import (
+    NORMALISERS,
+    READ_COLUMNS,
+    REMOVED_COLUMNS,
+    RowError,
+    detect_format,
+)
+from align.data.heldout import build_heldout
+from align.data.media import (
+    MEDIA_COLUMNS,
+    VIDEO_COLUMNS,
+    Media,
+    attach_media,
+    image_feature,
+    mentions_media,
+    require_av,
+    require_pillow,
+)
+from align.data.sources import Source, load_sources, rename_columns
+
+if TYPE_CHECKING:
+    import datasets
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORTED_ROWS = 10  # a file with thousands of bad rows should not print thousands of lines
+
+
+def _row_label(src: Source, index: int, sample_id: Any = None) -> str:
+    line = f" (line {src.lines[index]})" if src.lines is not None else ""
+    ident = f" (id {sample_id!r})" if sample_id is not None else ""
+    return f"{src.label}: row {index}{line}{ident}"
+
+
+def _check_rows(src: Source, fmt: str, system_prompt: str | None, media: Media | None = None) -> None:
+    """Run the format's normaliser over every row in python; raise one DataError listing bad rows."""
+
+    extra = ("id",) + MEDIA_COLUMNS if media is not None else ("id",)
+    read = [c for c in READ_COLUMNS[fmt] + extra if c in src.dataset.column_names]
+    if src.rows is not None:
+        # Rows exactly as json parsed them, with the dataset's columns: a key missing from one
+        # row is a null column value in the dataset, and the check must see the same thing.
+        rows = [{c: row.get(c) for c in read} for row in src.rows]
+    else:
+        columns = src.dataset.select_columns(read).to_dict()
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    if not rows:
+        raise DataError(f"{src.label}: the dataset is empty (no rows)")
+    normalise = NORMALISERS[fmt]
+    problems, same = [], []
+    for i, row in enumerate(rows):
+        try:
+            out = normalise(row, system_prompt)
+            if media is not None:
+                attach_media(out, row, media, decode=False)
+        except RowError as err:
+            problems.append(f"{_row_label(src, i, row.get('id'))}: field '{err.field}': {err.problem}")
+            continue
+        if fmt == "preference" and out["chosen"] == out["rejected"]:
+            same.append(i)
+    if same:
+        logger.warning(
+            "%s: %d rows have chosen == rejected (rows %s%s); they carry no preference signal",
+            src.label,
+            len(same),
+            same[:10],
+            " ..." if len(same) > 10 else "",
+        )
+    if not problems:
+        return
+    shown = problems[:MAX_REPORTED_ROWS]
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    raise DataError(f"{src.label}: {len(problems)} malformed rows:\n  " + "\n  ".join(shown) + more)
+
+
+def _normalise(dataset: datasets.Dataset, fmt: str, cfg: DataConfig, label: str,
+               media: Media | None = None) -> datasets.Dataset:
+
+    normalise = NORMALISERS[fmt]
+
+    def apply(row, index):
+        try:
+            out = normalise(row, cfg.system_prompt)
+            return attach_media(out, row, media, decode=True) if media is not None else out
+        except RowError as err:  # only if arrow's view of a row differs from what was checked
+            raise DataError(f"{_row_label_plain(label, index, row.get('id'))}: field '{err.field}': "
+                            f"{err.problem}") from None
+
+    removed = list(REMOVED_COLUMNS.get(fmt, []))
+    if media is not None:  # replaced by the `images` column
+        removed += [c for c in MEDIA_COLUMNS if c != "images"]
+    remove = [c for c in removed if c in dataset.column_names]
+    return dataset.map(
+        apply,
+        with_indices=True,
+        remove_columns=remove or None,
+        num_proc=cfg.num_proc,
+        desc=f"Normalising ({fmt})",
+    )
+
+
+def _row_label_plain(label: str, index: int, sample_id: Any) -> str:
+    return f"{label}: row {index}" + (f" (id {sample_id!r})" if sample_id is not None else "")
+
+
+def _media_for(src: Source, fmt: str, cfg: DataConfig, vision: bool) -> tuple[Source, Media | None]:
+    """How this source's media is handled: attached (`vision`: a vision-language model), dropped
+    with a warning (text model, media never referred to), or an error (text model whose rows
+    have <image>/<video> placeholders)."""
+    present = [c for c in MEDIA_COLUMNS if c in src.dataset.column_names]
+    if vision:
+        require_pillow()
+        if any(c in present for c in VIDEO_COLUMNS):
+            require_av()
+        folder = cfg.image_folder
+        if folder is None and os.path.isfile(src.label):
+            folder = os.path.dirname(os.path.abspath(src.label))
+        return src, Media(folder, cfg.video_fps, cfg.video_max_frames)
+    text_cols = [c for c in READ_COLUMNS[fmt] + ("prompt",) if c in src.dataset.column_names]
+    if src.rows is not None:
+        rows = src.rows
+    else:
+        rows = [dict(zip(text_cols, v)) for v in zip(*src.dataset.select_columns(text_cols).to_dict().values())]
+    for i, row in enumerate(rows):
+        if mentions_media({c: row.get(c) for c in text_cols}):
+            raise DataError(
+                f"{_row_label(src, i, row.get('id'))}: the text refers to images or videos "
+                "(<image>/<video> placeholders or image parts), but the model is a text model "
+                "(model.kind=causal_lm) that cannot see them; use a vision-language model (model=tiny_vlm, or "
+                "model.kind=image_text_to_text with a VLM) or remove the placeholders"
+            )
+    if present:
+        logger.warning("%s: dropping the %s column(s): the model is a text model (no text refers "
+                       "to them)", src.label, present)
+        src = Source(src.label, src.dataset.remove_columns(present), src.rows, src.lines)
+    return src, None
+
+
+def _prepare(src: Source, fmt: str, cfg: DataConfig, limit: int | None,
+             vision: bool = False) -> datasets.Dataset:
+    """Keep the first `limit` rows, check them, normalise them."""
+    if limit is not None and limit < len(src.dataset):
+        # The first rows (not a sample) so that row numbers in error messages are still file rows.
+        src = Source(
+            src.label,
+            src.dataset.select(range(limit)),
+            src.rows[:limit] if src.rows is not None else None,
+            src.lines,
+        )
+    if fmt == "text" and cfg.system_prompt is not None:
+        raise DataError(
+            f"{src.label}: data.system_prompt needs conversational data, but the rows are plain 'text'; "
+            "remove data.system_prompt or convert the data to messages"
+        )
+    src, media = _media_for(src, fmt, cfg, vision)
+    _check_rows(src, fmt, cfg.system_prompt, media)
+    return _normalise(src.dataset, fmt, cfg, src.label, media)
+
+
+def _cast_images(dataset: datasets.Dataset | None) -> datasets.Dataset | None:
+    """The `images` column as datasets Image features (decoded to PIL when trl reads a batch)."""
+    if dataset is None or "images" not in dataset.column_names:
+        return dataset
+
+    return dataset.cast_column("images", image_feature())
+
+
+def load_stage_data(cfg: Any, stage: str, vision: bool = False) -> StageData:
+    """Load, check and normalise the train (and eval) data of one stage ("sft", "dpo" or "grpo").
+
+    `cfg` is a DataConfig, a mapping or a DictConfig with DataConfig's keys. `vision`: the model
+    is a vision-language model (`model.kind=image_text_to_text`), so images/videos are kept and
+    checked (see the package docstring); for a text model unused media columns are dropped.
+    Raises DataError with the source, row, field and fix for anything trl would choke on later.
+    """
+    if stage not in STAGES:
+        raise DataError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    cfg = as_data_config(cfg)
+    train_src, eval_src = load_sources(cfg, stage)
+    train_src = rename_columns(train_src, cfg.columns)
+    fmt = detect_format(train_src.dataset.column_names, stage, train_src.label, cfg.format)
+
+    if cfg.eval_fraction:
+        full = _prepare(train_src, fmt, cfg, None, vision)
+        try:
+            parts = full.train_test_split(test_size=cfg.eval_fraction, seed=cfg.seed)
+        except ValueError as exc:
+            raise DataError(f"{train_src.label}: data.eval_fraction={cfg.eval_fraction}: {exc}") from exc
+        train, eval_ = parts["train"], parts["test"]
+        if cfg.max_samples is not None:
+            train = train.select(range(min(cfg.max_samples, len(train))))
+        if cfg.max_eval_samples is not None:
+            eval_ = eval_.select(range(min(cfg.max_eval_samples, len(eval_))))
+        eval_desc, eval_fmt = (
+            f"eval: {cfg.eval_fraction:g} of it held out (seed {cfg.seed})",
+            fmt,
+        )
+    else:
+        train = _prepare(train_src, fmt, cfg, cfg.max_samples, vision)
+        eval_, eval_desc, eval_fmt = None, "no eval split", fmt
+        if eval_src is not None:
+            eval_src = rename_columns(eval_src, cfg.columns)
+            eval_fmt = detect_format(eval_src.dataset.column_names, stage, eval_src.label, cfg.format)
+            eval_ = _prepare(eval_src, eval_fmt, cfg, cfg.max_eval_samples, vision)
+            eval_desc = f"eval: {eval_src.label}"
+
+    heldout = build_heldout(eval_, eval_fmt, cfg.num_proc)
+    # Cast last: a map over decoded images would re-encode every one of them.
+    train, eval_, heldout = _cast_images(train), _cast_images(eval_), _cast_images(heldout)
+    source = f"{train_src.label} [{stage}, {fmt}] train {len(train)} rows; {eval_desc}" + (
+        f", {len(eval_)} rows" if eval_ is not None else ""
+    )
+    logger.info("data: %s", source)
+    return StageData(train=train, eval=eval_, heldout=heldout, source=source, format=fmt)

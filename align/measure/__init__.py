@@ -1,0 +1,2 @@
+"""Measurement: generation, held-out accuracy before/during/after training, preference
+metrics and pass@k."""

@@ -1,0 +1,176 @@
+"""Loading: tokenizer or processor (with pad token and chat template), the model (optionally
+quantised), and `build_model`, the one factory every stage calls."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from align.errors import ConfigError
+from align.models.config import (
+    VISION_KINDS,
+    ModelConfig,
+    check_vision_peft,
+    has_package,
+)
+from align.models.parts import freeze_parts
+
+log = logging.getLogger(__name__)
+
+def resolve_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def resolve_attention(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    if torch.cuda.is_available() and has_package("flash_attn"):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def resolve_path(name_or_path: str) -> str:
+    from align.models.tiny import resolve_model_path
+
+    return resolve_model_path(name_or_path)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer with a pad token and a chat template, ready for trl."""
+    from transformers import AutoTokenizer
+
+    source = resolve_path(cfg.tokenizer or cfg.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    if cfg.chat_template:
+        tokenizer.chat_template = _chat_template(cfg)
+    _ensure_pad_token(tokenizer, cfg, source)
+    return tokenizer
+
+
+def _chat_template(cfg: ModelConfig) -> str:
+    """model.chat_template: a Jinja string, or the path of a file holding one."""
+    template = cfg.chat_template
+    return Path(template).read_text() if Path(template).is_file() else template
+
+
+def _ensure_pad_token(tokenizer, cfg: ModelConfig, source: str) -> None:
+    if tokenizer.pad_token is not None:
+        return
+    if cfg.pad_token:
+        tokenizer.pad_token = cfg.pad_token
+    elif tokenizer.eos_token is not None:
+        # Safe for training: trl masks padding by the attention mask, not by token id.
+        tokenizer.pad_token = tokenizer.eos_token
+    else:
+        raise ConfigError(f"tokenizer of {source} has neither a pad nor an eos token: set "
+                          "model.pad_token")
+
+
+def load_processor(cfg: ModelConfig):
+    """The processor of a vision-language model (tokenizer + image processor), its tokenizer
+    given a pad token and the chat template as for text models."""
+    from transformers import AutoProcessor
+
+    source = resolve_path(cfg.name_or_path)
+    kwargs = dict(cfg.processor_kwargs)
+    processor = AutoProcessor.from_pretrained(
+        source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs
+    )
+    if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+        raise ConfigError(f"model.kind=image_text_to_text, but {source} has no image processor "
+                          f"(AutoProcessor gave {type(processor).__name__}); use model.kind=causal_lm")
+    bounds = {k: v for k, v in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels))
+              if v is not None}
+    if bounds:
+        if not _takes_pixel_bounds(processor.image_processor):
+            raise ConfigError(
+                f"model.min_pixels/max_pixels: the image processor of {source} "
+                f"({type(processor.image_processor).__name__}) resizes every image to a fixed size, so "
+                "pixel bounds do not apply; set its size with model.processor_kwargs (e.g. "
+                "'{size: {shortest_edge: 336}}')")
+        # Given at load time, the processor sets its resize bounds from them (size.shortest_edge /
+        # longest_edge in pixels), as Qwen2-VL-Finetune's --image_min_pixels/--image_max_pixels do.
+        processor = AutoProcessor.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+            **kwargs, **bounds)
+    if cfg.chat_template:
+        processor.chat_template = processor.tokenizer.chat_template = _chat_template(cfg)
+    _ensure_pad_token(processor.tokenizer, cfg, source)
+    return processor
+
+
+def _takes_pixel_bounds(image_processor) -> bool:
+    # Image processors declare the keyword arguments they take (valid_kwargs); the Qwen2-VL
+    # family takes min_pixels / max_pixels, fixed-size ones (LLaVA, Gemma 3) do not.
+    valid = getattr(type(image_processor), "valid_kwargs", None)
+    return "min_pixels" in getattr(valid, "__annotations__", {})
+
+
+def load_processing_class(cfg: ModelConfig):
+    """What trl's trainers take as processing_class: the tokenizer of a text model, the processor
+    of a vision-language model. Also what merge/export saves next to a model."""
+    if cfg.kind in VISION_KINDS:
+        return load_processor(cfg)
+    return load_tokenizer(cfg)
+
+
+def load_model(cfg: ModelConfig, quantization: dict[str, Any] | None = None):
+    """Load the model (optionally 4/8-bit through bitsandbytes for QLoRA)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = dict(cfg.model_kwargs)
+    kwargs.update(
+        revision=cfg.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        dtype=resolve_dtype(cfg.dtype),
+        attn_implementation=resolve_attention(cfg.attn_implementation),
+    )
+    if quantization:
+        from transformers import BitsAndBytesConfig
+
+        quant = dict(quantization)
+        if "bnb_4bit_compute_dtype" not in quant:
+            quant["bnb_4bit_compute_dtype"] = kwargs["dtype"]
+        kwargs["quantization_config"] = BitsAndBytesConfig(**quant)
+    path = resolve_path(cfg.name_or_path)
+    log.info("loading %s (%s, attention=%s)", path, kwargs["dtype"], kwargs["attn_implementation"])
+    auto = AutoModelForImageTextToText if cfg.kind in VISION_KINDS else AutoModelForCausalLM
+    model = auto.from_pretrained(path, **kwargs)
+    if cfg.kind in VISION_KINDS:
+        freeze_parts(model, cfg)
+    if cfg.gradient_checkpointing is True:
+        # KV caching is useless with checkpointing during training and transformers warns.
+        model.config.use_cache = False
+    return model
+
+
+def build_model(model_cfg: ModelConfig, peft_section: Any):
+    """(model, processing class, peft plan) for any stage. The trainer applies the adapter.
+
+    The processing class is the tokenizer for text models and the processor for
+    vision-language models; pass it to trl as processing_class either way."""
+    from align.models.adapters import build_peft_plan, target_vision_parts
+
+    errors = check_vision_peft(model_cfg, peft_section)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    plan = build_peft_plan(peft_section)
+    processing_class = load_processing_class(model_cfg)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    model = load_model(model_cfg, plan.quantization)
+    if model_cfg.kind in VISION_KINDS:
+        target_vision_parts(plan, model)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processing_class, plan

@@ -1,0 +1,72 @@
+"""The conf/ tree and Hydra: where it is, align's resolvers and open sections, and the run id
+every rank of a launch agrees on.
+
+How config keys are checked. Hydra puts the root of the composed config in struct mode, so a
+misspelled top-level key fails inside Hydra. The sections (`model`, `peft`, `data`, `trainer`,
+`rewards`, `logger`, `heldout`) are left open on purpose (see `align_sections` below): any
+field of trl's SFTConfig/DPOConfig/GRPOConfig or of peft's adapter configs can then be set
+from the command line without a `+`, and align itself checks every key of every section
+against its schema (align.run.spec) before anything heavy is loaded, naming the closest valid
+keys.
+
+This module imports neither torch nor trl: it runs before them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+#: The open sections of every stage config (see the module docstring).
+SECTIONS = ("model", "peft", "data", "trainer", "rewards", "logger", "heldout")
+
+
+def run_id() -> str:
+    """An id for this launch that every rank of it agrees on, without talking to the others.
+
+    Order: `ALIGN_RUN_ID` (set it yourself, e.g. to resume into an existing run folder, or on
+    multi-node jobs), the SLURM job id (kept by a requeued job, so `resume=true` continues in
+    the same folder), then the start time of the launcher process that
+    spawned this rank (torchrun/accelerate set LOCAL_RANK; their ranks on one node share that
+    parent), and for a plain single process its own start time. Hydra's `${now:}` cannot be
+    used: each rank resolves it separately and ranks may land in different folders.
+    """
+    if os.environ.get("ALIGN_RUN_ID"):
+        return os.environ["ALIGN_RUN_ID"]
+    if os.environ.get("SLURM_JOB_ID"):
+        job = os.environ["SLURM_JOB_ID"]
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{job}" + (f"-{task}" if task else "")
+    started = _process_start_time(os.getppid()) if "LOCAL_RANK" in os.environ else None
+    if started is None:
+        started = _process_start_time(os.getpid()) or time.time()
+    return time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(started))
+
+
+def _process_start_time(pid: int) -> float | None:
+    """Wall-clock start time of a process, from /proc (Linux); None where unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def register() -> None:
+    """Register align's resolvers and config nodes with OmegaConf/Hydra (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    if not OmegaConf.has_resolver("align_run_id"):
+        # use_cache: resolved once per process, so every read of the run dir agrees.
+        OmegaConf.register_new_resolver("align_run_id", run_id, use_cache=True)
+    sections = OmegaConf.create({name: {} for name in SECTIONS})
+    for name in SECTIONS:
+        OmegaConf.set_struct(sections[name], False)
+    ConfigStore.instance().store(name="align_sections", node=sections)

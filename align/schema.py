@@ -1,0 +1,111 @@
+"""Checking config sections against their schemas: unknown keys with the closest valid names,
+values converted and type-checked through dataclasses, import paths resolved. Imports neither
+torch nor trl: it runs before them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from align.errors import ConfigError
+
+#: Names people carry over from other tools, mapped to the field they mean.
+ALIASES = {
+    "lr": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "epochs": "num_train_epochs",
+    "rank": "r",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "model": "name_or_path",
+}
+
+
+def suggest(key: str, valid: Iterable[str]) -> str:
+    """' Did you mean ...?' for the closest valid names, or '' when none is close."""
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    if ALIASES.get(key) in valid and ALIASES[key] not in close:
+        close.insert(0, ALIASES[key])
+    if not close:  # also catch prefix-style mistakes such as `lr` -> `learning_rate`
+        close = [v for v in valid if key and (v.startswith(key) or key in v.split("_"))][:3]
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def unknown_keys(node: Mapping, valid: Iterable[str], where: str, schema: str) -> list[str]:
+    """One message per key of `node` that is not in `valid`, each with suggestions."""
+    valid = sorted(set(valid))
+    return [
+        f"unknown config key '{where}.{key}' (not a field of {schema}).{suggest(str(key), valid)}"
+        for key in node
+        if key not in valid
+    ]
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def check_dataclass(node: Any, cls: type, where: str) -> tuple[Any, list[str]]:
+    """Check a config section against a dataclass schema: unknown keys, then value types.
+
+    Returns (an instance of `cls`, error messages). Values are converted the way OmegaConf
+    would (e.g. "3" -> 3 for an int field); a failed conversion names the key.
+    """
+    if node is None:
+        node = {}
+    if not isinstance(node, (Mapping, DictConfig)):
+        return None, [f"config section '{where}' must be a mapping, got {type(node).__name__}"]
+    errors = unknown_keys(node, field_names(cls), where, f"{cls.__name__} ({cls.__module__})")
+    if errors:
+        return None, errors
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), to_container(node))
+        return OmegaConf.to_object(merged), []
+    except Exception as exc:  # omegaconf ValidationError: wrong type for a field
+        key = getattr(exc, "full_key", "") or ""
+        msg = str(exc).splitlines()[0]
+        return None, [f"config key '{where}.{key}': {msg}"]
+
+
+def to_container(node: Any) -> Any:
+    """A plain python copy of a config node (resolved)."""
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def raise_if(errors: list[str]) -> None:
+    if errors:
+        head = "invalid config" if len(errors) == 1 else f"invalid config ({len(errors)} problems)"
+        raise ConfigError(head + ":\n  - " + "\n  - ".join(errors))
+
+
+def init_params(cls: type) -> list[str]:
+    """Keyword parameters a class accepts (for classes that are not dataclasses)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return [p for p in params if p not in ("self", "args", "kwargs")]
+
+
+def import_object(ref: str, where: str) -> Any:
+    """The object named by an import path `pkg.module:Name` (config key `where` in errors)."""
+    import importlib
+
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{where}={ref!r}: expected an import path 'pkg.module:Name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{where}={ref!r}: cannot import module {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{where}={ref!r}: module {module_name!r} has no {attr!r}") from None
