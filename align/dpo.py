@@ -23,13 +23,14 @@ def run(cfg: DictConfig) -> dict:
     job = Job.start(cfg, "dpo")
     from trl import DPOTrainer  # heavy: imported once the config is known to be valid
 
-    data = load_stage_data(job.data, "dpo", vision=job.model.is_vision)
+    spec = job.spec
+    data = load_stage_data(spec.data, "dpo", vision=spec.model.is_vision)
     job.begin()
-    model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
+    model, tokenizer, peft_config = build_model(spec.model, spec.peft)
     job.measure("before", model, tokenizer, data.heldout, pairs=data.eval)
     trainer = DPOTrainer(model=model, ref_model=None, args=job.args, train_dataset=data.train,
                          eval_dataset=job.trl_eval_dataset(data), processing_class=tokenizer,
-                         peft_config=plan.peft_config,
+                         peft_config=peft_config,
                          callbacks=job.callbacks(tokenizer, data.heldout))
     job.train(trainer)
     job.measure("after", trainer.model, tokenizer, data.heldout, pairs=data.eval)

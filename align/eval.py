@@ -43,7 +43,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from align.errors import ConfigError, MissingExtraError
-from align.schema import check_dataclass, raise_if, to_container, unknown_keys
+from align.schema import check_dataclass, raise_if, unknown_keys
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,9 @@ def prepare(cfg: DictConfig | dict) -> EvalJob:
     """Check the config (and the run folder it names) before anything is loaded."""
     from align.data import DataConfig
     from align.models import ModelConfig, check_model_config
-    from align.run.job import check_reward_specs
+    from align.run.spec import check_reward_specs, plain_config
 
-    try:
-        plain = to_container(cfg) if OmegaConf.is_config(cfg) else dict(cfg)
-    except Exception as exc:
-        raise ConfigError(f"config cannot be resolved: {exc}") from exc
+    plain = plain_config(cfg)
     errors = [e.replace("'<root>.", "'") for e in
               unknown_keys(plain, TOP_LEVEL, "<root>", "align's eval config")]
     source: dict = {}
@@ -165,7 +162,14 @@ def prepare(cfg: DictConfig | dict) -> EvalJob:
     if ev.correct_reward is not None and ev.correct_reward not in rewards:
         raise ConfigError(f"eval.correct_reward={ev.correct_reward!r} is not one of the rewards "
                           f"({', '.join(rewards)})")
+    from dataclasses import replace
+
+    from align.models.factory import decide_for_device
+    from align.models.source import resolve_source
+
     source["model"] = model.name_or_path
+    model = decide_for_device(replace(
+        model, name_or_path=resolve_source(model.name_or_path, revision=model.revision)))
     return EvalJob(model=model, data=data, rewards=rewards, eval=ev, stage=stage,
                    seed=int(plain.get("seed", 42)), out_dir=Path(plain["output_dir"]),
                    source=source)
@@ -260,13 +264,13 @@ def generate_vllm(model_cfg, tokenizer, prompts: list, ev: EvalConfig,
     from vllm import LLM, SamplingParams
 
     from align.measure.generation import _render
-    from align.models.factory import resolve_dtype, resolve_path
+    from align.models.factory import resolve_path, torch_dtype
 
     path = Path(resolve_path(model_cfg.name_or_path))
     adapter = vllm_lora_adapter(path) if path.is_dir() else None
     base = resolve_path(adapter["base_model_name_or_path"]) if adapter else str(path)
     llm_kwargs: dict[str, Any] = {
-        "model": base, "dtype": resolve_dtype(model_cfg.dtype), "seed": seed,
+        "model": base, "dtype": torch_dtype(model_cfg.dtype), "seed": seed,
         "trust_remote_code": model_cfg.trust_remote_code,
     }
     if model_cfg.tokenizer:

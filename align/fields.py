@@ -1,21 +1,30 @@
-"""Field names of the libraries' config dataclasses, cached so that key checks stay fast.
+"""The schemas of the libraries' config dataclasses, cached so that checks stay fast.
 
-A typo should be reported in a second or two, while importing trl (and with it torch and
-transformers) takes 5-10 s. The field names of trl's SFTConfig/DPOConfig/GRPOConfig and of
-peft's adapter configs are read by importing the class once, then kept in align's cache
-(`$ALIGN_CACHE` or ~/.cache/align, under fields/), keyed by the package version and the
+A typo or a bad value should be reported in a second or two, while importing trl (and with it
+torch, transformers and peft) takes 5-10 s. The fields of trl's SFTConfig/DPOConfig/GRPOConfig
+and of peft's adapter configs, with what each takes (its type hint as plain data: `schema_of`,
+and the `choices` in its metadata), are read by importing the class once, then kept in align's
+cache (`$ALIGN_CACHE` or ~/.cache/align, under fields/), keyed by the package version and the
 modification time of the module's source file, so an upgrade or an edited install is seen.
+
+A field's schema is JSON: {"any": true} | {"none": true} | {"type": "bool|int|float|str|dict"} |
+{"list": schema} | {"choices": [...]} (Literal and enum fields; a choice with "[" in it is a
+pattern, as peft writes 'pissa_niter_[number of iters]') | {"union": [schema, ...]}.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import importlib.metadata
 import importlib.util
 import json
 import os
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 #: Where the config classes align checks keys against are defined.
 TRL_CONFIGS = {"sft": ("trl.trainer.sft_config", "SFTConfig"),
@@ -24,6 +33,8 @@ TRL_CONFIGS = {"sft": ("trl.trainer.sft_config", "SFTConfig"),
 PEFT_CONFIGS = {"LoraConfig": "peft.tuners.lora.config",
                 "PromptTuningConfig": "peft.tuners.prompt_tuning.config",
                 "PromptEncoderConfig": "peft.tuners.p_tuning.config"}
+#: Bump when the cached format changes.
+FORMAT = 2
 
 
 def module_file(module: str) -> Path | None:
@@ -48,25 +59,64 @@ def _cache_file(module: str, name: str) -> Path | None:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     root = Path(os.environ.get("ALIGN_CACHE") or Path.home() / ".cache" / "align")
-    return root / "fields" / f"{module}.{name}-{version}-{source.stat().st_mtime_ns}.json"
+    return root / "fields" / f"{module}.{name}-{version}-{source.stat().st_mtime_ns}-v{FORMAT}.json"
 
 
-def dataclass_fields(module: str, name: str) -> tuple[str, ...]:
-    """Field names of the dataclass `module.name`, from the cache or by importing it once."""
+def schema_of(hint: Any) -> dict:
+    """A type hint as plain data (see the module docstring)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return {"any": True}
+    if hint is type(None):
+        return {"none": True}
+    if origin in (typing.Union, types.UnionType):
+        return {"union": [schema_of(a) for a in args]}
+    if origin is typing.Literal:
+        return {"choices": list(args)}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return {"choices": [e.value for e in hint]}
+    if hint in (bool, int, float, str):
+        return {"type": hint.__name__}
+    if origin in (list, tuple, set, typing.Sequence) or hint in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+        return {"list": schema_of(inner[0]) if inner else {"any": True}}
+    if origin in (dict, typing.Mapping) or hint is dict:
+        return {"type": "dict"}
+    return {"any": True}  # a class of its own (AcceleratorConfig ...): the library checks it
+
+
+def _build(cls: type) -> dict[str, dict]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        entry = {"schema": schema_of(hints.get(f.name, Any))}
+        if f.metadata.get("choices"):
+            entry["choices"] = list(f.metadata["choices"])
+        out[f.name] = entry
+    return out
+
+
+def dataclass_schema(module: str, name: str) -> dict[str, dict]:
+    """{field: {"schema": ..., "choices": [...]?}} of the dataclass `module.name`, in field
+    order, from the cache or by importing it once."""
     cached = _cache_file(module, name)
     if cached is not None and cached.is_file():
         try:
-            return tuple(json.loads(cached.read_text()))
+            return json.loads(cached.read_text())
         except (OSError, ValueError):
             pass  # unreadable: rebuild it below
-    cls = getattr(importlib.import_module(module), name)
-    fields = tuple(f.name for f in dataclasses.fields(cls))
+    schema = _build(getattr(importlib.import_module(module), name))
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(fields))
+            tmp.write_text(json.dumps(schema, default=str))
             os.replace(tmp, cached)
         except OSError:
             pass  # a read-only cache only costs speed
-    return fields
+    return schema
+
+
+def dataclass_fields(module: str, name: str) -> tuple[str, ...]:
+    """Field names of the dataclass `module.name` (cached, see dataclass_schema)."""
+    return tuple(dataclass_schema(module, name))

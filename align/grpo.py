@@ -18,19 +18,18 @@ def run(cfg: DictConfig) -> dict:
     from align.data import load_stage_data
     from align.models import build_model
     from align.run.job import Job
-    from rewards import build_rewards
 
     job = Job.start(cfg, "grpo")
     from trl import GRPOTrainer  # heavy: imported once the config is known to be valid
 
-    data = load_stage_data(job.data, "grpo", vision=job.model.is_vision)
-    reward_funcs, _ = build_rewards(job.cfg["rewards"])  # weights are in job.args
+    spec = job.spec
+    data = load_stage_data(spec.data, "grpo", vision=spec.model.is_vision)
     job.begin()
-    model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
+    model, tokenizer, peft_config = build_model(spec.model, spec.peft)
     job.measure("before", model, tokenizer, data.heldout)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=job.args,
+    trainer = GRPOTrainer(model=model, reward_funcs=list(spec.rewards), args=job.args,
                           train_dataset=data.train, eval_dataset=job.trl_eval_dataset(data),
-                          processing_class=tokenizer, peft_config=plan.peft_config,
+                          processing_class=tokenizer, peft_config=peft_config,
                           callbacks=job.callbacks(tokenizer, data.heldout))
     job.train(trainer)
     job.measure("after", trainer.model, tokenizer, data.heldout)

@@ -15,7 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from align.run.planner import CARDS, Setup, model_shape, read_launch, report
+from align.device import CARDS as CARDS_FACTS
+from align.device import Setup
+from align.run.planner import CARDS, model_shape, read_launch, report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,26 +33,31 @@ def main(argv: list[str] | None = None) -> None:
     opts, overrides = parser.parse_known_args(argv)
 
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     from align.errors import AlignError, exit_user_error
     from align.run.conf import CONF_DIR, register
-    from align.run.job import Job
+    from align.run.spec import TrainerValues, decide, job_shape, trl_config_class
 
     register()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(opts.stage, overrides=[*overrides, "output_dir=/tmp/align-plan",
-                                             "logger=none"])
     try:
-        job = Job.start(cfg, opts.stage)  # the same checks as the job itself
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose(opts.stage, overrides=[*overrides, "output_dir=/tmp/align-plan",
+                                                 "logger=none"])
+        cards = tuple(float(c) for c in opts.card.split(","))
+        setup = read_launch(opts.launch, opts.gpus) if opts.launch else Setup(gpus=opts.gpus or 1)
+        # The same checks as the job itself, for a GPU (not this machine, which may have none).
+        spec = decide(cfg, opts.stage, facts=CARDS_FACTS["h200"].with_setup(setup))
+        shape = model_shape(spec.model.name_or_path, spec.model.revision,
+                            spec.model.trust_remote_code, spec.model.is_vision)
     except AlignError as exc:
         exit_user_error(exc)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    setup = read_launch(opts.launch, opts.gpus) if opts.launch else Setup(gpus=opts.gpus or 1)
-    shape = model_shape(job.model)
-    cards = tuple(float(c) for c in opts.card.split(","))
-    print(report(opts.stage, plain, shape, setup, cards, prompt_len=opts.prompt_len))
-
+    except ValueError as exc:  # a card size that is not a number
+        exit_user_error(f"--card {opts.card}: {exc}")
+    # The model as configured: the planner decides `auto` for each card, not for this machine.
+    values = TrainerValues(spec.trainer_set, trl_config_class(opts.stage))
+    job = job_shape(opts.stage, spec.model_asked, spec.peft, values, setup)
+    print(report(job, spec.model_asked.name_or_path, shape, setup, cards,
+                 prompt_len=opts.prompt_len))
 
 
 if __name__ == "__main__":

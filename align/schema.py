@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from align.errors import ConfigError
+from align.errors import AlignError, ConfigError
 
 #: Names people carry over from other tools, mapped to the field they mean.
 ALIASES = {
@@ -65,12 +65,18 @@ def check_dataclass(node: Any, cls: type, where: str) -> tuple[Any, list[str]]:
     if errors:
         return None, errors
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), to_container(node))
+        schema = OmegaConf.structured(cls)
+        OmegaConf.set_readonly(schema, False)  # frozen dataclasses give read-only nodes
+        merged = OmegaConf.merge(schema, to_container(node))
         return OmegaConf.to_object(merged), []
+    except AlignError as exc:  # the class's own value checks (__post_init__)
+        return None, [str(exc)]
     except Exception as exc:  # omegaconf ValidationError: wrong type for a field
         key = getattr(exc, "full_key", "") or ""
         msg = str(exc).splitlines()[0]
-        return None, [f"config key '{where}.{key}': {msg}"]
+        value = node.get(key) if isinstance(node, Mapping) and key in node else None
+        shown = f"={value!r}" if value is not None else ""
+        return None, [f"config key '{where}.{key}'{shown}: {msg}"]
 
 
 def to_container(node: Any) -> Any:
@@ -81,9 +87,11 @@ def to_container(node: Any) -> Any:
 
 
 def raise_if(errors: list[str]) -> None:
+    """One ConfigError for all problems: one line for one problem, a list for several."""
+    if len(errors) == 1:
+        raise ConfigError(f"invalid config: {errors[0]}")
     if errors:
-        head = "invalid config" if len(errors) == 1 else f"invalid config ({len(errors)} problems)"
-        raise ConfigError(head + ":\n  - " + "\n  - ".join(errors))
+        raise ConfigError(f"invalid config ({len(errors)} problems):\n  - " + "\n  - ".join(errors))
 
 
 def init_params(cls: type) -> list[str]:

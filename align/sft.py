@@ -17,16 +17,17 @@ def run(cfg: DictConfig) -> dict:
     from align.models import build_model
     from align.run.job import Job
 
-    job = Job.start(cfg, "sft")  # the whole config is checked here, before anything loads
+    job = Job.start(cfg, "sft")  # every key and value is checked here, before anything loads
     from trl import SFTTrainer  # heavy: imported once the config is known to be valid
 
-    data = load_stage_data(job.data, "sft", vision=job.model.is_vision)
+    spec = job.spec
+    data = load_stage_data(spec.data, "sft", vision=spec.model.is_vision)
     job.begin()
-    model, tokenizer, plan = build_model(job.model, job.cfg["peft"])
+    model, tokenizer, peft_config = build_model(spec.model, spec.peft)
     job.measure("before", model, tokenizer, data.heldout)
     trainer = SFTTrainer(model=model, args=job.args, train_dataset=data.train,
                          eval_dataset=job.trl_eval_dataset(data), processing_class=tokenizer,
-                         peft_config=plan.peft_config,
+                         peft_config=peft_config,
                          callbacks=job.callbacks(tokenizer, data.heldout))
     job.train(trainer)
     job.measure("after", trainer.model, tokenizer, data.heldout)

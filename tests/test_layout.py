@@ -13,7 +13,7 @@ ENTRY_SCRIPTS = {"align.sft", "align.dpo", "align.grpo", "align.eval", "align.pl
                  "align.compare", "align.plots"}
 #: what each part of align may import (besides itself and the utilities)
 UTILITIES = {"align", "align.errors", "align.files", "align.schema", "align.fields",
-             "align.secrets"}
+             "align.secrets", "align.device"}
 LAYERS = {  # package -> packages it may import
     "align.data": set(),
     "align.measure": {"align.data"},
@@ -67,7 +67,7 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_the_walk_sees_the_whole_library(graph):
-    assert {"align.run.job", "align.data.load", "align.models.factory", "align.measure.heldout",
+    assert {"align.run.spec", "align.data.load", "align.models.factory", "align.measure.heldout",
             "rewards.code", "rewards.sandbox"} <= set(graph)
     assert len([m for m in graph if m.startswith("align.")]) >= 35
 

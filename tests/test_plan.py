@@ -2,14 +2,15 @@
 
 import json
 import subprocess
+from dataclasses import replace
 import sys
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from align.models import ModelConfig
-from align.run.planner import Setup, model_shape, zero_model_states
+from align.device import Setup
+from align.run.planner import model_shape, zero_model_states
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,14 +25,14 @@ def seven_b(tmp_path_factory):
 
 
 def test_parameter_count_matches_the_real_model(tiny_base_path):
-    shape = model_shape(ModelConfig(name_or_path=str(tiny_base_path)))
+    shape = model_shape(str(tiny_base_path))
     model = AutoModelForCausalLM.from_pretrained(tiny_base_path)
     assert shape.total == sum({id(p): p.numel() for p in model.parameters()}.values())
     assert shape.layers == model.config.num_hidden_layers
 
 
 def test_seven_b_count_without_loading_weights(seven_b):
-    shape = model_shape(ModelConfig(name_or_path=str(seven_b)))
+    shape = model_shape(str(seven_b))
     assert shape.total == 6_738_415_616  # Llama-2-7B's published parameter count
     assert shape.largest_layer == 32000 * 4096  # the embedding (or the untied output head)
 
@@ -39,7 +40,7 @@ def test_seven_b_count_without_loading_weights(seven_b):
 @pytest.mark.parametrize("stage,gpus,nodes,offload_opt,offload_params", [
     (2, 1, 1, False, False), (2, 8, 1, False, False), (2, 8, 2, True, False),
     (3, 1, 1, False, False), (3, 8, 1, False, False), (3, 8, 2, True, False),
-    (3, 8, 1, True, True), (1, 4, 1, False, False),
+    (3, 8, 1, True, True),
 ])
 def test_model_states_agree_with_deepspeed_estimators(stage, gpus, nodes, offload_opt, offload_params):
     pytest.importorskip("deepspeed", reason="the `deepspeed` extra")
@@ -52,7 +53,7 @@ def test_model_states_agree_with_deepspeed_estimators(stage, gpus, nodes, offloa
     setup = Setup(gpus=gpus, nodes=nodes, zero=stage, offload_optimizer=offload_opt,
                   offload_params=offload_params)
     gpu, cpu = zero_model_states(total, largest, setup)
-    if stage in (1, 2):
+    if stage == 2:
         ds_cpu, ds_gpu = estimate_zero2_model_states_mem_needs(
             total, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_opt)
     else:
@@ -61,6 +62,20 @@ def test_model_states_agree_with_deepspeed_estimators(stage, gpus, nodes, offloa
             cpu_offload_params=offload_params)
     assert gpu == pytest.approx(ds_gpu, rel=1e-6)
     assert cpu == pytest.approx(ds_cpu, rel=1e-6)
+
+
+@pytest.mark.parametrize("gpus,offload", [(1, False), (4, False), (8, False), (8, True)])
+def test_zero1_keeps_every_gradient_zero2_shards_them(gpus, offload):
+    """ZeRO-1 partitions the optimizer states only: each GPU holds all 16-bit gradients, so it
+    needs ZeRO-2's model states plus the gradients ZeRO-2 shards away (none on one GPU)."""
+    total, largest = 6_738_415_616, 131_072_000
+    one = zero_model_states(total, largest, Setup(gpus=gpus, zero=1, offload_optimizer=offload))
+    two = zero_model_states(total, largest, Setup(gpus=gpus, zero=2, offload_optimizer=offload))
+    sharded_away = 2 * total if offload else 2 * total - int(2 * total / gpus)
+    assert one[0] == two[0] + sharded_away
+    assert one[1] == two[1]  # host memory: the same offloaded optimizer states
+    if gpus == 1 and not offload:
+        assert one == two
 
 
 def plan(*args, cwd):
@@ -115,11 +130,11 @@ def test_trl_fused_head_constants_match_the_installed_trl():
 ])
 def test_planner_against_the_measured_peak_of_a_tiny_run(stage, peft, checkpointing, tmp_path):
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     from align import dpo, grpo, sft
     from align.run.conf import CONF_DIR, register
     from align.run.planner import plan_job
+    from align.run.spec import TrainerValues, job_shape, parse_spec
 
     register()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -133,13 +148,14 @@ def test_planner_against_the_measured_peak_of_a_tiny_run(stage, peft, checkpoint
 
     # Plan for the micro-batch the step really ran (sequences are padded to the longest).
     seqs, length = probe["batch"]
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    trainer = plain["trainer"]
-    trainer["per_device_train_batch_size"] = seqs // 2 if stage == "dpo" else seqs
-    trainer["max_length"] = length
-    prompt_len = length - int(trainer.get("max_completion_length") or 0)
-    plan = plan_job(stage, plain, model_shape(ModelConfig(name_or_path=cfg.model.name_or_path)),
-                    Setup(), prompt_len=prompt_len)
+    spec = parse_spec(cfg, stage)
+    job = job_shape(stage, spec.model, spec.peft, TrainerValues(spec.trainer_set,
+                                                                type(spec.trainer)), Setup())
+    completion = job.max_completion_length if stage == "grpo" else 0
+    job = replace(job, batch_size=seqs // 2 if stage == "dpo" else seqs, max_length=length,
+                  generation_batch=seqs)
+    plan = plan_job(job, model_shape(spec.model.name_or_path), Setup(),
+                    prompt_len=length - completion)
     parts = plan.parts
 
     if peft == "none":

@@ -129,11 +129,12 @@ def test_vlm_generation_fills_images(tmp_path):
     from align.data import load_stage_data
     from align.measure.generation import generate_completions
     from align.models import ModelConfig, build_model
+    from align.models.adapters import build_peft_plan
 
     data = load_stage_data({"path": "synthetic:shapes", "synthetic": {"n_eval": 8}}, "grpo",
-                           model_kind="image_text_to_text")
+                           vision=True)
     model, processor, _ = build_model(ModelConfig(name_or_path="tiny://vlm", kind="image_text_to_text"),
-                                      {"method": "none"})
+                                      build_peft_plan({"method": "none"}, vision=True))
     held = data.heldout
     out = generate_completions(model, processor, list(held["prompt"]), max_new_tokens=3,
                                batch_size=3, images=list(held["images"]))

@@ -67,7 +67,7 @@ class DataError(AlignError, ValueError):
     """A dataset cannot be used: missing, unreadable, of an unknown shape, or with malformed rows."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """The `data:` config section (align's validator rejects keys that are not fields here)."""
 

@@ -32,13 +32,13 @@ class HeldoutCallback(TrainerCallback):
         self.curve: list[dict] = job.metrics.setdefault("heldout_during", [])
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        every = self.job.heldout.eval_steps
+        every = self.job.spec.heldout.eval_steps
         if not every or state.global_step % every or not self.job.is_main:
             return
         from align.measure.heldout import evaluate_with_samples
 
         figures, rows = evaluate_with_samples(model, self.tokenizer, self.dataset,
-                                              self.reward_funcs, self.job.heldout)
+                                              self.reward_funcs, self.job.spec.heldout)
         names = [fn.__name__ for fn in self.reward_funcs]
         logged = {f"heldout/{n}": figures[n] for n in names}
         logged["heldout/completion_tokens_mean"] = figures["completion_tokens_mean"]
@@ -49,7 +49,7 @@ class HeldoutCallback(TrainerCallback):
             import wandb
 
             table = wandb.Table(columns=["step", "prompt", "completion", "solution", *names])
-            for row in rows[: self.job.heldout.log_samples]:
+            for row in rows[: self.job.spec.heldout.log_samples]:
                 table.add_data(state.global_step, str(row["prompt"]), row["completion"],
                                None if row["solution"] is None else str(row["solution"]),
                                *[row.get(n) for n in names])

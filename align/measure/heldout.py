@@ -21,7 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeldoutConfig:
     enabled: bool = True
     #: first N held-out prompts (None: all)
@@ -34,6 +34,19 @@ class HeldoutConfig:
     eval_steps: int = 0
     #: completions logged as a W&B table at each periodic measurement
     log_samples: int = 8
+
+
+def check_heldout_config(cfg: HeldoutConfig) -> list[str]:
+    errors = []
+    for key, low in (("max_samples", 1), ("max_new_tokens", 1), ("batch_size", 1),
+                     ("eval_steps", 0), ("log_samples", 0)):
+        value = getattr(cfg, key)
+        if value is not None and value < low:
+            what = "a positive integer" if low else "an integer >= 0"
+            errors.append(f"heldout.{key}={value}: must be {what}"
+                          + (" (or null: all)" if key == "max_samples" else "")
+                          + (" (0: off)" if key == "eval_steps" else ""))
+    return errors
 
 
 def evaluate(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig) -> dict[str, float]:

@@ -64,7 +64,7 @@ DEFAULT_QUANTIZATION = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class PeftPlan:
     """What the factory needs: the peft config (None = full fine-tuning) and how to load."""
 
@@ -116,17 +116,13 @@ def check_peft_section(section: Any) -> list[str]:
     if (spec and (spec.quantized or spec.needs_bitsandbytes)) or section.get("optimizer_8bit"):
         if importlib.util.find_spec("bitsandbytes") is None:
             raise MissingExtraError(f"peft={method}", "quant", "bitsandbytes")
-    if spec and spec.needs_accelerator:
-        import torch
-
-        if not (torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())):
-            errors.append(f"peft={method}: peft computes this initialisation on a CUDA or XPU "
-                          "device and none is available; use peft=lora or peft=pissa on CPU")
     return errors
 
 
-def build_peft_plan(section: Any) -> PeftPlan:
-    """Turn a checked `peft:` section into peft/transformers objects."""
+def build_peft_plan(section: Any, vision: bool = False) -> PeftPlan:
+    """Turn a checked `peft:` section into peft/transformers objects (peft's own checks run
+    here: ValueError/TypeError for values it rejects). `vision`: a vision-language model, whose
+    LoRA adapters go on the language model unless peft.apply_to says otherwise."""
     section = dict(to_container(section) or {})
     method = section.pop("method", "none")
     quantization = section.pop("quantization", None)
@@ -145,13 +141,16 @@ def build_peft_plan(section: Any) -> PeftPlan:
         if isinstance(kwargs.get("loftq_config"), dict):
             kwargs["loftq_config"] = peft.LoftQConfig(**kwargs["loftq_config"])
     config = getattr(peft, spec.config_class)(**kwargs)
+    if vision and spec.config_class == "LoraConfig":
+        apply_to = apply_to or "language_model"
     if spec.quantized:
         quantization = {**DEFAULT_QUANTIZATION, **(quantization or {})}
     return PeftPlan(method, config, quantization, optimizer_8bit, apply_to)
 
 
-def target_vision_parts(plan: PeftPlan, model) -> None:
-    """Point a LoRA-family adapter of a vision-language model at the parts `plan.apply_to` names.
+def target_vision_parts(config, apply_to: str | None, model) -> None:
+    """Point a LoRA-family adapter config of a vision-language model at the parts `apply_to`
+    names (peft.apply_to, default language_model).
 
     peft's "all-linear" would put adapters on the vision tower and projector too; here
     target_modules becomes the explicit list of linear layers (full module names) inside the
@@ -162,16 +161,14 @@ def target_vision_parts(plan: PeftPlan, model) -> None:
 
     from align.models.parts import part_of, vision_parts
 
-    config = plan.peft_config
     if config is None or not hasattr(config, "target_modules"):
         return
-    plan.apply_to = plan.apply_to or "language_model"
     wanted = config.target_modules
     if isinstance(wanted, str) and wanted != "all-linear":
         return
     names = None if wanted in (None, "all-linear") else set(wanted)
     parts = vision_parts(model)
-    keep = APPLY_TO[plan.apply_to]
+    keep = APPLY_TO[apply_to or "language_model"]
     output = model.get_output_embeddings()
     targets = []
     for name, module in model.named_modules():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -21,7 +20,7 @@ KINDS = ("causal_lm", "image_text_to_text")
 VISION_KINDS = ("image_text_to_text",)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     #: hub id, local folder, or tiny://base | tiny://sft
     name_or_path: str = "tiny://base"
@@ -74,9 +73,6 @@ def check_model_config(cfg: ModelConfig) -> list[str]:
     if cfg.gradient_checkpointing not in (True, False, "auto"):
         errors.append(f"model.gradient_checkpointing={cfg.gradient_checkpointing!r}: choose "
                       "true, false or auto")
-    if cfg.attn_implementation.startswith("flash_attention") and not has_package("flash_attn"):
-        raise MissingExtraError(f"model.attn_implementation={cfg.attn_implementation}",
-                                "flash-attn", "flash-attn")
     if "trust_remote_code" in cfg.model_kwargs:
         errors.append("set model.trust_remote_code, not model.model_kwargs.trust_remote_code")
     vision_keys = [k for k in ("min_pixels", "max_pixels", "processor_kwargs", "freeze_vision_tower",
@@ -122,7 +118,3 @@ def check_vision_peft(cfg: ModelConfig, peft_section: Any) -> list[str]:
                           "frozen anyway: choose where adapters go with peft.apply_to="
                           "language_model|all")
     return errors
-
-
-def has_package(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None

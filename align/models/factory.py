@@ -3,39 +3,40 @@ quantised), and `build_model`, the one factory every stage calls."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
+from align.device import DeviceFacts, attention, model_dtype
 from align.errors import ConfigError
-from align.models.config import (
-    VISION_KINDS,
-    ModelConfig,
-    check_vision_peft,
-    has_package,
-)
+from align.models.adapters import PeftPlan
+from align.models.config import VISION_KINDS, ModelConfig
 from align.models.parts import freeze_parts
 
 log = logging.getLogger(__name__)
 
-def resolve_dtype(name: str):
+
+def decide_for_device(cfg: ModelConfig, facts: DeviceFacts | None = None) -> ModelConfig:
+    """`cfg` with dtype and attention kernel decided for the device (align.device): "auto"
+    becomes what this machine (or the given facts) runs best. The run spec decides these at
+    parse; eval and merge call this."""
+    if cfg.dtype != "auto" and cfg.attn_implementation != "auto":
+        return cfg
+    facts = facts or DeviceFacts.detect()
+    return dataclasses.replace(cfg, dtype=model_dtype(cfg.dtype, facts),
+                               attn_implementation=attention(cfg.attn_implementation, facts))
+
+
+def torch_dtype(name: str):
+    """torch's dtype for a decided `model.dtype` name."""
     import torch
 
     if name == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        raise ValueError("model.dtype=auto must be decided for the device first "
+                         "(align.models.factory.decide_for_device)")
     return getattr(torch, name)
-
-
-def resolve_attention(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    if torch.cuda.is_available() and has_package("flash_attn"):
-        return "flash_attention_2"
-    return "sdpa"
 
 
 def resolve_path(name_or_path: str) -> str:
@@ -129,12 +130,13 @@ def load_model(cfg: ModelConfig, quantization: dict[str, Any] | None = None):
     """Load the model (optionally 4/8-bit through bitsandbytes for QLoRA)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    cfg = decide_for_device(cfg)
     kwargs: dict[str, Any] = dict(cfg.model_kwargs)
     kwargs.update(
         revision=cfg.revision,
         trust_remote_code=cfg.trust_remote_code,
-        dtype=resolve_dtype(cfg.dtype),
-        attn_implementation=resolve_attention(cfg.attn_implementation),
+        dtype=torch_dtype(cfg.dtype),
+        attn_implementation=cfg.attn_implementation,
     )
     if quantization:
         from transformers import BitsAndBytesConfig
@@ -155,22 +157,20 @@ def load_model(cfg: ModelConfig, quantization: dict[str, Any] | None = None):
     return model
 
 
-def build_model(model_cfg: ModelConfig, peft_section: Any):
-    """(model, processing class, peft plan) for any stage. The trainer applies the adapter.
+def build_model(model_cfg: ModelConfig, peft: PeftPlan):
+    """(model, processing class, peft config) for any stage; the trainer applies the adapter
+    (peft config None: full fine-tuning). `peft` is the checked plan (align.models.adapters).
 
     The processing class is the tokenizer for text models and the processor for
     vision-language models; pass it to trl as processing_class either way."""
-    from align.models.adapters import build_peft_plan, target_vision_parts
+    from align.models.adapters import target_vision_parts
 
-    errors = check_vision_peft(model_cfg, peft_section)
-    if errors:
-        raise ConfigError("; ".join(errors))
-    plan = build_peft_plan(peft_section)
     processing_class = load_processing_class(model_cfg)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    model = load_model(model_cfg, plan.quantization)
-    if model_cfg.kind in VISION_KINDS:
-        target_vision_parts(plan, model)
+    model = load_model(model_cfg, peft.quantization)
+    peft_config = copy.deepcopy(peft.peft_config)  # the plan stays as it was parsed
+    if model_cfg.is_vision and peft_config is not None:
+        target_vision_parts(peft_config, peft.apply_to, model)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, processing_class, plan
+    return model, processing_class, peft_config

@@ -2,7 +2,10 @@
 
 `python align/grpo.py key=value`, `accelerate launch align/grpo.py key=value` and
 `python align/grpo.py -m key=a,b` all come through `main`. User errors (config, data, missing
-extras) print one message and exit with status 2; bugs keep their traceback.
+extras) print one line and exit with status 2, leaving no run folder; bugs keep their
+traceback. That includes what Hydra itself rejects (an override that does not parse, a group
+choice or a key that does not exist, `group=null`): the command line is composed once here
+first, so those read as one line too rather than Hydra's multi-line report.
 
 The Hydra task returns one number, the run's `objective` (a dotted key into metrics.json,
 `heldout_after.accuracy` unless set), so that a sweeper plugin can optimise it:
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from align.errors import AlignError, exit_user_error
+from align.errors import AlignError, ConfigError, exit_user_error
 from align.run.conf import CONF_DIR, register
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # align/
@@ -32,12 +37,96 @@ def main(stage: str, run: Callable) -> None:
     if sys.path and os.path.abspath(sys.path[0] or ".") == _PACKAGE_DIR:
         sys.path.pop(0)
     register()
+    try:
+        check_command_line(stage, sys.argv[1:])
+    except AlignError as exc:
+        exit_user_error(exc)
     import hydra
 
     task = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=stage)(
         _reporting_user_errors(run)
     )
     task()
+
+
+def check_command_line(stage: str, argv: list[str]) -> None:
+    """Compose the config the way Hydra will, and raise a one-line ConfigError for what Hydra
+    would reject. Multirun sweeps are left to Hydra (each job checks its own config)."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # Hydra's own usage error follows, from hydra.main
+    if (args.help or args.hydra_help or args.info or args.cfg or args.shell_completion
+            or args.config_path or args.experimental_rerun):
+        return
+    name = args.config_name or stage
+    searchpath = [f"file://{os.path.abspath(args.config_dir)}"] if args.config_dir else []
+    try:
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception as exc:
+        raise ConfigError(f"the command line does not parse: {_one_line(exc)}") from None
+    groups = _config_groups([CONF_DIR, *([Path(args.config_dir)] if args.config_dir else [])])
+    for override in parsed:
+        key = override.key_or_group
+        if key in groups and not override.is_delete() and not override.is_sweep_override() \
+                and (override.value() is None or isinstance(override.value(), dict)):
+            raise ConfigError(
+                f"{override.input_line}: '{key}' is a config group: choose one of its files "
+                f"({', '.join(groups[key])}), or set its keys one by one ({key}.<key>=value)")
+    if args.multirun or any(o.is_sweep_override() for o in parsed):
+        return
+    from hydra import compose, initialize_config_dir
+
+    overrides = [o.input_line for o in parsed]
+    if searchpath:
+        overrides.append(f"hydra.searchpath=[{','.join(searchpath)}]")
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            compose(name, overrides=overrides)
+    except Exception as exc:
+        raise ConfigError(_hydra_error(exc, groups)) from None
+
+
+def _config_groups(roots: list[Path]) -> dict[str, list[str]]:
+    """Config groups (folders of YAML files) under the config roots, with their choices."""
+    groups: dict[str, list[str]] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*.yaml")):
+            rel = path.relative_to(root)
+            if len(rel.parts) > 1:
+                groups.setdefault("/".join(rel.parts[:-1]), []).append(path.stem)
+    return groups
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _hydra_error(exc: BaseException, groups: dict[str, list[str]]) -> str:
+    """What Hydra rejected, in one line with the fix."""
+    from align.run.spec import TOP_LEVEL
+    from align.schema import suggest
+
+    text = str(exc)
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if missing:
+        group, choice = missing.groups()
+        options = groups.get(group) or list(getattr(exc, "options", None) or [])
+        return (f"{group}={choice}: there is no such {group} config; choose one of "
+                f"{', '.join(options)}.{suggest(choice, options)}")
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        top = key.split(".")[0]
+        known = sorted({*TOP_LEVEL, *groups})
+        hint = suggest(top, known) if top not in known else ""
+        return (f"unknown config key '{key}'.{hint} To add a key that is not in the config, "
+                f"write +{key}=<value>")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "the command line cannot be composed: " + " ".join(lines[:3])
 
 
 #: what the Hydra task returns when the config names no `objective`

@@ -14,8 +14,10 @@ allocator fragmentation, CUDA context (~0.5-1 GiB) and library workspaces come o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from align.device import AUTO_CHECKPOINTING_SHARE, Setup, auto_checkpointing
 
 GIB = 2**30
 CARDS = (24, 40, 80, 141)
@@ -36,15 +38,6 @@ class ModelShape:
 
 
 @dataclass
-class Setup:
-    gpus: int = 1
-    nodes: int = 1
-    zero: int = 0  # 0 = no DeepSpeed (DDP or one GPU)
-    offload_optimizer: bool = False
-    offload_params: bool = False
-
-
-@dataclass
 class Plan:
     parts: dict[str, float]  # bytes per GPU
     cpu: float  # bytes of host memory per node for offloaded states
@@ -55,18 +48,16 @@ class Plan:
         return sum(self.parts.values())
 
 
-def model_shape(model_cfg) -> ModelShape:
-    """Exact parameter counts from the model's config, instantiated without memory."""
+def model_shape(source: str, revision: str | None = None, trust_remote_code: bool = False,
+                vision: bool = False) -> ModelShape:
+    """Exact parameter counts from the model's config (`source`: a folder or a checked hub id,
+    align.models.source.resolve_source), the model instantiated on the meta device."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from align.models import resolve_path
+    from align.models.source import meta_model
 
-    config = AutoConfig.from_pretrained(resolve_path(model_cfg.name_or_path),
-                                        revision=model_cfg.revision,
-                                        trust_remote_code=model_cfg.trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    model = meta_model(source, revision, trust_remote_code, vision)
+    config = model.config
     # Tied weights count once (as DeepSpeed's model_to_params does).
     total = sum({id(p): p.numel() for p in model.parameters()}.values())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
@@ -112,33 +103,6 @@ def activation_bytes(shape: ModelShape, tokens: int, w: int, checkpointing: bool
     return shape.layers * layer + outside
 
 
-def setup_from_env() -> Setup:
-    """The process setup of this launch, from what `accelerate launch` exports."""
-    import os
-
-    env = os.environ
-    deepspeed = env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    return Setup(
-        gpus=int(env.get("LOCAL_WORLD_SIZE") or 1),
-        nodes=max(1, int(env.get("WORLD_SIZE") or 1) // int(env.get("LOCAL_WORLD_SIZE") or 1)),
-        zero=int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 0) if deepspeed else 0,
-        offload_optimizer=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE") == "cpu",
-        offload_params=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE") == "cpu",
-    )
-
-
-# model.gradient_checkpointing=auto turns checkpointing on only when the job would not fit
-# without it: it costs time (34M SFT on CPU: 1.32x the step time for 0.79x the peak memory,
-# benchmarks/CPU_RESULTS.md sft-memory), so it is worth paying only for the memory.
-AUTO_CHECKPOINTING_SHARE = 0.8  # of the card, leaving room for what the plan leaves out
-
-
-def auto_checkpointing(total_without: float, card_bytes: float) -> bool:
-    """`model.gradient_checkpointing=auto`: on when the planned per-GPU memory without it
-    exceeds AUTO_CHECKPOINTING_SHARE of the card."""
-    return total_without > AUTO_CHECKPOINTING_SHARE * card_bytes
-
-
 def read_launch(path: Path, gpus: int | None) -> Setup:
     """ZeRO stage, offload and process count from an accelerate config file."""
     import yaml
@@ -158,14 +122,18 @@ def read_launch(path: Path, gpus: int | None) -> Setup:
 def zero_model_states(total: int, largest: int, setup: Setup) -> tuple[float, float]:
     """(GPU, CPU) bytes of model states for full fine-tuning under DeepSpeed ZeRO with bf16:
     16-bit parameters (2 B), 16-bit gradients (2 B), fp32 gradients, master weights and Adam's two
-    moments (4 B each), partitioned across GPUs according to the stage. The same accounting as
-    DeepSpeed's estimate_zero2/3_model_states_mem_needs (tests compare them)."""
+    moments (4 B each), partitioned across GPUs according to the stage. ZeRO-2 and ZeRO-3: the
+    same accounting as DeepSpeed's estimate_zero2/3_model_states_mem_needs (tests compare them)."""
     n = setup.gpus * setup.nodes
     buffer = 1.5  # DeepSpeed's additional_buffer_factor for host memory
+    # ZeRO-1 partitions the optimizer states only: every GPU keeps all 16-bit gradients (2 B),
+    # which ZeRO-2 shards with the rest. DeepSpeed has no ZeRO-1 estimator; this is ZeRO-2's
+    # accounting with the gradients whole.
+    grads_whole = 2 * total - int(2 * total / n) if setup.zero == 1 else 0
     if setup.zero in (1, 2):
         if setup.offload_optimizer:
-            return 2 * total, total * max(4 * n, 16) * buffer
-        return 2 * total + int(18 * total / n), total * 4 * setup.gpus * buffer
+            return 2 * total + (2 * total if setup.zero == 1 else 0), total * max(4 * n, 16) * buffer
+        return 2 * total + int(18 * total / n) + grads_whole, total * 4 * setup.gpus * buffer
     # ZeRO-3: parameters sharded too; one layer at a time is gathered in fp32 for its update.
     layer = 4 * largest
     if setup.offload_optimizer and setup.offload_params:
@@ -175,31 +143,46 @@ def zero_model_states(total: int, largest: int, setup: Setup) -> tuple[float, fl
     return layer + int(18 * total / n), largest * 4 * setup.gpus * buffer
 
 
-def plan_job(stage: str, plain: dict, shape: ModelShape, setup: Setup,
-             card_gib: float | None = None, prompt_len: int = 512) -> Plan:
-    """Bytes per GPU for one job (plain: the resolved config as a dict)."""
-    if plain["model"].get("gradient_checkpointing", "auto") == "auto":  # ModelConfig's default
-        def with_checkpointing(on: bool) -> dict:
-            return {**plain, "model": {**plain["model"], "gradient_checkpointing": on}}
+@dataclass(frozen=True)
+class JobShape:
+    """What the planner needs to know about a job besides the model: read from a run spec by
+    `align.run.spec.job_shape`, so the planner never reads a config."""
 
-        on = card_gib is not None and auto_checkpointing(
-            plan_job(stage, with_checkpointing(False), shape, setup, card_gib, prompt_len).total,
-            card_gib * GIB)
-        plan = plan_job(stage, with_checkpointing(on), shape, setup, card_gib, prompt_len)
+    stage: str
+    dtype: str  # model.dtype as asked ("auto": bf16 on the GPUs the plan is for)
+    checkpointing: bool | str  # True, False or "auto"
+    peft_method: str = "none"
+    lora_r: int = 8
+    num_virtual_tokens: int = 16
+    optimizer_8bit: bool = False
+    batch_size: int = 8  # per device
+    max_length: int = 1024  # SFT/DPO tokens per sequence
+    max_completion_length: int = 512  # GRPO
+    generation_batch: int = 8  # GRPO sequences generated at once per device
+    reference_model: bool = False  # a frozen reference copy (full fine-tuning DPO, GRPO beta > 0)
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_share: float = 0.3
+
+
+def plan_job(job: JobShape, shape: ModelShape, setup: Setup, card_gib: float | None = None,
+             prompt_len: int = 512) -> Plan:
+    """Bytes per GPU for one job on `setup`; with `card_gib`, gradient checkpointing `auto`
+    is decided for that card (device.gradient_checkpointing's rule)."""
+    if job.checkpointing == "auto":
+        without = plan_job(replace(job, checkpointing=False), shape, setup, card_gib, prompt_len)
+        on = card_gib is not None and auto_checkpointing(without.total, card_gib * GIB)
+        plan = without if not on else plan_job(replace(job, checkpointing=True), shape, setup,
+                                               card_gib, prompt_len)
         plan.notes.append("model.gradient_checkpointing=auto: on only where the job would not "
                           f"fit in {AUTO_CHECKPOINTING_SHARE:.0%} of the card without it")
         return plan
-    model, peft, trainer = plain["model"], plain.get("peft") or {}, plain.get("trainer") or {}
-    method = peft.get("method", "none")
-    gpu_available = _cuda()
-    dtype = model.get("dtype", "auto")
-    w = DTYPE_BYTES.get(dtype, 2 if gpu_available or dtype == "auto" else 4)
-    if dtype == "auto":
-        w = 2  # bf16 on a GPU, which is what the plan is for
+    w = DTYPE_BYTES.get(job.dtype, 2)  # auto: bf16 on the GPUs the plan is for
     parts: dict[str, float] = {}
     notes: list[str] = []
     cpu = 0.0
     P = shape.total
+    method = job.peft_method
 
     if method == "none":
         if setup.zero:
@@ -208,12 +191,11 @@ def plan_job(stage: str, plain: dict, shape: ModelShape, setup: Setup,
         else:
             parts["weights"] = P * w
             parts["gradients"] = P * w
-            eight_bit = peft.get("optimizer_8bit") or "8bit" in str(trainer.get("optim", ""))
-            parts["optimizer states"] = P * (2 if eight_bit else 2 * w)
+            parts["optimizer states"] = P * (2 if job.optimizer_8bit else 2 * w)
     else:
-        r = int(peft.get("r", 8)) if method not in ("prompt_tuning", "p_tuning") else 0
-        trainable = sum(r * (i + o) for i, o in shape.linear) if r else \
-            int(peft.get("num_virtual_tokens", 16)) * shape.hidden
+        prompt_methods = method in ("prompt_tuning", "p_tuning")
+        trainable = job.num_virtual_tokens * shape.hidden if prompt_methods else \
+            sum(job.lora_r * (i + o) for i, o in shape.linear)
         quantized = method == "qlora"
         weight_bytes = P * (0.55 if quantized else w)  # NF4 + double-quantised scales ~4.4 bits
         if setup.zero == 3:
@@ -223,87 +205,66 @@ def plan_job(stage: str, plain: dict, shape: ModelShape, setup: Setup,
         notes.append(f"{trainable / 1e6:.1f}M trainable adapter parameters")
 
     # Activations for one micro-batch.
-    b = int(trainer.get("per_device_train_batch_size", 8))
-    if stage == "grpo":
-        s = prompt_len + int(trainer.get("max_completion_length", 512))
-    else:
-        s = int(trainer.get("max_length") or 1024)
-    seqs = 2 * b if stage == "dpo" else b  # DPO runs chosen and rejected together
+    b = job.batch_size
+    s = prompt_len + job.max_completion_length if job.stage == "grpo" else job.max_length
+    seqs = 2 * b if job.stage == "dpo" else b  # DPO runs chosen and rejected together
     tokens = seqs * s
     full = activation_bytes(shape, tokens, w, checkpointing=False)
     ckpt = activation_bytes(shape, tokens, w, checkpointing=True)
-    checkpointing = bool(model.get("gradient_checkpointing"))
-    parts["activations" + (" (checkpointed)" if checkpointing else "")] = ckpt if checkpointing else full
+    parts["activations" + (" (checkpointed)" if job.checkpointing else "")] = \
+        ckpt if job.checkpointing else full
     notes.append(f"activations: {full / GIB:.2f} GiB without gradient checkpointing, "
                  f"{ckpt / GIB:.2f} GiB with it (micro-batch {seqs} x {s} tokens)")
     parts["logits tile (trl fused LM head)"] = min(tokens, TRL_TOKEN_CHUNK) * TRL_VOCAB_CHUNK * w
 
-    needs_reference = method == "none" and (
-        (stage == "dpo" and not trainer.get("precompute_ref_log_probs"))
-        or (stage == "grpo" and float(trainer.get("beta", 0.0)) > 0))
-    if needs_reference:
-        ref = P * w / (setup.gpus * setup.nodes if setup.zero == 3 else 1)
-        parts["reference model"] = ref
-    elif method != "none" and stage in ("dpo", "grpo"):
+    if job.reference_model:
+        parts["reference model"] = P * w / (setup.gpus * setup.nodes if setup.zero == 3 else 1)
+    elif method != "none" and job.stage in ("dpo", "grpo"):
         notes.append("reference model: the base with the adapter disabled (no copy)")
 
-    if stage == "grpo":
-        gen = int(trainer.get("generation_batch_size") or b)
-        comp = int(trainer.get("max_completion_length", 512))
-        prompt = prompt_len
-        if trainer.get("use_vllm"):
-            mode = trainer.get("vllm_mode", "colocate")
-            if mode == "colocate":
-                share = float(trainer.get("vllm_gpu_memory_utilization", 0.3))
+    if job.stage == "grpo":
+        if job.use_vllm:
+            if job.vllm_mode == "colocate":
                 if card_gib:
-                    parts["vLLM (colocate share)"] = share * card_gib * GIB
-                notes.append(f"vLLM colocate takes {share:.0%} of each card "
+                    parts["vLLM (colocate share)"] = job.vllm_share * card_gib * GIB
+                notes.append(f"vLLM colocate takes {job.vllm_share:.0%} of each card "
                              "(trainer.vllm_gpu_memory_utilization)")
             else:
                 notes.append("vLLM server mode: generation runs on separate GPUs")
         else:
-            parts["generation KV cache"] = 2 * shape.layers * shape.kv_dim * (prompt + comp) * gen * w
+            parts["generation KV cache"] = (2 * shape.layers * shape.kv_dim * s
+                                            * job.generation_batch * w)
     return Plan(parts=parts, cpu=cpu, notes=notes)
 
 
-def suggestions(stage: str, plain: dict, setup: Setup) -> list[str]:
-    model, peft, trainer = plain["model"], plain.get("peft") or {}, plain.get("trainer") or {}
+def suggestions(job: JobShape, setup: Setup) -> list[str]:
     out = []
-    if model.get("gradient_checkpointing") is not True:
+    if job.checkpointing is not True:
         out.append("model.gradient_checkpointing=true (activations shrink to layer inputs)")
-    if (peft.get("method") or "none") == "none":
+    if job.peft_method == "none":
         out.append("peft=lora (adapter training; no reference copy for DPO) or peft=qlora")
         if setup.zero < 3:
             out.append("--launch launch/zero3.yaml on several GPUs (shards weights and states)")
         elif not setup.offload_optimizer:
             out.append("--launch launch/zero3_offload.yaml (optimizer and parameters in CPU memory)")
-    if int(trainer.get("per_device_train_batch_size", 8)) > 1:
+    if job.batch_size > 1:
         out.append("a smaller trainer.per_device_train_batch_size with more "
                    "trainer.gradient_accumulation_steps")
-    if stage == "grpo" and trainer.get("use_vllm") and trainer.get("vllm_mode", "colocate") == "colocate":
+    if job.stage == "grpo" and job.use_vllm and job.vllm_mode == "colocate":
         out.append("a lower trainer.vllm_gpu_memory_utilization, or vllm_mode=server on other GPUs")
     return out
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-def report(stage: str, plain: dict, shape: ModelShape, setup: Setup, cards=CARDS,
+def report(job: JobShape, model_name: str, shape: ModelShape, setup: Setup, cards=CARDS,
            prompt_len: int = 512) -> str:
-    lines = [f"{plain['model']['name_or_path']}: {shape.total / 1e6:.1f}M parameters, "
+    lines = [f"{model_name}: {shape.total / 1e6:.1f}M parameters, "
              f"{shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}",
-             f"stage {stage}, peft {(plain.get('peft') or {}).get('method', 'none')}, "
+             f"stage {job.stage}, peft {job.peft_method}, "
              f"{setup.gpus * setup.nodes} GPU(s), "
              + (f"ZeRO-{setup.zero}" if setup.zero else "no ZeRO")
              + (", optimizer offload" if setup.offload_optimizer else "")
              + (", parameter offload" if setup.offload_params else ""), ""]
-    base = plan_job(stage, plain, shape, setup, prompt_len=prompt_len)
+    base = plan_job(job, shape, setup, prompt_len=prompt_len)
     width = max(max(len(k) for k in base.parts) + 4, 22)
     lines.append("per GPU (estimate)".ljust(width) + "GiB")
     for key, value in base.parts.items():
@@ -313,18 +274,18 @@ def report(stage: str, plain: dict, shape: ModelShape, setup: Setup, cards=CARDS
         lines.append(f"host memory per node for offloaded/partitioned states: {base.cpu / GIB:.1f} GiB")
     lines += [f"note: {n}" for n in base.notes]
     lines.append("")
-    verdicts = []
+    fits_all = True
     for card in cards:
-        plan = plan_job(stage, plain, shape, setup, card_gib=card, prompt_len=prompt_len)
+        plan = plan_job(job, shape, setup, card_gib=card, prompt_len=prompt_len)
         usable = card * 0.92  # CUDA context, allocator fragmentation, workspaces
-        verdicts.append((card, plan.total / GIB, plan.total / GIB <= usable))
-        auto_on = any(k == "activations (checkpointed)" for k in plan.parts) and \
-            plain["model"].get("gradient_checkpointing", "auto") == "auto"
+        fits = plan.total / GIB <= usable
+        fits_all &= fits
+        auto_on = job.checkpointing == "auto" and "activations (checkpointed)" in plan.parts
         lines.append(f"{card:>4g} GB card: {plan.total / GIB:7.2f} GiB -> "
-                     + ("fits" if plan.total / GIB <= usable else "does NOT fit")
+                     + ("fits" if fits else "does NOT fit")
                      + (" (gradient checkpointing on)" if auto_on else ""))
-    if not all(ok for *_, ok in verdicts):
+    if not fits_all:
         lines.append("")
         lines.append("to fit on a smaller card, try:")
-        lines += [f"  - {s}" for s in suggestions(stage, plain, setup)]
+        lines += [f"  - {s}" for s in suggestions(job, setup)]
     return "\n".join(lines)

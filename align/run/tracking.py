@@ -24,7 +24,7 @@ BACKENDS = ("wandb", "none")
 MODES = ("auto", "online", "offline", "disabled")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoggerConfig:
     backend: str = "wandb"
     project: str = "align"

