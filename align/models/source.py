@@ -73,7 +73,9 @@ def _check_hub(repo: str, revision: str | None, where: str, file: str) -> None:
                           f"off (HF_HUB_OFFLINE=1): download it where the hub is reachable "
                           f"(`hf download {repo}`), {fix}")
     try:
-        get_hf_file_metadata(hf_hub_url(repo, file, revision=revision), timeout=HUB_TIMEOUT_S)
+        url = hf_hub_url(repo, file, revision=revision,
+                         endpoint=os.environ.get("HF_ENDPOINT") or None)
+        get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S)
     except hub.GatedRepoError:
         raise ConfigError(f"{where}={repo} is a gated model: accept its licence on "
                           f"https://huggingface.co/{repo} and set HF_TOKEN (or run `hf auth "

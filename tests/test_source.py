@@ -1,0 +1,128 @@
+"""Where a model comes from, checked in seconds: a missing folder, an uncached hub id while
+offline, a gated or unknown model and a hub that does not answer each give one line. The hub is
+a real HTTP server on loopback (HF_ENDPOINT) answering as the Hugging Face Hub does."""
+
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from align.errors import ConfigError
+from align.models import source
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Hub(http.server.BaseHTTPRequestHandler):
+    """Answers like the hub: X-Error-Code says why a file cannot be had."""
+
+    answers = {}  # repo -> (status, error code) or "hang"
+
+    def do_HEAD(self):
+        repo = "/".join(self.path.strip("/").split("/")[:2])
+        answer = self.answers.get(repo, (404, "RepoNotFound"))
+        if answer == "hang":
+            time.sleep(30)
+            return
+        status, code = answer
+        self.send_response(status)
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    yield Hub.answers
+    Hub.answers.clear()
+    server.shutdown()
+
+
+@pytest.mark.parametrize("answer,message", [
+    ((403, "GatedRepo"), "is a gated model: accept its licence"),
+    ((401, "GatedRepo"), "is a gated model"),
+    ((404, "RepoNotFound"), "no such model on the Hugging Face Hub"),
+    ((404, "RevisionNotFound"), "has no such branch, tag or commit"),
+    ((404, "EntryNotFound"), "has no config.json, so it is not a transformers model"),
+    ((500, None), "answered HTTP 500"),
+])
+def test_what_the_hub_says_is_one_line(hub, answer, message):
+    hub["org/model"] = answer
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        source.resolve_source("org/model", revision="main")
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith("model.name_or_path=org/model") or "revision" in str(err.value)
+    assert time.monotonic() - started < 10
+
+
+def test_a_hub_that_does_not_answer_fails_at_the_deadline(hub, monkeypatch):
+    hub["org/slow"] = "hang"
+    monkeypatch.setattr(source, "HUB_TIMEOUT_S", 1.0)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="did not answer within 1 s"):
+        source.resolve_source("org/slow")
+    assert time.monotonic() - started < 10
+
+
+def test_a_closed_port_fails_at_once(monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ConfigError, match="did not answer"):
+        source.resolve_source("org/model")
+
+
+def test_local_folders_and_tiny_models(tmp_path, tiny_base_path, monkeypatch):
+    assert source.resolve_source(str(tiny_base_path)) == str(tiny_base_path)
+    assert source.resolve_source("tiny://base") == str(tiny_base_path)
+    with pytest.raises(ConfigError, match="tiny://nope: unknown tiny model variant"):
+        source.resolve_source("tiny://nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no config.json"):
+        source.resolve_source(str(tmp_path / "empty"))
+    (tmp_path / "file.bin").write_text("x")
+    with pytest.raises(ConfigError, match="a file, not a model folder"):
+        source.resolve_source(str(tmp_path / "file.bin"))
+    monkeypatch.chdir(tmp_path)
+    for missing in ("./nope", "../nope", "/no/such/model", "a/b/c"):
+        with pytest.raises(ConfigError, match="no such folder"):
+            source.resolve_source(missing)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+        source.resolve_source("org/model")
+
+
+def test_a_gated_model_from_the_command_line(hub, tmp_path):
+    """As a user meets it: one line, exit 2, nothing left behind, in seconds."""
+    hub["meta-llama/Llama-3.2-1B-Instruct"] = (403, "GatedRepo")
+    script = os.path.relpath(REPO / "align" / "sft.py", tmp_path)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, script, "model=llama-3.2-1b-instruct", "logger=none"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and "meta-llama/Llama-3.2-1B-Instruct is a gated model" in lines[0]
+    assert "HF_TOKEN" in lines[0]
+    assert time.monotonic() - started < 60
+    assert not list(tmp_path.iterdir())
