@@ -5,33 +5,42 @@ tests come from a dataset column (``tests`` by default; ``kwargs.tests_column`` 
 one of the shapes public code datasets use, per example:
 
 - a list of Python statements, usually asserts (MBPP ``test_list``, HumanEval-style checks):
-  ``["assert add(1, 2) == 3", "assert add(0, 0) == 0"]``; the code is run once, then each
-  statement in turn, in the code's namespace;
+  ``["assert add(1, 2) == 3", "assert add(0, 0) == 0"]``; each entry is one test, run in order in
+  one namespace (so an entry may use what an earlier one defined);
 - a list of stdin/stdout cases (APPS, CodeContests): ``[{"input": "1 2\\n", "output": "3\\n"}]``;
   the code runs once per case as a program reading stdin, and passes when its stdout matches
   (trailing whitespace of each line and trailing blank lines ignored);
 - APPS' ``{"inputs": [...], "outputs": [...]}``;
 - any of these as a JSON string (how many datasets store them).
 
-An empty or missing test list gives ``None`` (not applicable). The code is the last fenced block
-(```python ... ```, or any ``` block), else the whole completion.
+An entry of Python statements with nothing to execute (empty, whitespace, comments, ``pass``,
+``...``, a bare string) is no test and is dropped; an example left with no test (or with none to
+begin with) scores ``None`` (not applicable), never a pass. An entry that does not parse stays a
+test, and fails. The code is the last fenced block (```python ... ```, or any ``` block), else the
+whole completion.
+
+Nothing the completion's code does can raise its score above what its return values earn:
+
+- assert-style tests are judged by :mod:`rewards.checker`: the tests run in a separate, trusted
+  checker process (its own sandbox) that never runs the completion's code; the code runs in its
+  own sandbox and only answers calls with plain data. It never sees a test or an expected value,
+  and cannot reach the checker or the channel the verdicts travel on. See that module for the
+  design and for which test shapes are supported.
+- stdin/stdout cases are judged on the host: the program sees its own code and its input, nothing
+  else (no expected output, no other case), and only its stdout and exit status count.
 
 Every execution runs in :mod:`rewards.sandbox` (bubblewrap by default; ``isolation: rlimits`` or
-``auto`` accept weaker isolation, see that module). A sandbox that cannot start raises
+``auto`` accept weaker isolation, see that module: the checker design holds there too, but the
+program can read what its uid can read). A sandbox that cannot start raises
 :class:`~rewards.sandbox.SandboxError` (the completion is not at fault, so it is not scored 0); the
 ``on_error`` policy of the reward's config decides what training does then.
-
-Results of assert-style tests cannot be forged by printing: the harness reads a random nonce from
-stdin before the code runs and reports each passing test with it, and a code that exits early
-fails the tests that did not run. Code that inspects the harness's own frames could still find the
-nonce; stdin/stdout tests are judged outside the sandbox and cannot be forged at all.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,34 +48,6 @@ from rewards.registry import register
 from rewards.text import completion_text
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
-
-# The harness around assert-style tests. Runs inside the sandbox as the main program; the solution
-# and the tests are files next to it in /code (read-only).
-_HARNESS = """\
-import os, sys, traceback
-nonce = sys.stdin.readline().strip()
-here = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(here, "tests.json")) as f:
-    import json
-    tests = json.load(f)
-with open(os.path.join(here, "solution.py")) as f:
-    source = f.read()
-out = os.dup(1)  # a private copy: the solution may replace or close sys.stdout
-namespace = {"__name__": "solution", "__builtins__": __builtins__}
-try:
-    exec(compile(source, "solution.py", "exec"), namespace)
-except BaseException:
-    traceback.print_exc()
-    sys.exit(1)
-for i, test in enumerate(tests):
-    try:
-        exec(compile(test, f"test_{i}", "exec"), namespace)
-    except BaseException:
-        print(f"test {i} failed:", file=sys.stderr)
-        traceback.print_exc()
-    else:
-        os.write(out, f"{nonce} pass {i}\\n".encode())
-"""
 
 
 def extract_code(text: str, language: str = "python") -> str:
@@ -82,7 +63,8 @@ def extract_code(text: str, language: str = "python") -> str:
 
 def parse_tests(tests: Any) -> tuple[str, list[Any]] | None:
     """Normalise one example's tests to ``("asserts", [stmt, ...])`` or ``("stdio", [(in, out),
-    ...])``; ``None`` when there are none. Raises ``ValueError`` for a shape it does not know."""
+    ...])``; ``None`` when there are none (entries with nothing to execute are none, see
+    :func:`has_statement`). Raises ``ValueError`` for a shape it does not know."""
     if tests is None:
         return None
     if isinstance(tests, (bytes, str)):
@@ -109,12 +91,28 @@ def parse_tests(tests: Any) -> tuple[str, list[Any]] | None:
     if not tests:
         return None
     if all(isinstance(t, str) for t in tests):
-        return "asserts", tests
+        kept = [t for t in tests if has_statement(t)]
+        return ("asserts", kept) if kept else None
     if all(isinstance(t, Mapping) and "input" in t and "output" in t for t in tests):
         return "stdio", [(_as_text(t["input"]), _as_text(t["output"])) for t in tests]
     raise ValueError(
         "tests must be a list of Python statements or a list of {input, output} cases, got "
         f"{[type(t).__name__ for t in tests][:5]}"
+    )
+
+
+def has_statement(test: str) -> bool:
+    """Does this entry of Python statements execute anything? Not when it is empty or only
+    comments, ``pass``, ``...`` or bare string literals (a docstring). An entry that does not parse
+    counts (it is a test, and it fails)."""
+    try:
+        body = ast.parse(test).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return True
+    return any(
+        not isinstance(node, ast.Pass)
+        and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+        for node in body
     )
 
 
@@ -136,23 +134,12 @@ def _limits(timeout_s: float, memory_mb: int) -> Any:
     return Limits(timeout_s=float(timeout_s), cpu_s=max(1, int(timeout_s)), memory_mb=int(memory_mb))
 
 
-def _score_asserts(code: str, tests: list[str], limits: Any, isolation: str) -> float:
-    from rewards.sandbox import run_python
+def _score_asserts(
+    code: str, tests: list[str], limits: Any, isolation: str, call_timeout_s: float | None
+) -> float:
+    from rewards.checker import check_asserts
 
-    nonce = secrets.token_hex(16)
-    result = run_python(
-        _HARNESS,
-        stdin=nonce + "\n",
-        limits=limits,
-        isolation=isolation,
-        files={"solution.py": code, "tests.json": json.dumps(tests)},
-    )
-    passed = set()
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == nonce and parts[1] == "pass" and parts[2].isdigit():
-            passed.add(int(parts[2]))
-    return len(passed & set(range(len(tests)))) / len(tests)
+    return check_asserts(code, tests, limits, isolation, call_timeout_s).score
 
 
 def _score_stdio(code: str, cases: list[tuple[str, str]], limits: Any, isolation: str) -> float:
@@ -175,21 +162,26 @@ def _check_code(
     memory_mb: int = 1024,
     isolation: str = "bwrap",
     language: str = "python",
+    call_timeout_s: float | None = None,
 ) -> None:
+    from rewards.checker import self_test
     from rewards.sandbox import ISOLATIONS, resolve_isolation
 
     if not isinstance(tests_column, str) or not tests_column:
         raise ValueError(f"tests_column must be a column name, got {tests_column!r}")
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    for name, value in (("timeout_s", timeout_s), ("call_timeout_s", call_timeout_s)):
+        if value is None and name == "call_timeout_s":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 64:
         raise ValueError(f"memory_mb must be an int >= 64, got {memory_mb!r}")
     if language != "python":
         raise ValueError(f"language: only 'python' is supported, got {language!r}")
     if isolation not in ISOLATIONS:
         raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
-    # Fail at setup, not at the first step, when the sandbox cannot run here.
-    resolve_isolation(isolation)
+    # Fail at setup, not at the first step, when the sandbox or the checker cannot run here.
+    self_test(resolve_isolation(isolation))
 
 
 @register("code_tests", check=_check_code)
@@ -200,12 +192,16 @@ def code_tests(
     memory_mb: int = 1024,
     isolation: str = "bwrap",
     language: str = "python",
+    call_timeout_s: float | None = None,
     **kwargs: Any,
 ) -> list[float | None]:
-    """Fraction of the example's tests (column ``tests_column``) the completion's code passes, run
-    in the sandbox with ``timeout_s`` (wall clock, per execution) and ``memory_mb`` limits.
-    ``None`` when the example has no tests. Completions run in parallel, at most one sandbox per
-    CPU core."""
+    """Fraction of the example's tests (column ``tests_column``) the completion's code passes;
+    ``None`` when the example has no test (an entry with nothing to execute is none).
+
+    Limits: ``memory_mb`` for the program's whole sandbox; ``timeout_s`` of wall clock for all of
+    an example's assert-style tests together (each stdin/stdout case gets its own), and at most
+    ``call_timeout_s`` (default ``timeout_s``) for one call into the program. Completions run in
+    parallel, at most one sandbox (or checker + program pair) per CPU core."""
     if tests_column not in kwargs:
         raise KeyError(
             f"code_tests needs the dataset column {tests_column!r} (the example's test cases); "
@@ -214,7 +210,9 @@ def code_tests(
         )
     all_tests = kwargs[tests_column]
     limits = _limits(timeout_s, memory_mb)
-    from rewards.sandbox import map_parallel
+    from rewards.sandbox import map_parallel, resolve_isolation
+
+    chosen = resolve_isolation(isolation)
 
     def score(pair: tuple[Any, Any]) -> float | None:
         completion, tests = pair
@@ -224,7 +222,7 @@ def code_tests(
         mode, cases = parsed
         code = extract_code(completion_text(completion), language)
         if mode == "asserts":
-            return _score_asserts(code, cases, limits, isolation)
-        return _score_stdio(code, cases, limits, isolation)
+            return _score_asserts(code, cases, limits, chosen, call_timeout_s)
+        return _score_stdio(code, cases, limits, chosen)
 
     return map_parallel(score, list(zip(completions, all_tests, strict=True)))

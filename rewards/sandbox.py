@@ -1,33 +1,51 @@
 """Run untrusted, model-generated Python in a sandbox and report what happened.
 
 Model-generated code is hostile: it may read your files or environment secrets, open sockets,
-fork-bomb, allocate all memory, loop forever or leave daemons behind. Each execution here gets:
+fork-bomb, allocate all memory, fill a tmpfs, loop forever or leave daemons behind. Each execution
+gets:
 
 - **bubblewrap** (``bwrap``, Debian/Ubuntu package ``bubblewrap``; the tool Flatpak uses) for
-  the isolation itself: new user, PID, network, IPC, UTS and mount namespaces. The sandbox sees
-  only ``/usr`` (read-only), the Python installation (read-only), a fresh size-limited tmpfs as its
-  working directory (``/sandbox``) and ``/tmp``, and the program (read-only, ``/code``); no home
-  directory, no ``/etc``, no network interface but its own loopback, an empty environment. When its
-  first process exits, the PID namespace ends and every process left inside is killed.
-- **rlimits**, set inside the sandbox before the program runs: CPU seconds, address space,
-  processes (counted per sandbox, thanks to the user namespace), file size (which also caps what
-  the program can write to its captured stdout/stderr), open files, no core dumps.
-- **a wall-clock timeout**: the whole process group is killed (SIGKILL) when it expires.
+  the isolation itself: new user, PID, network, IPC, UTS and cgroup namespaces. The sandbox sees
+  only ``/usr`` (read-only), the Python installation (read-only), the program (read-only,
+  ``/code``), a few device nodes (``/dev/null``, ``zero``, ``full``, ``random``, ``urandom``) and
+  **one** writable tmpfs of ``scratch_mb``: ``/sandbox``, holding the working directory
+  (``/sandbox/work``, also ``HOME``), ``/tmp`` (a link to ``/sandbox/tmp``) and ``/dev/shm`` (a link
+  to ``/sandbox/shm``). The root and ``/dev`` are read-only, so everything the program can write
+  shares the one ``scratch_mb`` budget. No home directory, no ``/etc``, no ``/sys``, no network
+  interface but its own loopback, an empty environment. When its first process exits, the PID
+  namespace ends and every process left inside is killed.
+- **a memory limit for the whole sandbox** (all its processes together): a memory cgroup where one
+  can be made, else a watchdog on the host; see :mod:`rewards.sandbox_memory`. Past it the sandbox
+  is killed (status ``memory``). :attr:`ExecResult.memory_enforcement` says which one ran.
+- **rlimits**, set inside the sandbox before the program runs: CPU seconds, address space
+  (``memory_mb`` per process, on top of the sandbox-wide limit), processes (counted per sandbox,
+  thanks to the user namespace), file size (which also caps what the program can write to its
+  captured stdout/stderr), open files, no core dumps. Inherited file descriptors other than
+  stdin/stdout/stderr and those the caller passes on purpose are closed.
+- **a wall-clock timeout**: the sandbox is killed (SIGKILL to its PID namespace's init, which takes
+  every process in it down) when it expires.
 - **no root**: run as root, the sandbox drops to ``nobody`` (uid 65534) first, because the kernel
   does not enforce the process limit on root.
+- **no zombies, no leftovers**: kills and waits go through pidfds; the processes that an execution
+  orphans (bubblewrap's in-sandbox init; an rlimits program's children) are reaped by us when they
+  are re-parented to us (the trainer is PID 1 of a container without an init, or a subreaper), and
+  never anything else: the application's own children keep their exit statuses. The temporary
+  directory and the cgroup are removed.
 - **bounded parallelism**: at most one sandbox per CPU core of this process's affinity runs at a
-  time (a process-wide semaphore), so rewards scoring hundreds of completions do not oversubscribe
-  the host.
+  time (a process-wide semaphore, :func:`slot`), so rewards scoring hundreds of completions do not
+  oversubscribe the host.
 
 Why bubblewrap: it is small, audited, packaged by every distribution, needs no daemon and no root,
 and does exactly namespaces + bind mounts; a container runtime (docker, gVisor) would need a
 daemon or root, nsjail/firejail are not packaged everywhere, and hand-rolled ``unshare`` + mount
 code is what bubblewrap already is.
 
-Without bubblewrap only ``isolation="rlimits"`` is possible: the same rlimits, environment,
-scratch directory and process-group kill, but **no filesystem or network isolation** (the program
-can read what your user can read). It is never chosen silently: ``isolation="auto"`` logs a warning
-when it falls back, and every :class:`ExecResult` says which isolation it ran under.
+Without bubblewrap only ``isolation="rlimits"`` is possible: the same rlimits, memory limit,
+environment, scratch directory (on the host's disk, not size-limited as a whole) and kill of the
+session (of the cgroup, where there is one), but **no filesystem or network isolation** (the program
+can read what its uid can read, and signal other processes of that uid). It is never chosen
+silently: ``isolation="auto"`` logs a warning when it falls back, and every :class:`ExecResult`
+says which isolation it ran under.
 
 The sandbox runs the interpreter with ``-I -S`` (isolated mode, no site-packages): programs get
 the standard library only.
@@ -39,10 +57,12 @@ them: run with ``--security-opt seccomp=unconfined`` or a profile that allows ``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import stat
@@ -51,11 +71,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from rewards import sandbox_memory, sandbox_procs
+from rewards.sandbox_memory import MEMORY_ENFORCEMENTS, CgroupUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +90,43 @@ INSTALL_HINT = (
     "in Docker also allow user namespaces (--security-opt seccomp=unconfined). Or accept weaker "
     "isolation with isolation='rlimits' (no filesystem or network isolation)"
 )
+#: Device nodes the sandbox gets (bound from the host; writing to them stores nothing).
+DEVICES = ("null", "zero", "full", "random", "urandom")
 
-# Runs inside the sandbox, in the sandboxed interpreter, before the program: it sets the limits the
-# program cannot raise again (lowering a hard limit needs CAP_SYS_RESOURCE to undo), then runs it
-# as __main__. NPROC is set here and not before bwrap, because inside a fresh user namespace the
-# kernel counts processes per namespace; set outside, it would count every process of the uid.
+# Runs inside the sandbox, in the sandboxed interpreter, before the program: it closes every
+# inherited file descriptor but stdin/stdout/stderr and the ones passed on purpose, sets the limits
+# the program cannot raise again (lowering a hard limit needs CAP_SYS_RESOURCE to undo), then runs
+# it as __main__ (in this module's namespace, as runpy would, without runpy's import cost). NPROC
+# is set here and not before bwrap, because inside a fresh user namespace the kernel counts
+# processes per namespace; set outside, it would count every process of the uid.
 _BOOT = """\
-import resource, runpy, sys
-cpu, mem, nproc, fsize, nofile, target = sys.argv[1:7]
-for kind, value in ((resource.RLIMIT_CPU, int(cpu)), (resource.RLIMIT_AS, int(mem)),
-                    (resource.RLIMIT_NPROC, int(nproc)), (resource.RLIMIT_FSIZE, int(fsize)),
-                    (resource.RLIMIT_NOFILE, int(nofile)), (resource.RLIMIT_CORE, 0)):
-    resource.setrlimit(kind, (value, value))
-del cpu, mem, nproc, fsize, nofile, kind, value, resource
-sys.argv = [target, *sys.argv[7:]]
-runpy.run_path(target, run_name="__main__")
+def _boot():
+    import os, resource, sys
+    cpu, mem, nproc, fsize, nofile, keep, target = sys.argv[1:8]
+    low = 3
+    for fd in sorted(int(fd) for fd in keep.split(",") if fd):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+    for kind, value in ((resource.RLIMIT_CPU, int(cpu)), (resource.RLIMIT_AS, int(mem)),
+                        (resource.RLIMIT_NPROC, int(nproc)), (resource.RLIMIT_FSIZE, int(fsize)),
+                        (resource.RLIMIT_NOFILE, int(nofile)), (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(kind, (value, value))
+    sys.argv = [target, *sys.argv[8:]]
+    with open(target, "rb") as f:
+        code = compile(f.read(), target, "exec")
+    globals()["__file__"] = target
+    del globals()["_boot"]
+    return code
+exec(_boot())
 """
+
+# With a memory cgroup, the sandbox starts behind this gate: the shell reads one line from its
+# stdin, the gate pipe, which the host writes once it has moved the shell into the cgroup; then it
+# becomes the sandbox (exec) with the program's stdin file, inherited as fd N, as stdin. (Re-opened
+# through /proc: dash cannot redirect from an fd above 9; the file is readable by the sandbox's uid,
+# and /proc/self/fd does not need its directories to be.) The boot script closes fd N.
+_GATE = 'read -r _ || exit 125; exec "$@" </proc/self/fd/{fd}'
 
 
 class SandboxError(RuntimeError):
@@ -97,18 +141,26 @@ class SandboxUnavailableError(SandboxError):
 class Limits:
     """Resource limits of one execution. Sizes in MiB, times in seconds."""
 
-    timeout_s: float = 10.0  # wall clock, whole process group killed when it expires
+    timeout_s: float = 10.0  # wall clock, the whole sandbox killed when it expires
     cpu_s: int = 10  # CPU time per process (SIGXCPU, then SIGKILL)
-    memory_mb: int = 1024  # address space per process
+    memory_mb: int = 1024  # the whole sandbox (see memory_enforcement), and address space per process
     max_processes: int = 32  # processes and threads inside the sandbox
     file_size_mb: int = 16  # largest file the program may write (its stdout/stderr included)
-    scratch_mb: int = 64  # size of the tmpfs working directory and of /tmp (bwrap only)
+    scratch_mb: int = 64  # everything the program can write under bwrap: /sandbox, /tmp, /dev/shm
     open_files: int = 64
     max_output_bytes: int = 1 << 16  # of stdout and of stderr kept in the result
+    #: ``auto`` (cgroup where one can be made, else watchdog), ``cgroup`` (or SandboxUnavailableError)
+    #: or ``watchdog``; see :mod:`rewards.sandbox_memory`.
+    memory_enforcement: str = "auto"
 
     def check(self) -> None:
         for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if name == "memory_enforcement":
+                if value not in MEMORY_ENFORCEMENTS:
+                    raise ValueError(
+                        f"sandbox memory_enforcement must be one of {MEMORY_ENFORCEMENTS}, got {value!r}"
+                    )
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"sandbox limit {name} must be a positive number, got {value!r}")
 
 
@@ -117,7 +169,9 @@ class ExecResult:
     """What one sandboxed execution did.
 
     ``status``: ``ok`` (exit 0), ``error`` (non-zero exit), ``timeout`` (wall clock expired,
-    killed), ``killed`` (ended by a signal: CPU limit, file size limit, a crash).
+    killed), ``memory`` (the sandbox went past ``memory_mb``, killed), ``killed`` (ended by a
+    signal: CPU limit, file size limit, a crash, or killed by its caller).
+    ``memory_enforcement``: ``cgroup-v1``, ``cgroup-v2`` or ``watchdog``.
     """
 
     status: str
@@ -126,6 +180,7 @@ class ExecResult:
     stderr: str
     duration_s: float
     isolation: str
+    memory_enforcement: str = "none"
 
     @property
     def ok(self) -> bool:
@@ -135,8 +190,23 @@ class ExecResult:
 # ---------------------------------------------------------------------------- isolation probing
 
 
+@functools.lru_cache(maxsize=None)
+def uid_mapped(uid: int) -> bool:
+    """Does ``uid`` exist in this process's user namespace (can it be switched to)?"""
+    try:
+        ranges = [line.split() for line in Path("/proc/self/uid_map").read_text().splitlines()]
+    except OSError:
+        return True
+    return any(int(inside) <= uid < int(inside) + int(count) for inside, _, count in ranges)
+
+
+@functools.lru_cache(maxsize=1)
 def _drop_to_nobody() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
+    """Run as root: drop to ``nobody``. Only when ``nobody`` exists in this user namespace (not in
+    a rootless container mapping only uid 0, where "root" is an ordinary user to the kernel)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    return uid_mapped(NOBODY)
 
 
 def _others_can_run(path: Path) -> bool:
@@ -184,12 +254,25 @@ def _root_entries() -> list[str]:
     return args
 
 
+def _dev_entries() -> list[str]:
+    """A /dev of device nodes and links only: bubblewrap's ``--dev`` would add a writable tmpfs
+    (``/dev`` and ``/dev/shm``) outside the scratch budget."""
+    args = ["--dir", "/dev"]
+    for name in DEVICES:
+        if os.path.exists(f"/dev/{name}"):
+            args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("shm", "/sandbox/shm")):
+        args += ["--symlink", target, f"/dev/{name}"]
+    return args
+
+
 def _bwrap_command(code_dir: str, limits: Limits, status_fd: int) -> list[str]:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailableError(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
     python, prefix = sandbox_python()
-    scratch = str(limits.scratch_mb * 1024 * 1024)
     args = [
         bwrap,
         "--unshare-all",  # user, pid, net, ipc, uts, cgroup namespaces
@@ -198,21 +281,27 @@ def _bwrap_command(code_dir: str, limits: Limits, status_fd: int) -> list[str]:
         "--cap-drop", "ALL",
         "--clearenv",
         "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
-        "--setenv", "HOME", "/sandbox",
+        "--setenv", "HOME", "/sandbox/work",
+        "--setenv", "TMPDIR", "/tmp",
         "--setenv", "LANG", "C.UTF-8",
         "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
         "--ro-bind", "/usr", "/usr",
         *_root_entries(),
         "--proc", "/proc",
-        "--dev", "/dev",
-        "--size", scratch, "--tmpfs", "/tmp",
-        "--size", scratch, "--tmpfs", "/sandbox",
+        # The one writable filesystem, and so the whole write budget.
+        "--size", str(limits.scratch_mb * 1024 * 1024), "--tmpfs", "/sandbox",
+        "--dir", "/sandbox/work", "--dir", "/sandbox/tmp", "--dir", "/sandbox/shm",
+        "--symlink", "/sandbox/tmp", "/tmp",
+        *_dev_entries(),
         "--ro-bind", code_dir, "/code",
-        "--chdir", "/sandbox",
-        "--json-status-fd", str(status_fd),
     ]
     if not prefix.startswith("/usr/") and prefix != "/usr":
         args += ["--ro-bind", prefix, prefix]
+    args += [
+        "--chdir", "/sandbox/work",
+        "--remount-ro", "/",  # bubblewrap's own root tmpfs (and /dev on it): no unbounded writes
+        "--json-status-fd", str(status_fd),
+    ]
     return [*args, python]
 
 
@@ -249,12 +338,12 @@ def resolve_isolation(isolation: str) -> str:
 def _warn_fallback(problem: str) -> None:
     log.warning(
         "sandbox: bubblewrap is unavailable (%s); falling back to isolation='rlimits': resource "
-        "limits, empty environment and process-group kill only, NO filesystem or network isolation",
+        "limits, empty environment and session kill only, NO filesystem or network isolation",
         problem,
     )
 
 
-# ---------------------------------------------------------------------------- running
+# ---------------------------------------------------------------------------- parallelism
 
 
 @functools.lru_cache(maxsize=1)
@@ -278,6 +367,18 @@ def _slots() -> threading.BoundedSemaphore:
         return _SLOTS
 
 
+@contextlib.contextmanager
+def slot() -> Iterator[None]:
+    """Hold one of the :func:`max_parallel` execution slots of this process (blocks while all are
+    taken). :func:`run_python` takes one itself; a caller running sandboxes with
+    :func:`start_python` takes one per unit of work it starts."""
+    with _slots():
+        yield
+
+
+# ---------------------------------------------------------------------------- running
+
+
 def _processes_of(uid: int) -> int:
     count = 0
     for entry in os.listdir("/proc"):
@@ -297,24 +398,72 @@ def _read_capped(path: Path, cap: int) -> str:
     return text + "\n[output truncated]" if len(data) > cap else text
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _read_line(fd: int, timeout_s: float) -> bytes:
+    """One line from the pipe ``fd`` (bubblewrap's status), b"" at EOF or past ``timeout_s``."""
+    data = b""
+    deadline = time.monotonic() + timeout_s
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(int(left * 1000) + 1):
+            return b""
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
 
 
-def _run(
-    code: str, stdin: str, limits: Limits, isolation: str, files: dict[str, str] | None = None
-) -> ExecResult:
-    limits.check()
-    drop = _drop_to_nobody()
-    with tempfile.TemporaryDirectory(prefix="rewards-sandbox-") as tmp:
-        host = Path(tmp)
+class Execution:
+    """One sandboxed program, started (see :func:`start_python`): wait for it, kill it, then
+    :meth:`finish` it (reap, clean up, get the :class:`ExecResult`). A context manager: leaving the
+    block finishes it, killing it first if it still runs."""
+
+    def __init__(
+        self,
+        code: str,
+        stdin: str,
+        limits: Limits,
+        isolation: str,
+        files: dict[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+        args: Sequence[str] = (),
+        uid: int = NOBODY,
+    ) -> None:
+        limits.check()
+        self.limits = limits
+        self.isolation = isolation
+        self.uid = uid  # run as, when started by root
+        #: Why we killed it (``timeout``, ``memory``, ``killed``), ``None`` if we did not.
+        self.reason: str | None = None
+        self.result: ExecResult | None = None
+        self.proc: subprocess.Popen | None = None
+        self.guard: sandbox_memory.MemoryGuard | None = None
+        self.started = time.monotonic()
+        self._pidfd: int | None = None
+        self._init_fd: int | None = None  # bubblewrap's init, pid 1 of the sandbox's PID namespace
+        self._status_r = -1
+        self._status = b""
+        self._tmp = Path(tempfile.mkdtemp(prefix="rewards-sandbox-"))
+        try:
+            self._start(code, stdin, files or {}, tuple(pass_fds), tuple(args))
+        except BaseException:
+            self._abandon()
+            raise
+
+    # -------------------------------------------------------------------- start
+
+    def _start(
+        self, code: str, stdin: str, files: dict[str, str], pass_fds: tuple[int, ...],
+        args: tuple[str, ...],
+    ) -> None:
+        limits, host = self.limits, self._tmp
+        drop = _drop_to_nobody()
         code_dir = host / "code"
         code_dir.mkdir()
         (code_dir / "boot.py").write_text(_BOOT)
-        for name, content in (files or {}).items():
+        for name, content in files.items():
             if name in ("boot.py", "main.py") or Path(name).name != name:
                 raise ValueError(f"sandbox file name {name!r}: a plain file name other than boot.py/main.py")
             (code_dir / name).write_text(content)
@@ -325,94 +474,306 @@ def _run(
             path.chmod(0o755)
         for path in code_dir.iterdir():
             path.chmod(0o644)
-        mem = limits.memory_mb * 1024 * 1024
-        fsize = limits.file_size_mb * 1024 * 1024
-        if isolation == "bwrap":
+        try:
+            self.guard = sandbox_memory.open_guard(limits.memory_mb * 1024 * 1024,
+                                                   limits.memory_enforcement)
+        except CgroupUnavailable as e:
+            raise SandboxUnavailableError(f"memory_enforcement='cgroup' is not possible here: {e}") from e
+        keep = ",".join(str(fd) for fd in pass_fds)
+        status_w = -1
+        if self.isolation == "bwrap":
             # Counted inside the sandbox's own user namespace: the limit is the sandbox's budget.
             nproc = limits.max_processes
             boot, target = "/code/boot.py", "/code/main.py"
-            status_r, status_w = os.pipe()
+            self._status_r, status_w = os.pipe()
             argv = [*_bwrap_command(str(code_dir), limits, status_w), "-I", "-S"]
-            cwd, pass_fds = str(host), (status_w,)
+            cwd, popen_fds = str(host), (status_w, *pass_fds)
         else:
             # Without a user namespace the kernel counts every process of the uid: allow the ones
             # already running plus the sandbox's budget.
             scratch = host / "scratch"
             scratch.mkdir()
             if drop:
-                os.chown(scratch, NOBODY, NOBODY)
-            nproc = _processes_of(NOBODY if drop else os.getuid()) + limits.max_processes
+                os.chown(scratch, self.uid, self.uid)
+            nproc = _processes_of(self.uid if drop else os.getuid()) + limits.max_processes
             boot, target = str(code_dir / "boot.py"), str(code_dir / "main.py")
-            status_r = status_w = -1
             python, _ = sandbox_python()
-            argv, cwd, pass_fds = [python, "-I", "-S"], str(scratch), ()
-        argv += [boot, str(int(limits.cpu_s)), str(mem), str(nproc), str(fsize),
-                 str(limits.open_files), target]
+            argv, cwd, popen_fds = [python, "-I", "-S"], str(scratch), pass_fds
+        argv += [boot, str(int(limits.cpu_s)), str(limits.memory_mb * 1024 * 1024), str(nproc),
+                 str(limits.file_size_mb * 1024 * 1024), str(limits.open_files), keep, target, *args]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-        if isolation != "bwrap":
-            env["HOME"] = cwd
+        if self.isolation != "bwrap":
+            env["HOME"] = env["TMPDIR"] = cwd  # tempfile's files go where they are cleaned up
         drop_kwargs: dict[str, Any] = (
-            {"user": NOBODY, "group": NOBODY, "extra_groups": []} if drop else {}
+            {"user": self.uid, "group": self.uid, "extra_groups": []} if drop else {}
         )
-        started = time.monotonic()
-        timed_out = False
+        gate_r = gate_w = -1
         try:
             with open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout, open(
                 host / "stderr", "wb"
             ) as ferr:
+                stdin: Any = fin
+                if self.guard.gated:
+                    gate_r, gate_w = os.pipe()
+                    argv = ["/bin/sh", "-c", _GATE.format(fd=fin.fileno()), "sandbox-gate", *argv]
+                    stdin, popen_fds = gate_r, (*popen_fds, fin.fileno())
                 try:
-                    proc = subprocess.Popen(
-                        argv, stdin=fin, stdout=fout, stderr=ferr, cwd=cwd, env=env,
-                        start_new_session=True, pass_fds=pass_fds, close_fds=True,
+                    self.proc = subprocess.Popen(
+                        argv, stdin=stdin, stdout=fout, stderr=ferr, cwd=cwd, env=env,
+                        start_new_session=True, pass_fds=popen_fds, close_fds=True,
                         **drop_kwargs,
                     )
                 except OSError as e:
                     raise SandboxError(f"could not start the sandbox ({argv[0]}): {e}") from e
-                finally:
-                    if status_w >= 0:
-                        os.close(status_w)
-                try:
-                    returncode = proc.wait(timeout=limits.timeout_s)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    _kill_group(proc.pid)
-                    returncode = proc.wait()
-                # Anything the program left in its process group (rlimits mode: bwrap's PID
-                # namespace already took its processes down) goes too.
-                _kill_group(proc.pid)
-            duration = time.monotonic() - started
-            status_json = ""
-            if status_r >= 0:
-                with os.fdopen(status_r, "r") as f:
-                    status_json = f.read()
-                status_r = -1
         finally:
-            if status_r >= 0:
-                os.close(status_r)
-        stderr = _read_capped(host / "stderr", limits.max_output_bytes)
-        if isolation == "bwrap" and not timed_out and '"child-pid"' not in status_json:
+            for fd in (status_w, gate_r):
+                if fd >= 0:
+                    os.close(fd)
+            if gate_w >= 0 and self.proc is None:
+                os.close(gate_w)
+        self._pidfd = sandbox_procs.pidfd_open(self.proc.pid)
+        if gate_w >= 0:
+            try:
+                self.guard.attach(self.proc.pid)
+                os.write(gate_w, b"go\n")
+            except OSError as e:
+                raise SandboxError(f"could not move the sandbox into its memory cgroup: {e}") from e
+            finally:
+                os.close(gate_w)
+        self.started = time.monotonic()
+        if self.isolation == "bwrap":
+            self._find_init()
+        else:
+            sid = self.proc.pid
+            self.guard.watch(lambda: sandbox_procs.session_members(sid))
+
+    def _find_init(self) -> None:
+        """Read the host pid of the sandbox's init from bubblewrap's status and hold a pidfd on it:
+        killing it kills the whole PID namespace."""
+        assert self.proc is not None and self.guard is not None
+        line = _read_line(self._status_r, max(30.0, self.limits.timeout_s))
+        self._status += line
+        try:
+            child = int(json.loads(line)["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            self.proc.kill()
+            self.proc.wait()
+            stderr = _read_capped(self._tmp / "stderr", self.limits.max_output_bytes)
             raise SandboxError(f"bubblewrap failed to set up the sandbox: {stderr.strip()[-1000:]}")
-        if isolation == "bwrap" and '"exit-code"' in status_json:
-            # bwrap exits with the program's code, or 128+signal when the program was killed.
-            for line in status_json.splitlines():
-                if '"exit-code"' in line:
-                    returncode = json.loads(line)["exit-code"]
-        if timed_out:
-            status = "timeout"
+        fd = sandbox_procs.pidfd_open(child)
+        if fd is not None and sandbox_procs.parent_of(child) != self.proc.pid:
+            os.close(fd)  # already gone (and its pid possibly reused): nothing to hold
+            fd = None
+        self._init_fd = fd
+        namespace = sandbox_procs.pid_namespace(child) if fd is not None else None
+        self.guard.watch(
+            (lambda: sandbox_procs.namespace_members(namespace)) if namespace else (lambda: ())
+        )
+
+    # -------------------------------------------------------------------- run
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _exited(self, timeout_s: float) -> bool:
+        assert self.proc is not None
+        if self._pidfd is not None:
+            return sandbox_procs.has_exited(self._pidfd, timeout_s)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def poll(self) -> bool:
+        """Check the memory limit (killing the sandbox past it); True once the program has ended."""
+        assert self.guard is not None
+        if self.reason is None and self.guard.exceeded():
+            self.kill("memory")
+        return self._exited(0)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait up to ``timeout_s`` (``None``: no limit) for the program to end, enforcing the
+        memory limit meanwhile. True if it ended."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = sandbox_memory.POLL_S if deadline is None else deadline - time.monotonic()
+            if self._exited(max(0.0, min(sandbox_memory.POLL_S, left))):
+                return True
+            if self.poll():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def kill(self, reason: str = "killed") -> None:
+        """SIGKILL every process of the sandbox (``reason`` goes into the result's status)."""
+        if self.reason is None:
+            self.reason = reason
+        assert self.proc is not None
+        if self._init_fd is not None:
+            sandbox_procs.pidfd_kill(self._init_fd)  # the PID namespace dies with its init
+        elif self.isolation == "bwrap":
+            self._kill_main()  # bubblewrap had not started the sandbox (or it is gone already)
+        else:
+            self._kill_main()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            members = self.guard.members() if self.guard is not None else None
+            for pid in members or ():
+                fd = sandbox_procs.pidfd_open(pid)
+                if fd is not None:
+                    sandbox_procs.pidfd_kill(fd)
+                    os.close(fd)
+
+    def _kill_main(self) -> None:
+        assert self.proc is not None
+        if self._pidfd is not None:
+            sandbox_procs.pidfd_kill(self._pidfd)
+        elif self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    # -------------------------------------------------------------------- finish
+
+    def finish(self) -> ExecResult:
+        """Make sure every process of the sandbox is gone and reaped, release its cgroup and
+        temporary directory, and return what happened. Idempotent."""
+        if self.result is not None:
+            return self.result
+        assert self.proc is not None and self.guard is not None
+        try:
+            if not self._exited(0):
+                self.kill(self.reason or "killed")
+            if not self._exited(sandbox_procs.EXIT_WAIT_S):
+                self._kill_main()  # the init kill did not bring bwrap down: take bwrap itself
+            returncode = self.proc.wait()
+            duration = time.monotonic() - self.started
+            self._clean_up_processes()
+            memory = self.reason == "memory" or self.guard.exceeded()
+            if self._status_r >= 0:
+                self._status += _read_all(self._status_r)
+        finally:
+            self._release()
+        for line in self._status.decode(errors="replace").splitlines():
+            if '"exit-code"' in line:
+                # bwrap exits with the program's code, or 128+signal when the program was killed.
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    returncode = int(json.loads(line)["exit-code"])
+        if memory:
+            status = "memory"
+        elif self.reason is not None:
+            status = self.reason
         elif returncode == 0:
             status = "ok"
-        elif returncode < 0 or (isolation == "bwrap" and returncode > 128):
+        elif returncode < 0 or (self.isolation == "bwrap" and returncode > 128):
             status = "killed"
         else:
             status = "error"
-        return ExecResult(
+        self.result = ExecResult(
             status=status,
-            returncode=None if timed_out else returncode,
-            stdout=_read_capped(host / "stdout", limits.max_output_bytes),
-            stderr=stderr,
+            returncode=None if status == "timeout" else returncode,
+            stdout=_read_capped(self._tmp / "stdout", self.limits.max_output_bytes),
+            stderr=_read_capped(self._tmp / "stderr", self.limits.max_output_bytes),
             duration_s=duration,
-            isolation=isolation,
+            isolation=self.isolation,
+            memory_enforcement=self.guard.kind,
         )
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        return self.result
+
+    def _clean_up_processes(self) -> None:
+        assert self.proc is not None and self.guard is not None
+        if self._init_fd is not None:
+            # bubblewrap returns as soon as its init reports the program's exit code; the init then
+            # tears the namespace down and exits, re-parented: to the system's init, or to us
+            # (PID 1 of a container, or a subreaper), and then we must reap it.
+            sandbox_procs.has_exited(self._init_fd, sandbox_procs.EXIT_WAIT_S)
+            sandbox_procs.reap_if_ours(self._init_fd, 0)
+        if self.isolation != "bwrap":
+            # What the program left behind: its session, and under a cgroup whatever left it.
+            sid = self.proc.pid
+            cgroup = self.guard.members() is not None
+
+            def find() -> list[int]:
+                listed = self.guard.members() if cgroup else None  # type: ignore[union-attr]
+                return listed if listed is not None else sandbox_procs.session_members(sid)
+
+            def belongs(pid: int) -> bool:
+                if cgroup:
+                    return pid in (self.guard.members() or ())  # type: ignore[union-attr]
+                fields = sandbox_procs.stat_fields(pid)
+                return bool(fields) and int(fields[3]) == sid
+
+            sandbox_procs.kill_and_reap(find, belongs)
+
+    def _release(self) -> None:
+        for name in ("_pidfd", "_init_fd", "_status_r"):
+            fd = getattr(self, name)
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, None if name != "_status_r" else -1)
+        if self.guard is not None:
+            self.guard.close()
+
+    def _abandon(self) -> None:
+        """Clean up after a failed start."""
+        if self.proc is not None:
+            self.kill("killed")
+            with contextlib.suppress(Exception):
+                self.proc.wait(timeout=sandbox_procs.EXIT_WAIT_S)
+        self._release()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> Execution:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def start_python(
+    code: str,
+    stdin: str = "",
+    limits: Limits | None = None,
+    isolation: str = "bwrap",
+    files: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    args: Sequence[str] = (),
+    uid: int = NOBODY,
+) -> Execution:
+    """Start ``code`` as a Python program in a sandbox and return at once (see :class:`Execution`).
+    ``pass_fds`` stay open in the program under the same numbers (e.g. one end of a socketpair);
+    ``args`` become its ``sys.argv[1:]``; ``uid`` is the user it runs as when this process is root
+    (``nobody`` by default; another uid keeps two sandboxes from signalling or tracing each other
+    under ``isolation="rlimits"``). Does not take an execution :func:`slot`: the caller bounds
+    its parallelism."""
+    return Execution(code, stdin, limits or Limits(), resolve_isolation(isolation), files,
+                     pass_fds, args, uid)
+
+
+def _run(
+    code: str, stdin: str, limits: Limits, isolation: str, files: dict[str, str] | None = None
+) -> ExecResult:
+    with Execution(code, stdin, limits, isolation, files) as execution:
+        if not execution.wait(limits.timeout_s):
+            execution.kill("timeout")
+        return execution.finish()
 
 
 def run_python(
@@ -432,7 +793,7 @@ def run_python(
     """
     limits = limits or Limits()
     chosen = resolve_isolation(isolation)
-    with _slots():
+    with slot():
         return _run(code, stdin, limits, chosen, files)
 
 

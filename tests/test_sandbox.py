@@ -1,17 +1,33 @@
-"""The code sandbox against hostile programs: every escape attempt is contained and scored, and the
-host is left as it was (no stray processes, no files written, secrets unseen)."""
+"""The code sandbox against hostile programs: every escape attempt is contained and scored, every
+resource is bounded (what it can write, the memory of all its processes together), and the host is
+left as it was (no stray processes, zombies, cgroups or files; secrets unseen), also when the
+trainer is PID 1 of its container."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from rewards.sandbox import Limits, bwrap_problem, max_parallel, run_many, run_python
+from rewards import sandbox_memory
+from rewards.sandbox import (
+    Limits,
+    SandboxUnavailableError,
+    bwrap_problem,
+    max_parallel,
+    run_many,
+    run_python,
+)
 
 needs_bwrap = pytest.mark.skipif(
     bwrap_problem() is not None, reason=f"bubblewrap sandbox unavailable: {bwrap_problem()}"
@@ -164,7 +180,243 @@ def test_stdin_scratch_and_exit_codes() -> None:
     )
     result = run_python(code, stdin="ab", limits=QUICK)
     assert (result.status, result.returncode) == ("error", 3)
-    assert result.stdout.split() == ["abab", "/sandbox"]
+    assert result.stdout.split() == ["abab", "/sandbox/work"]
     # a fresh scratch every time
     again = run_python("import os; print(os.listdir('.'))", limits=QUICK)
     assert again.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------- resource bounds
+
+CGROUP = sandbox_memory.cgroup_parent()
+needs_cgroup = pytest.mark.skipif(
+    isinstance(CGROUP, str), reason=f"no memory cgroup can be made here: {CGROUP}"
+)
+ENFORCEMENTS = [pytest.param("cgroup", marks=needs_cgroup), "watchdog"]
+
+# Writes 1 MiB at a time to ``path`` until it fails; prints how far it got and why it stopped.
+FILL = """
+import os, sys
+path, total = {path!r}, 0
+try:
+    with open(path, "wb") as f:
+        while total < {limit_mb} * 3 << 20:
+            f.write(b"x" * (1 << 20)); f.flush(); total += 1 << 20
+except OSError as e:
+    print(total >> 20, e.strerror)
+else:
+    print(total >> 20, "no error")
+"""
+
+
+@needs_bwrap
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("/filler", "Read-only file system"),  # bubblewrap's root tmpfs
+        ("/dev/filler", "Read-only file system"),
+        ("/dev/shm/filler", "No space left on device"),
+        ("/tmp/filler", "No space left on device"),
+        ("filler", "No space left on device"),  # the working directory
+        ("/sandbox/filler", "No space left on device"),
+        ("/code/filler", "Read-only file system"),
+        ("/proc/filler", "No such file or directory"),
+    ],
+)
+def test_every_writable_place_is_bounded(path: str, error: str) -> None:
+    limits = Limits(timeout_s=20, scratch_mb=16, file_size_mb=256, memory_mb=512)
+    result = run_python(FILL.format(path=path, limit_mb=16), limits=limits)
+    written, reason = result.stdout.split(maxsplit=1)
+    assert reason.strip() == error, result
+    assert int(written) <= 16
+
+
+@needs_bwrap
+def test_the_writable_places_share_one_budget() -> None:
+    code = """
+for path in ("/tmp/a", "/dev/shm/b", "c"):
+    try:
+        open(path, "wb").write(b"x" * (10 << 20))
+        print(path, "ok")
+    except OSError as e:
+        print(path, e.strerror)
+"""
+    result = run_python(code, limits=Limits(timeout_s=20, scratch_mb=24, file_size_mb=64, memory_mb=512))
+    assert result.stdout.splitlines() == ["/tmp/a ok", "/dev/shm/b ok", "c No space left on device"]
+
+
+# Eight processes of 200 MB each: every one within RLIMIT_AS, together far past memory_mb.
+EIGHT_BY_200 = """
+import os, time
+for _ in range(8):
+    if os.fork() == 0:
+        block = bytearray(200 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(30)
+        os._exit(0)
+for _ in range(8):
+    os.wait()
+"""
+
+
+@pytest.mark.parametrize("enforcement", ENFORCEMENTS)
+@pytest.mark.parametrize("isolation", [pytest.param("bwrap", marks=needs_bwrap), "rlimits"])
+def test_memory_is_limited_for_the_whole_sandbox(enforcement: str, isolation: str) -> None:
+    limits = Limits(timeout_s=25, memory_mb=256, memory_enforcement=enforcement)
+    started = time.monotonic()
+    result = run_python(EIGHT_BY_200, limits=limits, isolation=isolation)
+    assert result.status == "memory", result
+    assert time.monotonic() - started < 20  # killed, not waited out
+    assert result.memory_enforcement == (enforcement if enforcement == "watchdog" else f"cgroup-v{CGROUP[0]}")
+    # A program within the limit is left alone (the watchdog does not count shared pages).
+    within = EIGHT_BY_200.replace("range(8)", "range(3)").replace("200 << 20", "40 << 20")
+    within = within.replace("time.sleep(30)", "time.sleep(0.5)")
+    assert run_python(within, limits=limits, isolation=isolation).status == "ok"
+
+
+def test_memory_enforcement_is_reported_and_checked() -> None:
+    result = run_python("pass", limits=Limits(memory_enforcement="watchdog"), isolation="rlimits")
+    assert (result.status, result.memory_enforcement) == ("ok", "watchdog")
+    auto = run_python("pass", limits=Limits(), isolation="rlimits").memory_enforcement
+    assert auto == ("watchdog" if isinstance(CGROUP, str) else f"cgroup-v{CGROUP[0]}")
+    with pytest.raises(ValueError, match="memory_enforcement must be one of"):
+        run_python("pass", limits=Limits(memory_enforcement="docker"), isolation="rlimits")
+    if isinstance(CGROUP, str):
+        with pytest.raises(SandboxUnavailableError, match="memory_enforcement='cgroup'"):
+            run_python("pass", limits=Limits(memory_enforcement="cgroup"), isolation="rlimits")
+
+
+# ---------------------------------------------------------------------------- nothing left behind
+
+PID1 = r"""
+import json, os, subprocess, sys, time
+from rewards.sandbox import Limits, run_python
+assert os.getpid() == 1, os.getpid()
+# An unrelated child of the application: its exit status must stay its own.
+unrelated = subprocess.Popen(["/bin/sh", "-c", "sleep 2; exit 3"])
+quick, short = Limits(timeout_s=10), Limits(timeout_s=1)
+bwrap = {bwrap}
+runs = []
+for enforcement in ("auto", "watchdog"):
+    q = Limits(timeout_s=10, memory_enforcement=enforcement, memory_mb=256)
+    s = Limits(timeout_s=1, memory_enforcement=enforcement)
+    for isolation in (["bwrap"] if bwrap else []) + ["rlimits"]:
+        runs.append(run_python("print('hi')", limits=q, isolation=isolation).status)
+        runs.append(run_python("while True: pass", limits=s, isolation=isolation).status)
+        runs.append(run_python("x = []\nwhile True: x.append(bytearray(1 << 24))", limits=q,
+                               isolation=isolation).status)
+        # children outliving the program, in its session (and, under a cgroup, out of it)
+        runs.append(run_python(
+            "import subprocess, sys\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(0.3)'])\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n",
+            limits=q, isolation=isolation).status)
+status = unrelated.wait()
+time.sleep(0.5)
+left = []
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and int(pid) != 1:
+        try:
+            left.append(open(f"/proc/{pid}/stat").read()[:80])
+        except OSError:
+            pass
+print(json.dumps({"unrelated": status, "runs": runs, "left": left}))
+"""
+
+
+def _as_pid1(script: str) -> dict:
+    """Run ``script`` as PID 1 of a new PID namespace (a container without an init)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    prefix = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if os.geteuid() != 0:
+        prefix[1:1] = ["--user", "--map-root-user"]
+    out = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240, check=False)
+    if out.returncode != 0 and "Operation not permitted" in out.stderr:
+        pytest.skip(f"cannot make a PID namespace here: {out.stderr.strip()[-200:]}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_no_zombies_when_the_trainer_is_pid_1() -> None:
+    report = _as_pid1(PID1.replace("{bwrap}", str(bwrap_problem() is None)))
+    per_isolation = ["ok", "timeout", "error", "ok"]  # the allocation loop dies of RLIMIT_AS
+    assert report["runs"] == per_isolation * (len(report["runs"]) // 4)
+    assert report["left"] == []  # no zombie, no orphan, nothing
+    assert report["unrelated"] == 3  # its exit status was not stolen
+
+
+def _cgroups() -> set[str]:
+    if isinstance(CGROUP, str):
+        return set()
+    return {p.name for p in CGROUP[1].iterdir() if p.name.startswith(sandbox_memory.CGROUP_PREFIX)}
+
+
+def _our_zombies() -> list[int]:
+    zombies = []
+    for pid in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(int(pid))
+    return zombies
+
+
+@pytest.fixture
+def own_tempdir(monkeypatch: pytest.MonkeyPatch):
+    """A temporary folder for the sandboxes of one test only (reachable by ``nobody``, as the
+    system's is: the sandbox drops to it when the tests run as root)."""
+    folder = Path(tempfile.mkdtemp(prefix="sandbox-test-"))
+    folder.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def subreaper():
+    """Make this process a child subreaper meanwhile: every orphan of the sandboxes comes to us, as
+    it would to a trainer that is PID 1 of its container, so an unreaped one shows as our zombie."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        pytest.skip("cannot become a child subreaper here")
+    yield
+    libc.prctl(36, 0, 0, 0, 0)
+
+
+@needs_bwrap
+def test_a_thousand_executions_leave_nothing_behind(own_tempdir: Path, subreaper: None) -> None:
+    marker = f"left-{uuid.uuid4().hex}"
+    cgroups_before = _cgroups()
+    programs = [
+        ("print('ok')", "ok"),
+        ("import sys; sys.exit(4)", "error"),
+        ("open('f', 'w').write('x' * 100000); import tempfile; tempfile.mkdtemp()", "ok"),
+        # a child in the background, still running when the program ends
+        (f"import subprocess\nsubprocess.Popen(['/bin/sh', '-c', 'sleep 60', {marker!r}])", "ok"),
+        ("import os\nif os.fork() == 0:\n    os.setsid()\n    import time; time.sleep(60)", "ok"),
+    ]
+    jobs = [programs[i % len(programs)] for i in range(1000)]
+    started = time.monotonic()
+    results = run_many([(code, "") for code, _ in jobs], Limits(timeout_s=20))
+    elapsed = time.monotonic() - started
+    assert [r.status for r in results] == [status for _, status in jobs]
+    # Without a cgroup, rlimits mode finds a program's processes by session: one that starts its
+    # own session escapes it (documented), so that program is left out there.
+    escapes = isinstance(CGROUP, str)
+    rlimits_jobs = [job for job in jobs[:100] if not (escapes and "setsid" in job[0])]
+    rlimits = run_many([(code, "") for code, _ in rlimits_jobs], Limits(timeout_s=20),
+                       isolation="rlimits")
+    assert [r.status for r in rlimits] == [status for _, status in rlimits_jobs]
+    time.sleep(0.2)
+    assert processes_with(marker) == [] and processes_with("rewards-sandbox-") == []
+    assert _our_zombies() == []
+    assert list(own_tempdir.iterdir()) == []
+    assert _cgroups() == cgroups_before
+    assert elapsed < 120, f"{elapsed:.0f} s for 1000 executions"
