@@ -18,7 +18,9 @@ Rewards: Hydra overrides, the same syntax as ``align/grpo.py``: ``rewards=<file 
 conf/rewards/>``, ``rewards.<name>.<key>=...``, ``+rewards.<name>.fn=...``, ``~rewards.<name>``.
 For a run folder the run's own ``rewards:`` (and ``trainer:``, for interpolations) from its
 ``config.yaml`` are the starting point. ``--tokenizer`` computes ``completion_ids`` for token-based
-rewards (``overlong``, ``length_band`` with ``unit: tokens``, ``repetition``, ``cosine_length``).
+rewards (``overlong``, ``length_band`` with ``unit: tokens``, ``repetition``, ``cosine_length``);
+without it, the words of a completion (split on whitespace) stand in for its tokens, and the
+bench says so: lengths are then counted in words.
 
 Output: a table of per-reward statistics (mean, std, min, max, how many samples were scored,
 failed, or not applicable), the share of prompt groups in which a reward has zero variance
@@ -243,6 +245,12 @@ def _stats(name: str, weight: float, scores: list[float | None], groups: dict[st
     )
 
 
+def word_ids(text: str, vocabulary: dict[str, int]) -> list[int]:
+    """``completion_ids`` without a tokenizer: one id per whitespace-separated word (the same
+    word, the same id), so token-based rewards count words and n-gram repetition still works."""
+    return [vocabulary.setdefault(word, len(vocabulary)) for word in text.split()]
+
+
 def score_rows(
     rows: list[dict[str, Any]],
     funcs: Sequence[BoundReward],
@@ -250,24 +258,28 @@ def score_rows(
     tokenizer: Any = None,
     batch_size: int = 256,
 ) -> tuple[dict[str, list[float | None]], list[float], list[RewardStats]]:
-    """Score every row with every reward, as GRPOTrainer would call them (in batches)."""
+    """Score every row with every reward, as GRPOTrainer would call them (in batches). Without a
+    ``tokenizer``, ``completion_ids`` are word ids (:func:`word_ids`)."""
+    from rewards.text import completion_text
+
     n = len(rows)
     columns = sorted({k for row in rows for k in row} - {"completion", "prompt", "_source",
                                                          *TRL_TABLE_COLUMNS})
     scores: dict[str, list[float | None]] = {f.__name__: [] for f in funcs}
     failed = dict.fromkeys(scores, 0)
+    vocabulary: dict[str, int] = {}
     for start in range(0, n, batch_size):
         batch = rows[start : start + batch_size]
         kwargs: dict[str, Any] = {k: [row.get(k) for row in batch] for k in columns}
         kwargs["prompts"] = [row.get("prompt") for row in batch]
         completions = [row["completion"] for row in batch]
         if tokenizer is not None:
-            from rewards.text import completion_text
-
             kwargs["completion_ids"] = [
                 tokenizer(completion_text(c), add_special_tokens=False)["input_ids"]
                 for c in completions
             ]
+        else:
+            kwargs["completion_ids"] = [word_ids(completion_text(c), vocabulary) for c in completions]
         kwargs.update(trainer_state=None, log_extra=None, log_metric=None)
         for fn in funcs:
             before = fn.errors
@@ -394,6 +406,11 @@ def score_command(args: argparse.Namespace) -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        console.print(
+            "no --tokenizer: completion_ids are whitespace-separated words, so token-based rewards "
+            "(overlong, length_band unit=tokens, repetition, cosine_length) count words, not tokens"
+        )
     scores, total, stats = score_rows(samples.rows, funcs, weights, tokenizer, args.batch_size)
     print_report(console, samples.rows, scores, total, stats, args.top)
     out = Path(args.out) if args.out else default_output(samples)
@@ -417,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="Hydra overrides: rewards=math, rewards.accuracy.weight=2, +rewards.x.fn=...")
     score.add_argument("--out", help="scored file (.jsonl or .parquet); default <FILE>.scored.jsonl")
     score.add_argument("--top", type=int, default=3, help="highest/lowest samples shown (default 3)")
-    score.add_argument("--tokenizer", help="tokenizer (folder or hub id) to compute completion_ids")
+    score.add_argument("--tokenizer", help="tokenizer (folder or hub id) to compute completion_ids; "
+                       "default: one id per whitespace-separated word")
     score.add_argument("--config-dir", help="config folder holding rewards/*.yaml (default: the repo's conf/)")
     score.add_argument("--batch-size", type=int, default=256, help="samples per reward call")
     score.add_argument("--width", type=int, default=None, help="table width (default: the terminal's)")

@@ -15,29 +15,44 @@ The rubric is a ``str.format`` template: ``{prompt}``, ``{completion}`` (their t
 dataset column of the example (``{solution}``). The reply's first number, clamped to
 ``[0, max_score]`` and divided by ``max_score``, is the reward; a reply without a number gives
 ``None`` (logged). Requests go to ``{base_url}/chat/completions`` with the standard library's HTTP
-client, ``concurrency`` at a time, each with ``timeout_s``; connection errors, timeouts, 429 and 5xx
-are retried ``max_retries`` times with exponential backoff (``backoff_s``, doubled each time);
-then :class:`JudgeUnavailableError` names the URL and how to start a server. Other HTTP errors
-(401, 404 ...) raise :class:`JudgeError` at once. The API key, if the endpoint needs one, is read
-from the environment variable named by ``api_key_env`` (never put a key in a config file).
+client, ``concurrency`` at a time.
+
+Time is bounded twice, by wall clock: ``timeout_s`` is the deadline of one request (connecting,
+sending, and receiving the whole answer: a server that trickles bytes is cut off too), and
+``total_timeout_s`` the deadline of one reward call, shared by every request, retry and backoff of
+the batch. Connection errors, timeouts, 429 and 5xx and answers that are not JSON are retried
+``max_retries`` times with exponential backoff (``backoff_s``, doubled each time; a ``Retry-After``
+header takes its place, and a wait past the deadline is not waited); then
+:class:`JudgeUnavailableError` names the URL and how to start a server. Once one sample has found the
+endpoint unavailable, the others stop trying. That error is a
+:class:`~rewards.registry.RewardUnavailableError`: with ``on_error: none``/``zero`` the whole batch
+is filled at once instead of retried sample by sample, so a dead endpoint costs at most
+``total_timeout_s`` per step. Other HTTP errors (401, 404 ...) raise :class:`JudgeError` at once.
+The API key, if the endpoint needs one, is read from the environment variable named by
+``api_key_env`` (never put a key in a config file). HTTP(S) proxies from the environment
+(``https_proxy`` ...) are used as urllib would.
 """
 
 from __future__ import annotations
 
+import base64
+import email.utils
+import http.client
 import json
 import logging
 import os
 import re
 import socket
 import string
+import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rewards.registry import register
+from rewards.registry import RewardUnavailableError, register
 from rewards.text import completion_text
 
 log = logging.getLogger(__name__)
@@ -48,14 +63,17 @@ DEFAULT_RUBRIC = (
 )
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: Largest answer read from the endpoint.
+MAX_REPLY_BYTES = 8 << 20
 
 
 class JudgeError(RuntimeError):
     """The judge endpoint answered with an error that retrying will not fix."""
 
 
-class JudgeUnavailableError(JudgeError):
-    """The judge endpoint could not be reached (or kept failing) after every retry."""
+class JudgeUnavailableError(JudgeError, RewardUnavailableError):
+    """The judge endpoint could not be reached (or kept failing) after every retry, or within the
+    reward call's ``total_timeout_s``."""
 
 
 def _fields(rubric: str) -> set[str]:
@@ -77,6 +95,103 @@ def parse_score(reply: str, max_score: float) -> float | None:
     return min(max(float(match.group()), 0.0), max_score) / max_score
 
 
+class _RequestTimeout(Exception):
+    """A request did not complete within its wall-clock deadline."""
+
+
+class Budget:
+    """The time one reward call may spend (``total_timeout_s``), shared by its requests, and the
+    news that the endpoint is unavailable (the other samples then stop trying)."""
+
+    def __init__(self, total_timeout_s: float | None) -> None:
+        self.deadline = None if total_timeout_s is None else time.monotonic() + total_timeout_s
+        self.unavailable = threading.Event()
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+
+def _proxy_for(scheme: str, host: str) -> urllib.parse.SplitResult | None:
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int, Any, bytes]:
+    """One POST, all of it (connect, send, the whole answer) within ``timeout_s`` of wall clock:
+    a timer shuts the socket down at the deadline, which ends any read in progress (a socket
+    timeout alone bounds each read, not the request). Returns (status, headers, body)."""
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme == "https"
+    host, port = parts.hostname or "", parts.port or (443 if https else 80)
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    headers = dict(headers)
+    proxy = _proxy_for(parts.scheme, host)
+    connection_class = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    if proxy is None:
+        conn = connection_class(host, port, timeout=timeout_s)
+    else:
+        auth = {}
+        if proxy.username:
+            token = base64.b64encode(f"{proxy.username}:{proxy.password or ''}".encode()).decode()
+            auth = {"Proxy-Authorization": f"Basic {token}"}
+        if https:
+            conn = connection_class(proxy.hostname or "", proxy.port or 80, timeout=timeout_s)
+            conn.set_tunnel(host, port, headers=auth)
+        else:
+            conn = http.client.HTTPConnection(proxy.hostname or "", proxy.port or 80, timeout=timeout_s)
+            target = url
+            headers.update(auth)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        conn.connect()
+        if expired.is_set():
+            raise _RequestTimeout()
+        conn.request("POST", target, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read(MAX_REPLY_BYTES + 1)
+        if expired.is_set():
+            raise _RequestTimeout()
+        return response.status, response.headers, data
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise _RequestTimeout() from None
+        raise
+    finally:
+        timer.cancel()
+        conn.close()
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds a ``Retry-After`` header asks us to wait (a number or an HTTP date)."""
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 def chat_completion(
     base_url: str,
     payload: dict[str, Any],
@@ -84,39 +199,66 @@ def chat_completion(
     timeout_s: float = 30.0,
     max_retries: int = 3,
     backoff_s: float = 1.0,
+    budget: Budget | None = None,
 ) -> str:
-    """POST ``payload`` to ``{base_url}/chat/completions`` and return the first choice's text."""
+    """POST ``payload`` to ``{base_url}/chat/completions`` and return the first choice's text.
+    ``timeout_s`` bounds each request by wall clock, ``budget`` (default: unbounded) all of them
+    together, waits included."""
+    budget = budget or Budget(None)
     url = base_url.rstrip("/") + "/chat/completions"
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     body = json.dumps(payload).encode()
-    last: str = ""
+    last, attempts, wait = "", 0, 0.0
     for attempt in range(max_retries + 1):
         if attempt:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            if wait >= budget.left():
+                last += f"; the next attempt ({wait:.1f} s away) would start past total_timeout_s"
+                break
+            if budget.unavailable.wait(wait):
+                last += "; another sample found the endpoint unavailable"
+                break
+        if budget.left() <= 0:
+            last = last or "no time left in total_timeout_s"
+            break
+        if budget.unavailable.is_set():
+            last = last or "another sample found the endpoint unavailable"
+            break
+        attempts += 1
+        wait = backoff_s * 2**attempt
+        request_timeout = min(timeout_s, budget.left())
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                data = json.loads(response.read())
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:500].decode(errors="replace")
-            if e.code not in _RETRY_STATUS:
-                raise JudgeError(f"LLM judge {url} answered HTTP {e.code}: {detail}") from e
-            last = f"HTTP {e.code}: {detail}"
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
-            last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-        except json.JSONDecodeError as e:
-            raise JudgeError(f"LLM judge {url} answered with something that is not JSON: {e}") from e
-        else:
-            try:
-                return data["choices"][0]["message"]["content"] or ""
-            except (KeyError, IndexError, TypeError) as e:
-                raise JudgeError(
-                    f"LLM judge {url} answered without choices[0].message.content: {str(data)[:300]}"
-                ) from e
+            status, reply_headers, data = _post(url, body, headers, request_timeout)
+        except _RequestTimeout:
+            last = f"no complete answer within {request_timeout:.1f} s"
+            continue
+        except (OSError, http.client.HTTPException) as e:
+            last = f"{type(e).__name__}: {e}"
+            continue
+        if status in _RETRY_STATUS:
+            last = f"HTTP {status}: {data[:500].decode(errors='replace')}"
+            wait = _retry_after(reply_headers) if _retry_after(reply_headers) is not None else wait
+            continue
+        if status >= 400:
+            raise JudgeError(f"LLM judge {url} answered HTTP {status}: {data[:500].decode(errors='replace')}")
+        if len(data) > MAX_REPLY_BYTES:
+            last = f"an answer larger than {MAX_REPLY_BYTES} bytes"
+            continue
+        try:
+            reply = json.loads(data)
+        except (ValueError, RecursionError) as e:  # a proxy's error page, a truncated answer
+            last = f"an answer that is not JSON ({e}): {data[:200].decode(errors='replace')}"
+            continue
+        try:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError) as e:
+            raise JudgeError(
+                f"LLM judge {url} answered without choices[0].message.content: {str(reply)[:300]}"
+            ) from e
+    budget.unavailable.set()
     raise JudgeUnavailableError(
-        f"LLM judge {url} unreachable after {max_retries + 1} attempts (last: {last}). Is the "
+        f"LLM judge {url} unreachable after {attempts} attempts (last: {last}). Is the "
         "server running? e.g. `vllm serve MODEL --port 8000` gives base_url http://localhost:8000/v1"
     )
 
@@ -133,6 +275,7 @@ def _check_judge(
     concurrency: int = 8,
     temperature: float = 0.0,
     max_tokens: int = 16,
+    total_timeout_s: float = 300.0,
 ) -> None:
     if not isinstance(base_url, str) or not re.match(r"https?://", base_url):
         raise ValueError(
@@ -156,8 +299,8 @@ def _check_judge(
                         ("max_tokens", max_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (name != "max_retries"):
             raise ValueError(f"{name} must be a {'non-negative' if name == 'max_retries' else 'positive'} int")
-    if not timeout_s > 0 or backoff_s < 0:
-        raise ValueError("timeout_s must be > 0 and backoff_s >= 0")
+    if not timeout_s > 0 or backoff_s < 0 or not total_timeout_s > 0:
+        raise ValueError("timeout_s and total_timeout_s must be > 0 and backoff_s >= 0")
 
 
 @register("llm_judge", check=_check_judge)
@@ -174,11 +317,13 @@ def llm_judge(
     concurrency: int = 8,
     temperature: float = 0.0,
     max_tokens: int = 16,
+    total_timeout_s: float = 300.0,
     prompts: Sequence[Any] | None = None,
     **kwargs: Any,
 ) -> list[float | None]:
     """Judge each completion with ``rubric`` on an OpenAI-compatible endpoint (see the module
-    docstring); returns scores in [0, 1]."""
+    docstring); returns scores in [0, 1]. ``timeout_s`` bounds one request, ``total_timeout_s``
+    the whole call (every sample, retry and wait)."""
     n = len(completions)
     fields = _fields(rubric)
     columns = {k: v for k, v in kwargs.items() if k in fields}
@@ -191,6 +336,7 @@ def llm_judge(
     api_key = os.environ.get(api_key_env) if api_key_env else None
     if api_key_env and not api_key:
         raise JudgeError(f"llm_judge: environment variable {api_key_env} (api_key_env) is not set")
+    budget = Budget(total_timeout_s)
 
     def judge(i: int) -> float | None:
         values = {k: v[i] for k, v in columns.items()}
@@ -203,7 +349,7 @@ def llm_judge(
             "temperature": temperature,
             "max_tokens": max_tokens,
         }
-        reply = chat_completion(base_url, payload, api_key, timeout_s, max_retries, backoff_s)
+        reply = chat_completion(base_url, payload, api_key, timeout_s, max_retries, backoff_s, budget)
         score = parse_score(reply, float(max_score))
         if score is None:
             log.warning("llm_judge: no score in the reply for sample %d: %r", i, reply[:200])

@@ -6,10 +6,25 @@ LaTeX with an anchor (``\\boxed{}``/``$...$``), so ``<answer>42</answer>`` or ".
 0, and it parses the same gold once per completion with no fast path. Its ``None`` semantics
 (unparseable gold -> ``None``) are kept here.
 
-Cost (2 CPU cores, math-verify 0.9): parse ~0.2 ms for an integer and ~1 ms for a LaTeX fraction,
-verify ~0.03 ms. GRPO scores ~512 completions a step, so when both the extracted answer and the gold
-are plain integers/decimals they are compared directly (~µs), and every math-verify result is
-cached by string (a group of completions shares a gold and often an answer).
+Which answer counts, in this order (the first kind present decides; after a closed ``</think>``,
+only the text after it is read, unless it has no answer at all):
+
+1. ``\\boxed{...}`` / ``\\fbox{...}``;
+2. ``<answer>...</answer>``;
+3. an explicit answer phrase: "the (final) answer is X", "Answer: X", GSM8K's "#### X";
+4. otherwise the last number of the text.
+
+A completion is a policy's bet, and a hedge is not an answer: **every** answer of the deciding kind
+must equal the gold (``\\boxed{3} or \\boxed{4}`` scores 0 against 3, so does "the answer is 3 ...
+no, the answer is 4"; the same answer given twice counts), and a bare list of numbers ("1 2 3 ...
+100", "3, 4 or 5") is no answer at all. Numbers: a Unicode minus (``−3``) is a minus, ``1,000`` is a
+thousand, ``1e3`` is 1000, ``50%`` equals both 0.5 and 50 (math-verify's percent rule).
+
+Equality is math-verify's (``1/2`` == ``0.5`` == ``\\frac{1}{2}``). Cost (2 CPU cores,
+math-verify 0.9): parse ~0.2-0.5 ms, verify ~0.03 ms. GRPO scores ~512 completions a step, so when
+both the extracted answer and the gold are plain integers/decimals they are compared directly (~µs),
+and every math-verify result is cached by string (a group of completions shares a gold and often an
+answer).
 """
 
 from __future__ import annotations
@@ -18,7 +33,7 @@ import functools
 import re
 import threading
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from rewards.registry import register
@@ -32,51 +47,113 @@ VERIFY_TIMEOUT_S = 5
 
 _BOXED_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-# A plain fraction counts as one number ("1/2", not "2"); thousands separators only in groups of
-# three, so "1,2,3" reads as three numbers.
-_NUMBER = re.compile(
-    r"-?\d+/\d+|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+"
+# "the answer is X", "final answer: X", "Answer = X", GSM8K's "#### X": X runs to the end of the
+# sentence (a period before a space or the end of the line; "3.5" keeps its point).
+_PHRASE = re.compile(
+    r"(?:\b(?:final\s+answer|answer)\b(?:\s+(?:is|was|would\s+be|will\s+be)\b\s*:?|\s*[:=])|####)"
+    r"[ \t]*(?P<rest>[^\n]*?)(?=\.(?:\s|$)|\n|$)",
+    re.IGNORECASE,
 )
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+# Minus signs that are not ASCII: the mathematical minus, the small and the fullwidth hyphen-minus.
+_MINUS = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-"})
+# One number: a fraction ("1/2"), with thousands separators only in groups of three (so "1,2,3"
+# reads as three numbers), scientific ("1e3", "2.5E-3"), a percentage ("50%").
+_NUMBER = re.compile(
+    r"-?\d+/\d+|-?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?|-?\d+(?:\.\d+)?(?:[eE][+-]?\d{1,3}\b)?%?|-?\.\d+%?"
+)
+# What may stand between the numbers of a list: "1 2 3", "1, 2, 3", "3 or 4", "1 ... 100".
+_LIST_GAP = re.compile(r"[\s,;]*(?:\.{2,}|…|\bor\b|\band\b)?[\s,;]*")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_SCIENTIFIC = re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d{1,3}")
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}``, braces balanced (``\\boxed{\\frac{1}{2}}``)."""
-    matches = list(_BOXED_OPEN.finditer(text))
-    if not matches:
-        return None
-    start = matches[-1].end()
-    depth = 1
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
-    return None  # unbalanced: the completion was cut off inside the box
+def _all_boxed(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}``, braces balanced (``\\boxed{\\frac{1}{2}}``); a box cut off
+    before it closes (a truncated completion) is not an answer."""
+    found = []
+    for match in _BOXED_OPEN.finditer(text):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    found.append(text[start:i])
+                    break
+    return found
+
+
+def _normalise(answer: str) -> str:
+    """One spelling per number: ``1,234`` -> ``1234``, ``1e3`` -> ``1000``, ``50\\%`` -> ``50%``."""
+    answer = answer.strip().replace("\\%", "%")
+    percent = answer.endswith("%")
+    core = answer[:-1].strip() if percent else answer
+    if _THOUSANDS.fullmatch(core):
+        core = core.replace(",", "")
+    elif _SCIENTIFIC.fullmatch(core):
+        try:
+            core = format(Decimal(core).normalize(), "f")
+        except InvalidOperation:
+            pass
+    return core + "%" if percent else core
+
+
+def _numbers(text: str) -> list[re.Match[str]]:
+    return list(_NUMBER.finditer(text))
+
+
+def _is_list(text: str, numbers: list[re.Match[str]], i: int) -> bool:
+    """Is number ``i`` part of a bare list ("1 2 3", "3 or 4")?"""
+    before = i > 0 and _LIST_GAP.fullmatch(text[numbers[i - 1].end() : numbers[i].start()])
+    after = i + 1 < len(numbers) and _LIST_GAP.fullmatch(text[numbers[i].end() : numbers[i + 1].start()])
+    return bool(before or after)
+
+
+def _phrase_answer(rest: str) -> str:
+    """The answer an answer phrase gives: the number it starts with, else its LaTeX or text (for
+    math-verify). A list of numbers is no answer (``""``)."""
+    rest = rest.strip()
+    head = re.match(r"[\s*_(]*", rest)
+    body = rest[head.end() if head else 0 :]
+    numbers = _numbers(body)
+    if numbers and numbers[0].start() == 0:
+        return "" if _is_list(body, numbers, 0) else numbers[0].group()
+    return rest
+
+
+def extract_answers(text: str) -> list[str]:
+    """Every answer of the kind that decides (see the module docstring), normalised; ``[]`` when
+    the completion gives none (a bare list of numbers gives none)."""
+    text = text.translate(_MINUS)
+    if "</think>" in text:
+        after = text.rsplit("</think>", 1)[1]
+        found = _answers_in(after)
+        if found:
+            return found
+    return _answers_in(text)
+
+
+def _answers_in(text: str) -> list[str]:
+    candidates = _all_boxed(text) or _ANSWER_TAG.findall(text)
+    if not candidates:
+        candidates = [_phrase_answer(m.group("rest")) for m in _PHRASE.finditer(text)]
+        candidates = [c for c in candidates if c] or ([""] if candidates else [])
+    if not candidates:
+        numbers = _numbers(text)
+        if not numbers or _is_list(text, numbers, len(numbers) - 1):
+            return []
+        candidates = [numbers[-1].group()]
+    return [_normalise(c) for c in candidates]
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer of a completion: the last ``\\boxed{}``, else the last ``<answer>`` tag,
-    else the last number (``1/2`` and ``1,234`` are numbers); ``None`` if there is none. Thousands separators are removed from a plain
-    number (``1,234`` -> ``1234``) so the fast path and math-verify see the same string."""
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        answer = boxed.strip()
-    else:
-        tags = _ANSWER_TAG.findall(text)
-        if tags:
-            answer = tags[-1].strip()
-        else:
-            numbers = _NUMBER.findall(text)
-            if not numbers:
-                return None
-            answer = numbers[-1]
-    if _THOUSANDS.fullmatch(answer):
-        answer = answer.replace(",", "")
-    return answer or None
+    """The final answer of a completion when it gives exactly one (repeats allowed): ``None`` when
+    it gives none or several different ones. (The reward compares each with the gold, so
+    ``\\boxed{0.5}`` and ``\\boxed{1/2}`` agree there.)"""
+    answers = extract_answers(text)
+    return answers[0] if answers and len(set(answers)) == 1 and answers[0] else None
 
 
 def _timeouts() -> tuple[int | None, int | None]:
@@ -122,26 +199,31 @@ def _gold_text(gold: Any) -> str | None:
         return None
     if isinstance(gold, (int, float)):  # a numeric dataset column
         return str(gold)
-    text = str(gold)
+    text = str(gold).translate(_MINUS)
     if "####" in text:  # GSM8K-style gold: worked solution, then "#### <final answer>"
         text = text.rsplit("####", 1)[1].replace(",", "")
-    return text.strip()
+    return _normalise(text)
+
+
+def _equal(gold: str, answer: str) -> bool:
+    if not answer:
+        return False
+    fast = fast_equal(gold, answer)
+    if fast is not None:
+        return fast
+    return _verify(gold, answer)
 
 
 def score_answer(gold: Any, text: str) -> float | None:
-    """1.0/0.0 for one completion text against one gold; ``None`` if the gold is unparseable."""
+    """1.0/0.0 for one completion text against one gold; ``None`` if the gold is unparseable.
+    1.0 only if the completion gives an answer and every answer it gives equals the gold."""
     gold_str = _gold_text(gold)
     if not gold_str:
         return None
     if not _PLAIN_NUMBER.fullmatch(gold_str) and not _parse(gold_str):
         return None  # checked before the answer so an unparseable gold is None for every completion
-    answer = extract_answer(text)
-    if answer is None:
-        return 0.0
-    fast = fast_equal(gold_str, answer)
-    if fast is not None:
-        return float(fast)
-    return float(_verify(gold_str, answer))
+    answers = extract_answers(text)
+    return float(bool(answers) and all(_equal(gold_str, a) for a in answers))
 
 
 @register("accuracy")
@@ -150,7 +232,8 @@ def accuracy(
 ) -> list[float | None]:
     """1.0 if the completion's final answer equals the ``solution`` column, else 0.0.
 
-    The answer is the last ``\\boxed{}``, else the last ``<answer>...</answer>``, else the last number.
+    The answer: ``\\boxed{}``, else ``<answer>...</answer>``, else an answer phrase ("the answer is
+    12"), else the last number; several different answers (a hedge) score 0 (module docstring).
     Equality is math-verify's (``1/2`` == ``0.5`` == ``\\frac{1}{2}``), with a numeric fast path for
     plain numbers. A gold that math-verify cannot parse gives ``None`` (not applicable).
     """

@@ -232,6 +232,12 @@ class RewardError(RuntimeError):
     """A reward function broke its contract (wrong number of scores) or failed under ``on_error: raise``."""
 
 
+class RewardUnavailableError(RuntimeError):
+    """What a reward depends on is unavailable (a judge endpoint that is down): the failure is the
+    batch's, not one sample's, so ``on_error: none``/``zero`` fill the whole batch at once instead
+    of scoring it again sample by sample (which would only wait for the same outage n times)."""
+
+
 def _excerpt(completion: Any) -> str:
     from rewards.text import completion_text
 
@@ -261,8 +267,10 @@ class BoundReward:
       again sample by sample to find the failing samples; each one is logged (sample index, reward
       name, exception, completion excerpt) at WARNING level and scored ``None``/0.0, and the
       fraction of failing samples is reported through trl's ``log_metric`` as
-      ``rewards/<name>/error_frac`` on every call. ``errors`` counts failing samples over the
-      object's lifetime. A wrong number of scores is a bug in the reward and always raises.
+      ``rewards/<name>/error_frac`` on every call. A :class:`RewardUnavailableError` fails the
+      whole batch at once (one warning, no sample-by-sample retry). ``errors`` counts failing
+      samples over the object's lifetime. A wrong number of scores is a bug in the reward and
+      always raises.
     """
 
     def __init__(
@@ -342,6 +350,17 @@ class BoundReward:
         failed: dict[int, BaseException | str] = {}
         try:
             scores = list(self.fn(completions=completions, **columns, **self.kwargs))
+        except RewardUnavailableError as e:
+            fill = None if self.on_error == "none" else 0.0
+            log.warning(
+                "reward %r is unavailable for the whole batch of %d (scored %s, on_error=%s): %s",
+                self.__name__, n, fill, self.on_error, e,
+            )
+            self.errors += n
+            log_metric = columns.get("log_metric")
+            if callable(log_metric):
+                log_metric(f"rewards/{self.__name__}/error_frac", 1.0 if n else 0.0)
+            return [fill] * n
         except Exception:
             # Which samples failed? Score them one at a time. log_extra is muted meanwhile: a sample
             # that fails would log nothing and shift every later row of trl's completions table.

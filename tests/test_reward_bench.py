@@ -132,3 +132,33 @@ def test_bench_command_line(samples: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "acc" in result.stdout and "scored file:" in result.stdout
     assert len(read_jsonl(samples.with_name("samples.scored.jsonl"))) == 5
+
+
+def test_bench_help_example_works_without_a_tokenizer(tmp_path: Path) -> None:
+    """The `--help` example, typed as a user would: from another folder, a relative path, no
+    --tokenizer (token-based rewards then count whitespace-separated words, and it says so)."""
+    (tmp_path / "data").mkdir()
+    rows = [
+        {"prompt": "1+2=", "completion": "<think>easy</think><answer>3</answer>", "solution": "3"},
+        {"prompt": "1+2=", "completion": " ".join(["word"] * 200) + " 3", "solution": "3"},
+    ]
+    (tmp_path / "data" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = subprocess.run(
+        [sys.executable, "-m", "rewards", "score", "data/samples.jsonl", "rewards=math",
+         "+trainer.max_completion_length=256", "--width", "200"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no --tokenizer" in result.stdout and "count words" in result.stdout
+    scored = read_jsonl(tmp_path / "data" / "samples.scored.jsonl")
+    assert [r["rewards/accuracy"] for r in scored] == [1.0, 1.0]
+    # overlong (256 max, soft cache 128): 1 word is fine, 201 words are 73 into the cache
+    assert [r["rewards/overlong"] for r in scored] == pytest.approx([0.0, -73 / 128])
+
+
+def test_word_ids_stand_in_for_tokens() -> None:
+    from rewards.bench import word_ids
+
+    vocabulary: dict[str, int] = {}
+    assert word_ids("a b  a\nc", vocabulary) == [0, 1, 0, 2]
+    assert word_ids("c a", vocabulary) == [2, 0] and word_ids("", vocabulary) == []

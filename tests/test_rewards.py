@@ -118,7 +118,7 @@ def test_completion_text_rejects_other_types() -> None:
 ACCURACY_CASES = [
     # (completion, solution, expected)
     (r"so the answer is \boxed{42}", "42", 1.0),
-    (r"\boxed{41} wait, no: \boxed{42}", "42", 1.0),  # the last box counts
+    (r"\boxed{41} wait, no: \boxed{42}", "42", 0.0),  # two different boxes: a hedge, scores 0
     (r"\boxed{\frac{1}{2}}", "0.5", 1.0),
     (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", 1.0),
     (r"\boxed{\frac{1}{3}}", r"\frac{1}{2}", 0.0),
@@ -139,6 +139,37 @@ ACCURACY_CASES = [
     ("42", "", None),
     ("42", None, None),
     ("42", 42, 1.0),  # numeric gold column
+    # numbers as people write them
+    ("the result is −3", "-3", 1.0),  # U+2212, the minus sign
+    ("the result is −3", "3", 0.0),
+    ("x = −3.5", "-3.5", 1.0),
+    ("It went up by 50%.", "0.5", 1.0),  # a percentage is its fraction ...
+    ("It went up by 50%.", "50", 1.0),  # ... and its number of percent (math-verify's rule)
+    (r"\boxed{50\%}", "0.5", 1.0),
+    ("about 1e3 grains", "1000", 1.0),
+    (r"\boxed{2.5E-3}", "0.0025", 1.0),
+    ("1e3", "1", 0.0),
+    ("it costs 1,000 dollars", "1000", 1.0),
+    (r"\boxed{1,000}", "1000", 1.0),
+    # an explicit answer wins over the numbers after it
+    ("The answer is 12. That is 4 boxes of 3.", "12", 1.0),
+    ("The answer is 12. That is 4 boxes of 3.", "3", 0.0),
+    ("Final answer: 42 apples, in 6 bags", "42", 1.0),
+    ("Answer = −2, since 2 + 4 = 6", "-2", 1.0),
+    ("#### 72\nthat took 3 steps", "72", 1.0),
+    ("Let me answer this: 3 + 4 = 7", "7", 1.0),  # "answer" without "is"/":" is no phrase
+    ("<think>maybe the answer is 5</think>The answer is 6", "6", 1.0),
+    # hedges score nothing, even when one of their answers is right
+    (r"\boxed{3} or \boxed{4}", "3", 0.0),
+    (r"\boxed{3} or \boxed{4}", "4", 0.0),
+    (r"\boxed{3}, so once more: \boxed{3}", "3", 1.0),  # the same answer twice is one answer
+    ("<answer>3</answer><answer>4</answer>", "4", 0.0),
+    ("The answer is 3. No wait, the answer is 4.", "4", 0.0),
+    ("The answer is 3 or 4", "3", 0.0),
+    (" ".join(str(i) for i in range(1, 101)), "100", 0.0),
+    ("1, 2, 3, ..., 100", "100", 0.0),
+    ("It is 3, 4 or 5", "5", 0.0),
+    ("Possible values:\n1\n2\n3", "3", 0.0),
 ]
 
 
@@ -158,7 +189,11 @@ def test_accuracy_unparseable_gold_is_none_for_every_completion() -> None:
         (r"a \boxed{\frac{1}{2}} b", r"\frac{1}{2}"),
         (r"\fbox{7}", "7"),
         ("<answer> 5 </answer> and 6", "5"),
-        ("1,2,3", "3"),
+        ("1,2,3", None),  # a list of numbers is no answer
+        ("so 7 × 2 = 14", "14"),
+        (r"\boxed{3} \boxed{4}", None),  # several different answers: none
+        ("the answer is 1e3", "1000"),
+        ("−7", "-7"),
         ("half is 1/2", "1/2"),
         ("1,234,567.5 total", "1234567.5"),
         ("no digits", None),
