@@ -68,7 +68,8 @@ def find_runs(paths: list[str]) -> list[Path]:
         if not found:
             raise AlignError(f"{path}: no run folder here (a run folder holds metrics.json and "
                              "config.yaml, written when a training run finishes)")
-        runs += [p for p in found if p not in runs]
+        seen = {r.resolve() for r in runs}  # `a/0` and `/abs/a/0` are one run
+        runs += [p for p in found if p.resolve() not in seen]
     return runs
 
 
@@ -101,8 +102,11 @@ def load_candidates(runs: list[Path]) -> list[Candidate]:
             config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
         except (OSError, ValueError) as exc:
             raise AlignError(f"{run}: cannot read the run's metrics.json/config.yaml: {exc}")
-        name = str(run.relative_to(common)) if common and run != common else run.name
-        candidates.append(Candidate(name=name or run.name, path=run, config=config,
+        # Named from the folder all runs share; paths as typed may be relative, `common` is not.
+        resolved = run.resolve()
+        name = (str(resolved.relative_to(common)) if common and resolved != common
+                else resolved.name)
+        candidates.append(Candidate(name=name, path=run, config=config,
                                     metrics=metrics))
     flat = [flatten(c.config) for c in candidates]
     keys = sorted({k for f in flat for k in f})
@@ -114,6 +118,7 @@ def load_candidates(runs: list[Path]) -> list[Candidate]:
 
 
 def _common_parent(runs: list[Path]) -> Path | None:
+    """The deepest folder above every run, resolved (absolute)."""
     try:
         import os
 

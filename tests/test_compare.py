@@ -78,6 +78,32 @@ def test_compare_on_a_parent_folder_finds_every_run_and_bad_input_is_named(two_r
     assert main([str(tmp_path / "nothing")]) == 2
 
 
+def test_compare_command_on_a_relative_sweep_folder(two_runs, tmp_path):
+    """The README's form, typed from the folder above `multirun/`: a relative path."""
+    import shutil
+
+    root, metrics = two_runs
+    sweep = tmp_path / "multirun" / "sft" / "2026-01-01_00-00-00"
+    for n, lr in enumerate(("1e-5", "0.05")):
+        (sweep / str(n)).mkdir(parents=True)
+        for name in ("metrics.json", "config.yaml"):
+            shutil.copy(root / f"lr{lr}" / name, sweep / str(n) / name)
+    for args in (["multirun/sft/2026-01-01_00-00-00"],
+                 ["multirun/sft/2026-01-01_00-00-00/1", str(sweep / "0"),
+                  "multirun/sft/2026-01-01_00-00-00/0", "--out", "."]):
+        done = subprocess.run([sys.executable, "-m", "align.compare", *args], check=False,
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        out = tmp_path if "--out" in args else sweep
+        with open(out / "compare.csv") as f:
+            table = list(csv.reader(f))
+        # the base row, then each run once, named by its folder under the sweep
+        assert [row[1] for row in table[2:]] == ["0", "1"]  # lr 1e-5 ranks first
+        assert metrics["1e-5"]["heldout_after"]["accuracy"] > \
+            metrics["0.05"]["heldout_after"]["accuracy"]
+        assert "best: 0 " in done.stdout
+
+
 def test_the_task_returns_the_objective_for_sweepers(two_runs):
     _, metrics = two_runs
     m = metrics["1e-5"]
