@@ -110,8 +110,14 @@ class EvalJob:
     source: dict  # what was evaluated (for the summary)
 
 
-def prepare(cfg: DictConfig | dict) -> EvalJob:
-    """Check the config (and the run folder it names) before anything is loaded."""
+def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJob:
+    """Check the config (and the run folder it names) before anything is loaded.
+
+    `overrides`: the command line's overrides (`key=value` strings), default Hydra's own when
+    called from the command line. With `run_dir`, the run's data section is evaluated with the
+    `data.<key>` overrides on top (`data.eval_path=other.jsonl`), or replaced whole by a
+    `data=<choice>` override.
+    """
     from align.data import DataConfig
     from align.models import ModelConfig, check_model_config
     from align.run.spec import check_reward_specs, plain_config
@@ -133,7 +139,8 @@ def prepare(cfg: DictConfig | dict) -> EvalJob:
                               "final/, as written by align/sft.py, dpo.py or grpo.py)")
         run_cfg = OmegaConf.to_container(OmegaConf.load(config_file))
         model_node = {**run_cfg["model"], "name_or_path": str(final.resolve())}
-        data_node = run_cfg["data"]
+        data_node = run_data_section(run_cfg["data"], plain.get("data") or {},
+                                     command_line_overrides() if overrides is None else overrides)
         rewards = (run_cfg.get("heldout") or {}).get("rewards") or run_cfg.get("rewards") or {}
         stage = run_cfg.get("stage") or stage
         source["run_dir"] = str(run_dir)
@@ -173,6 +180,43 @@ def prepare(cfg: DictConfig | dict) -> EvalJob:
     return EvalJob(model=model, data=data, rewards=rewards, eval=ev, stage=stage,
                    seed=int(plain.get("seed", 42)), out_dir=Path(plain["output_dir"]),
                    source=source)
+
+
+def command_line_overrides() -> list[str]:
+    """The overrides typed on the command line (Hydra's task overrides); [] outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run_data_section(run_data: dict, composed: dict, overrides: list[str]) -> dict:
+    """The data section a run folder is evaluated on: the run's own with each `data.<key>`
+    override set to its composed value (or removed, `~data.<key>`), or the composed section
+    whole when the overrides choose `data=<choice>`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as exc:
+        raise ConfigError(f"overrides {list(overrides)} do not parse: "
+                          f"{' '.join(str(exc).split())}") from None
+    ours = [o for o in parsed if o.key_or_group.split(".")[0] == "data"]
+    if any(o.key_or_group == "data" and not o.is_delete() for o in ours):
+        return composed
+    for override in ours:
+        *parents, leaf = override.key_or_group.split(".")[1:]
+        node, value = run_data, composed
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+            value = value.get(part) if isinstance(value, dict) else None
+        if override.is_delete():
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value.get(leaf) if isinstance(value, dict) else None
+    return run_data
 
 
 def load_for_eval(model_cfg):

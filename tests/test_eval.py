@@ -126,3 +126,66 @@ def test_eval_command_line(tmp_path):
         check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and "eval.temperature" in bad.stderr
     assert not (tmp_path / "res2").exists()
+
+
+# ------------------------------------------------------------ run_dir= with data overrides
+def problems(first: int, n: int) -> str:
+    return "".join(json.dumps({"prompt": f"{a}+{a + 1}=", "completion": str(2 * a + 1)}) + "\n"
+                   for a in range(first, first + n))
+
+
+@pytest.fixture(scope="module")
+def run_without_heldout(tmp_path_factory):
+    """A 2-step SFT run of the tiny model on a local file with no held-out split, and a
+    held-out file of 7 other problems beside it."""
+    from align import sft
+
+    root = tmp_path_factory.mktemp("eval_run")
+    (root / "train.jsonl").write_text(problems(0, 64))
+    (root / "heldout.jsonl").write_text(problems(70, 7))
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("sft", overrides=[
+            "data=local", f"data.path={root / 'train.jsonl'}", "trainer.max_steps=2",
+            "trainer.per_device_train_batch_size=8", "trainer.save_strategy=no", "logger=none",
+            f"output_dir={root / 'run'}"])
+    sft.run(cfg)
+    return root
+
+
+def test_run_dir_takes_the_runs_data_with_the_command_lines_data_overrides(run_without_heldout,
+                                                                          tmp_path):
+    from align.eval import prepare
+
+    root = run_without_heldout
+    train = str(root / "train.jsonl")
+
+    def data_of(*overrides):
+        overrides = [f"run_dir={root / 'run'}", *overrides]
+        return prepare(compose_eval(tmp_path, *overrides), overrides=overrides).data
+
+    assert (data_of().path, data_of().eval_path) == (train, None)  # the run's own section
+    data = data_of("data.eval_path=heldout.jsonl", "data.max_eval_samples=3")
+    assert (data.name, data.path, data.eval_path, data.max_eval_samples) == (
+        "local", train, "heldout.jsonl", 3)  # the user's keys on top of the run's
+    data = data_of("data=arithmetic", "data.synthetic.n_eval=9")  # a choice replaces it whole
+    assert (data.path, data.synthetic["n_eval"]) == ("synthetic:arithmetic", 9)
+
+
+@pytest.mark.slow
+def test_eval_command_line_on_a_run_folder_with_another_heldout_file(run_without_heldout):
+    """As typed from the folder holding the run: relative paths. The error that names
+    data.eval_path is followed, and then the given file's prompts are what is evaluated."""
+    root = run_without_heldout
+    command = [sys.executable, str(REPO / "align" / "eval.py"), "run_dir=run"]
+    bad = subprocess.run([*command, "hydra.run.dir=res1"], check=False, capture_output=True,
+                         text=True, cwd=root, timeout=300)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: data ")
+    assert "set data.eval_path" in bad.stderr and "Traceback" not in bad.stderr
+    done = subprocess.run([*command, "data.eval_path=heldout.jsonl", "hydra.run.dir=res2"],
+                          check=False, capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((root / "res2" / "summary.json").read_text())
+    assert summary["prompts"] == 7 and summary["run_dir"] == "run"
+    rows = [json.loads(line) for line in (root / "res2" / "completions.jsonl").open()]
+    assert [r["prompt"] for r in rows] == [f"{a}+{a + 1}=" for a in range(70, 77)]
