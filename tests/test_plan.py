@@ -190,3 +190,17 @@ def test_gradient_checkpointing_takes_true_false_or_auto(tmp_path):
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 2
     assert "true, false or auto" in proc.stderr
+
+
+def test_cli_with_an_uncached_hub_id_offline_says_a_config_folder_works(tmp_path):
+    """Planning a hub model with no hub: one line, in seconds, naming the local-folder way."""
+    import os
+
+    script = os.path.relpath(REPO / "align" / "plan.py", tmp_path)
+    proc = subprocess.run([sys.executable, script, "model.name_or_path=Qwen/Qwen2.5-7B-Instruct"],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert "Qwen/Qwen2.5-7B-Instruct: not in the local Hugging Face cache" in lines[0]
+    assert "its config.json alone is enough to plan" in lines[0]

@@ -191,3 +191,4 @@ def test_training_command_with_an_invalid_key_and_a_dead_server_ends_offline(dea
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     assert bad.stderr.strip().splitlines()[-1].startswith(
         "error: logger.mode=online: the W&B server")
+    assert not (tmp_path / "run2").exists(), "a run stopped at its start left its folder"

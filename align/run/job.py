@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from align.device import DeviceFacts
-from align.errors import ConfigError
+from align.errors import AlignError, ConfigError
 from align.files import write_atomic, write_json, write_jsonl
 from align.run.resume import (
     changed_keys,
@@ -86,13 +87,29 @@ class Job:
         from transformers import set_seed
 
         set_seed(self.spec.seed)
+        before = set(self.out_dir.iterdir()) if self.out_dir.is_dir() else None
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
         group, run_name = hydra_run_names(self.spec.name)
-        self.tracker = start_tracking(self.spec.logger, name=run_name, group=group,
-                                      out_dir=self.out_dir, config=dict(self.spec.config),
-                                      is_main=self.is_main, resume=bool(self.spec.resume))
+        try:
+            self.tracker = start_tracking(self.spec.logger, name=run_name, group=group,
+                                          out_dir=self.out_dir, config=dict(self.spec.config),
+                                          is_main=self.is_main, resume=bool(self.spec.resume))
+        except AlignError:
+            if self.is_main:  # a run stopped at its start leaves nothing of its own behind
+                self._remove_new_files(before)
+            raise
+
+    def _remove_new_files(self, before: set | None) -> None:
+        if before is None:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+            return
+        for path in set(self.out_dir.iterdir()) - before:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def _write_config(self) -> None:
         """config.yaml. A resumed run keeps the file of the launch it continues when only
