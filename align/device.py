@@ -189,10 +189,3 @@ def heldout_on_main_process(facts: DeviceFacts) -> bool:
     """Whether the main process can generate alone for held-out measurement: not under ZeRO-3,
     which shards every weight across the ranks (measure the saved model afterwards instead)."""
     return facts.setup.zero != 3
-
-
-def describe(facts: DeviceFacts) -> str:
-    if not facts.cuda:
-        return f"CPU ({os.cpu_count()} cores)"
-    return (f"{facts.count} x {facts.name} ({facts.memory_bytes / 2**30:.0f} GiB, compute "
-            f"capability {facts.capability[0]}.{facts.capability[1]})")

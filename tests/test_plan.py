@@ -2,26 +2,17 @@
 
 import json
 import subprocess
-from dataclasses import replace
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from align.device import Setup
 from align.run.planner import model_shape, zero_model_states
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def seven_b(tmp_path_factory):
-    """A Llama-2-7B-shaped config (no weights): planning never loads weights."""
-    path = tmp_path_factory.mktemp("llama7b")
-    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000).save_pretrained(path)
-    return path
 
 
 def test_parameter_count_matches_the_real_model(tiny_base_path):

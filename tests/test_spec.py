@@ -10,7 +10,6 @@ import dataclasses
 
 import pytest
 from hydra import compose, initialize_config_dir
-from transformers import LlamaConfig
 
 from align.device import CARDS, CPU, DeviceFacts, Setup, auto_checkpointing
 from align.errors import ConfigError
@@ -21,14 +20,6 @@ from align.run.spec import TrainerValues, decide, job_shape, parse_spec, trl_con
 register()
 STAGES = ("sft", "dpo", "grpo")
 BIG_CARDS = ("rtx4090", "a100-80gb", "h200")  # 24, 80 and 141 GB
-
-
-@pytest.fixture(scope="module")
-def seven_b(tmp_path_factory):
-    path = tmp_path_factory.mktemp("llama7b")
-    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000).save_pretrained(path)
-    return path
 
 
 def compose_stage(stage, overrides=(), out="/tmp/align-spec-test"):

@@ -73,8 +73,10 @@ VLLM_RANGE = ((0, 22), (0, 31))
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    """One training run of one stage, checked: what every step after `parse_spec` reads."""
+class Decisions:
+    """Everything a run is, checked and decided for a device, except trl's config object
+    (whose construction checks the real machine: bf16 needs a bf16 GPU): what `decide` gives,
+    for planning a job on a card this machine does not have."""
 
     stage: str
     name: str
@@ -89,11 +91,11 @@ class RunSpec:
     model_asked: ModelConfig
     peft: PeftPlan
     data: DataConfig
-    #: trl's SFTConfig / DPOConfig / GRPOConfig, built and checked
-    trainer: Any
     #: the `trainer:` keys the config set (trl's defaults for the rest)
     trainer_set: Mapping[str, Any]
-    #: GRPO's reward functions (their weights are in trainer.reward_weights)
+    #: for trl's config class: trainer_set and align's decisions
+    trainer_kwargs: Mapping[str, Any]
+    #: GRPO's reward functions (their weights are in trainer_kwargs["reward_weights"])
     rewards: tuple
     #: what held-out measurement scores with: heldout.rewards, else the training rewards
     heldout_rewards: tuple
@@ -106,9 +108,13 @@ class RunSpec:
     #: the resolved config with secrets removed: written to config.yaml and W&B, never read
     config: Mapping[str, Any]
 
-    @property
-    def measures_heldout(self) -> bool:
-        return self.heldout.enabled
+
+@dataclass(frozen=True)
+class RunSpec(Decisions):
+    """One training run of one stage, checked: what every step after `parse_spec` reads."""
+
+    #: trl's SFTConfig / DPOConfig / GRPOConfig, built from trainer_kwargs and checked
+    trainer: Any
 
 
 # --------------------------------------------------------------------------- pass 1: cheap
@@ -395,32 +401,6 @@ def _planned_without_checkpointing(job, model: ModelConfig, source: str,
 # --------------------------------------------------------------------------- the parse
 
 
-@dataclass(frozen=True)
-class Decisions:
-    """Everything a run is, checked and decided for a device, except trl's config object
-    (whose construction checks the real machine: bf16 needs a bf16 GPU)."""
-
-    stage: str
-    name: str
-    seed: int
-    out_dir: Path
-    resume: bool | str | None
-    model: ModelConfig  # decided (source resolved; dtype, attention, checkpointing)
-    model_asked: ModelConfig  # as configured (auto values kept)
-    peft: PeftPlan
-    data: DataConfig
-    trainer_set: Mapping[str, Any]
-    trainer_kwargs: Mapping[str, Any]  # for trl's config class: trainer_set + align's decisions
-    rewards: tuple
-    heldout_rewards: tuple
-    heldout: HeldoutConfig
-    logger: LoggerConfig
-    callbacks: tuple[type, ...]
-    objective: str | None
-    device: dev.DeviceFacts
-    config: Mapping[str, Any]
-
-
 def decide(cfg: DictConfig | Mapping, stage: str,
            facts: dev.DeviceFacts | None = None) -> Decisions:
     """Check every key and value of `cfg` and make the device decisions for `facts` (default:
@@ -553,8 +533,7 @@ def parse_spec(cfg: DictConfig | Mapping, stage: str,
     decided = decide(cfg, stage, facts)
     trainer = _build_trl(trl_config_class(stage), dict(decided.trainer_kwargs))
     raise_if(values.check_trainer_combinations(trainer, stage))
-    fields = {f.name: getattr(decided, f.name) for f in dataclasses.fields(Decisions)
-              if f.name != "trainer_kwargs"}
+    fields = {f.name: getattr(decided, f.name) for f in dataclasses.fields(Decisions)}
     return RunSpec(trainer=trainer, **fields)
 
 
