@@ -399,7 +399,9 @@ def _read_capped(path: Path, cap: int) -> str:
 
 
 def _read_line(fd: int, timeout_s: float) -> bytes:
-    """One line from the pipe ``fd`` (bubblewrap's status), b"" at EOF or past ``timeout_s``."""
+    """What the pipe ``fd`` (bubblewrap's status) holds up to the end of its first line (it may
+    hold more lines already: a program that ends at once has its exit status written too);
+    b"" at EOF or past ``timeout_s``."""
     data = b""
     deadline = time.monotonic() + timeout_s
     poller = select.poll()
@@ -413,6 +415,11 @@ def _read_line(fd: int, timeout_s: float) -> bytes:
             return b""
         data += chunk
     return data
+
+
+def _child_pid(status: bytes) -> int:
+    """The sandbox init's host pid from bubblewrap's status: its first line."""
+    return int(json.loads(status.split(b"\n", 1)[0])["child-pid"])
 
 
 class Execution:
@@ -554,7 +561,7 @@ class Execution:
         line = _read_line(self._status_r, max(30.0, self.limits.timeout_s))
         self._status += line
         try:
-            child = int(json.loads(line)["child-pid"])
+            child = _child_pid(line)
         except (ValueError, KeyError, TypeError):
             self.proc.kill()
             self.proc.wait()
