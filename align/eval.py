@@ -308,8 +308,9 @@ def generate_vllm(model_cfg, tokenizer, prompts: list, ev: EvalConfig,
     from vllm import LLM, SamplingParams
 
     from align.measure.generation import _render
-    from align.models.factory import resolve_path, torch_dtype
+    from align.models.factory import decide_for_device, resolve_path, torch_dtype
 
+    model_cfg = decide_for_device(model_cfg)  # dtype "auto": what this machine computes in
     path = Path(resolve_path(model_cfg.name_or_path))
     adapter = vllm_lora_adapter(path) if path.is_dir() else None
     base = resolve_path(adapter["base_model_name_or_path"]) if adapter else str(path)
