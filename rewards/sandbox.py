@@ -29,8 +29,12 @@ gets:
 - **no zombies, no leftovers**: kills and waits go through pidfds; the processes that an execution
   orphans (bubblewrap's in-sandbox init; an rlimits program's children) are reaped by us when they
   are re-parented to us (the trainer is PID 1 of a container without an init, or a subreaper), and
-  never anything else: the application's own children keep their exit statuses. The temporary
-  directory and the cgroup are removed.
+  never anything else: the application's own children keep their exit statuses. Bubblewrap's init
+  is recognised by its PID namespace, also when the program ended (and bubblewrap exited) before
+  the host read its pid; an rlimits program's processes are found in its cgroup (or session),
+  and a child of it that ended on its own, which no cgroup lists, among our children by its
+  session; all before the program's own process is reaped, so that its pid (the session id) cannot
+  be reused meanwhile. The temporary directory and the cgroup are removed.
 - **bounded parallelism**: at most one sandbox per CPU core of this process's affinity runs at a
   time (a process-wide semaphore, :func:`slot`), so rewards scoring hundreds of completions do not
   oversubscribe the host.
@@ -422,6 +426,14 @@ def _child_pid(status: bytes) -> int:
     return int(json.loads(status.split(b"\n", 1)[0])["child-pid"])
 
 
+def _pid_namespace(status: bytes) -> int | None:
+    """The inode of the sandbox's PID namespace from bubblewrap's status (``None`` if not there)."""
+    try:
+        return int(json.loads(status.split(b"\n", 1)[0])["pid-namespace"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class Execution:
     """One sandboxed program, started (see :func:`start_python`): wait for it, kill it, then
     :meth:`finish` it (reap, clean up, get the :class:`ExecResult`). A context manager: leaving the
@@ -568,7 +580,7 @@ class Execution:
             stderr = _read_capped(self._tmp / "stderr", self.limits.max_output_bytes)
             raise SandboxError(f"bubblewrap failed to set up the sandbox: {stderr.strip()[-1000:]}")
         fd = sandbox_procs.pidfd_open(child)
-        if fd is not None and sandbox_procs.parent_of(child) != self.proc.pid:
+        if fd is not None and not self._is_init(child, line):
             os.close(fd)  # already gone (and its pid possibly reused): nothing to hold
             fd = None
         self._init_fd = fd
@@ -576,6 +588,21 @@ class Execution:
         self.guard.watch(
             (lambda: sandbox_procs.namespace_members(namespace)) if namespace else (lambda: ())
         )
+
+    def _is_init(self, child: int, status: bytes) -> bool:
+        """Is ``child`` (a pidfd on it already open) the init bubblewrap reported? The program may
+        have ended before this read: then bubblewrap may have exited too and the init, alive or a
+        zombie, been re-parented: to the system's init, or to us (PID 1 of a container, or a
+        subreaper), and then it is ours to reap. So it is recognised by its PID namespace, the one
+        bubblewrap reported, whoever its parent is now; where that cannot be read, by being the
+        init of a namespace whose parent is bubblewrap, or us."""
+        assert self.proc is not None
+        expected = _pid_namespace(status)
+        namespace = sandbox_procs.pid_namespace(child)
+        if expected is not None and namespace is not None:
+            return namespace[1] == expected
+        return (sandbox_procs.parent_of(child) in (self.proc.pid, os.getpid())
+                and sandbox_procs.innermost_pid(child) == 1)
 
     # -------------------------------------------------------------------- run
 
@@ -655,9 +682,13 @@ class Execution:
                 self.kill(self.reason or "killed")
             if not self._exited(sandbox_procs.EXIT_WAIT_S):
                 self._kill_main()  # the init kill did not bring bwrap down: take bwrap itself
-            returncode = self.proc.wait()
+            while not self._exited(sandbox_procs.EXIT_WAIT_S):
+                pass
             duration = time.monotonic() - self.started
+            # Before the sandbox's first process is reaped: until then its pid, the session id of
+            # an rlimits sandbox, cannot be reused by an unrelated process.
             self._clean_up_processes()
+            returncode = self.proc.wait()
             memory = self.reason == "memory" or self.guard.exceeded()
             if self._status_r >= 0:
                 self._status += _read_all(self._status_r)
@@ -696,24 +727,39 @@ class Execution:
             # bubblewrap returns as soon as its init reports the program's exit code; the init then
             # tears the namespace down and exits, re-parented: to the system's init, or to us
             # (PID 1 of a container, or a subreaper), and then we must reap it.
-            sandbox_procs.has_exited(self._init_fd, sandbox_procs.EXIT_WAIT_S)
-            sandbox_procs.reap_if_ours(self._init_fd, 0)
+            if sandbox_procs.has_exited(self._init_fd, sandbox_procs.EXIT_WAIT_S):
+                sandbox_procs.reap_if_ours(self._init_fd, 0)
+            else:
+                sandbox_procs.reap_later(self._init_fd)
         if self.isolation != "bwrap":
-            # What the program left behind: its session, and under a cgroup whatever left it.
-            sid = self.proc.pid
-            cgroup = self.guard.members() is not None
+            # What the program left behind: under a cgroup everything in it (also what left the
+            # session), else its session. The first process itself (exited, not yet reaped) is
+            # the Popen's to reap.
+            guard, sid = self.guard, self.proc.pid
 
-            def find() -> list[int]:
-                listed = self.guard.members() if cgroup else None  # type: ignore[union-attr]
-                return listed if listed is not None else sandbox_procs.session_members(sid)
-
-            def belongs(pid: int) -> bool:
-                if cgroup:
-                    return pid in (self.guard.members() or ())  # type: ignore[union-attr]
+            def in_session(pid: int) -> bool:
                 fields = sandbox_procs.stat_fields(pid)
                 return bool(fields) and int(fields[3]) == sid
 
-            sandbox_procs.kill_and_reap(find, belongs)
+            def cgroup() -> list[int]:
+                return [pid for pid in guard.members() or () if pid != sid]
+
+            def session() -> list[int]:
+                return [pid for pid in sandbox_procs.session_members(sid) if pid != sid]
+
+            def our_zombies() -> list[int]:
+                ours = sandbox_procs.children()
+                if ours is None:
+                    return session()
+                return [pid for pid in ours if pid != sid and in_session(pid)]
+
+            if guard.members() is None:
+                sandbox_procs.kill_and_reap(session, in_session)
+            else:
+                sandbox_procs.kill_and_reap(cgroup, lambda pid: pid in (guard.members() or ()))
+                # A cgroup lists live processes only: a child that ended on its own before this,
+                # re-parented to us (PID 1, subreaper), is a zombie of ours in the session.
+                sandbox_procs.kill_and_reap(our_zombies, in_session)
 
     def _release(self) -> None:
         for name in ("_pidfd", "_init_fd", "_status_r"):

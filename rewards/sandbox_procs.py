@@ -11,7 +11,10 @@ without an init) or a child subreaper, every orphan of the container is re-paren
 orphan nobody waits for stays a zombie forever. bubblewrap orphans one process per execution (its
 in-namespace init, which exits just after bwrap has reported the exit code), and an
 ``isolation="rlimits"`` program may leave children behind. We wait for exactly those processes and
-never call ``waitpid(-1)``, so the exit statuses of the application's own children stay theirs.
+never call ``waitpid(-1)``, so the exit statuses of the application's own children stay theirs. One
+that has not ended within :data:`EXIT_WAIT_S` of its kill is handed to a background thread
+(:func:`reap_later`), which reaps it when it ends: an execution never waits longer, and a slow exit
+under load still leaves no zombie.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 
 #: Upper bound on how long we wait for a killed process to be gone before moving on.
 EXIT_WAIT_S = 2.0
+#: How long :func:`reap_later` waits for a process to end before giving up on it.
+REAP_LATER_S = 600.0
 
 
 def _probe_pidfds() -> bool:
@@ -78,6 +84,54 @@ def reap_if_ours(fd: int, timeout_s: float = EXIT_WAIT_S) -> bool:
     return False
 
 
+_LATER: dict[int, float] = {}  # pidfd (our own duplicate) -> when to give up on it
+_LATER_LOCK = threading.Lock()
+_LATER_THREAD: threading.Thread | None = None
+
+
+def reap_later(fd: int) -> None:
+    """Reap the process behind pidfd ``fd`` once it ends (if it is ours then), from a background
+    thread, for up to :data:`REAP_LATER_S`. ``fd`` stays the caller's (a duplicate is kept)."""
+    global _LATER_THREAD
+    try:
+        own = os.dup(fd)
+    except OSError:
+        return
+    with _LATER_LOCK:
+        _LATER[own] = time.monotonic() + REAP_LATER_S
+        if _LATER_THREAD is None:
+            _LATER_THREAD = threading.Thread(target=_reap_pending, name="sandbox-reaper", daemon=True)
+            _LATER_THREAD.start()
+
+
+def _reap_pending() -> None:
+    """The background thread of :func:`reap_later`: reaps each process once it has ended and is
+    ours; one that has ended but is not ours is dropped once no pending process still runs (none
+    left whose end could make it ours), or past its time."""
+    global _LATER_THREAD
+    while True:
+        with _LATER_LOCK:
+            if not _LATER:
+                _LATER_THREAD = None
+                return
+            pending = dict(_LATER)
+        running = [fd for fd in pending if not has_exited(fd, 0)]
+        now = time.monotonic()
+        done = [
+            fd for fd, until in pending.items()
+            if now > until or (fd not in running and (reap_if_ours(fd, 0) or not running))
+        ]
+        with _LATER_LOCK:
+            for fd in done:
+                del _LATER[fd]
+                os.close(fd)
+        if running and not done:
+            poller = select.poll()
+            for fd in running:
+                poller.register(fd, select.POLLIN)
+            poller.poll(100)
+
+
 def stat_fields(pid: int) -> list[str] | None:
     """Fields of ``/proc/<pid>/stat`` after the command name: [state, ppid, pgrp, session, ...]."""
     try:
@@ -94,8 +148,39 @@ def parent_of(pid: int) -> int | None:
     return int(fields[1]) if fields else None
 
 
+def innermost_pid(pid: int) -> int | None:
+    """``pid``'s number in its own PID namespace (1: the init of a namespace), zombies included."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+#: The kernel lists each thread's children in /proc (``CONFIG_PROC_CHILDREN``).
+PROC_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
+def children() -> list[int] | None:
+    """This process's children (of all its threads), zombies included; ``None`` where the kernel
+    does not list them."""
+    if not PROC_CHILDREN:
+        return None
+    found: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                found += [int(pid) for pid in f.read().split()]
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
+    return found
 
 
 def session_members(sid: int) -> list[int]:
@@ -137,12 +222,16 @@ def resident_bytes(pid: int) -> int:
     return total
 
 
-def open_members(find: Callable[[], Iterable[int]], belongs: Callable[[int], bool]) -> dict[int, int]:
+def open_members(
+    find: Callable[[], Iterable[int]], belongs: Callable[[int], bool], held: Iterable[int] = ()
+) -> dict[int, int]:
     """pid -> pidfd for every process ``find`` lists that still ``belongs`` once its pidfd is open
-    (a pid recycled between the listing and the open fails the second check)."""
+    (a pid recycled between the listing and the open fails the second check), but those ``held``
+    already."""
     opened: dict[int, int] = {}
+    skip = {os.getpid(), *held}
     for pid in find():
-        if pid == os.getpid():
+        if pid in skip or pid in opened:
             continue
         fd = pidfd_open(pid)
         if fd is None:
@@ -158,15 +247,19 @@ def kill_and_reap(
     find: Callable[[], Iterable[int]], belongs: Callable[[int], bool], rounds: int = 20
 ) -> None:
     """SIGKILL every process ``find`` lists (again, until none is left: a fork may race the kill),
-    then reap those that are our children. Bounded: ``rounds`` listings."""
+    then reap those that are our children. Bounded: ``rounds`` listings, :data:`EXIT_WAIT_S` of
+    waiting; a process still running then is reaped later (:func:`reap_later`).
+
+    All are waited for before any is reaped: a process becomes ours (re-parented to us as PID 1 or
+    subreaper) only once its parent, maybe listed after it, has ended."""
     if not PIDFDS:
         _kill_and_reap_by_pid(find, belongs, rounds)
         return
     opened: dict[int, int] = {}
     try:
         for _ in range(rounds):
-            fresh = {p: fd for p, fd in open_members(find, belongs).items() if p not in opened}
-            alive = [fd for p, fd in opened.items() if not has_exited(fd, 0)]
+            fresh = open_members(find, belongs, held=opened)
+            alive = [fd for fd in opened.values() if not has_exited(fd, 0)]
             if not fresh and not alive:
                 break
             opened.update(fresh)
@@ -174,8 +267,11 @@ def kill_and_reap(
                 pidfd_kill(fd)
             time.sleep(0.002)
         deadline = time.monotonic() + EXIT_WAIT_S
-        for fd in opened.values():
-            reap_if_ours(fd, max(0.0, deadline - time.monotonic()))
+        ended = {fd: has_exited(fd, max(0.0, deadline - time.monotonic())) for fd in opened.values()}
+        unreaped = [fd for fd, done in ended.items() if not (done and reap_if_ours(fd, 0))]
+        if not all(ended.values()):
+            for fd in unreaped:  # an ended one may become ours when its parent, still here, ends
+                reap_later(fd)
     finally:
         for fd in opened.values():
             os.close(fd)
