@@ -388,7 +388,10 @@ def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
         })
     summary: dict = {"prompts": n_prompts, "samples_per_prompt": ev.n, "rewards": {}}
     for name in names:
-        summary["rewards"][name], summary["rewards"][f"{name}/n"] = mean(scores[name])
+        value, scored = mean(scores[name])
+        if scored:  # a reward with nothing to score (no answers) is left out, not NaN
+            summary["rewards"][name] = value
+        summary["rewards"][f"{name}/n"] = scored
     summary["correct_reward"] = target
     summary["accuracy"] = sum(r["correct"] for r in rows) / max(len(rows), 1)
     correct_counts = [sum(r["correct"] for r in rows[i * ev.n:(i + 1) * ev.n])

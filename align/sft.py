@@ -29,8 +29,10 @@ def run(cfg: DictConfig) -> dict:
                          eval_dataset=job.trl_eval_dataset(data), processing_class=tokenizer,
                          peft_config=peft_config,
                          callbacks=job.callbacks(tokenizer, data.heldout))
+    job.measure_loss("before", trainer, data.eval)
     job.train(trainer)
     job.measure("after", trainer.model, tokenizer, data.heldout)
+    job.measure_loss("after", trainer, data.eval)
     return job.save(trainer)
 
 

@@ -145,8 +145,37 @@ def test_reward_from_a_file_outside_the_repo_gets_dataset_columns(tmp_path, monk
     assert "my_rewards.py:score" in saved
 
 
+def _strict_json(path):
+    def no_nan(name):
+        raise AssertionError(f"{path} holds {name}: not JSON")
+
+    return json.loads(path.read_text(), parse_constant=no_nan)
+
+
+def test_sft_measures_held_out_loss_and_leaves_out_what_it_cannot_score(tmp_path):
+    """Chat data without verifiable answers: SFT's held-out figure is trl's loss on the rows held
+    out by data.eval_fraction (it falls as the model learns them), and no accuracy is reported
+    (it was NaN, written into metrics.json, which is then no JSON)."""
+    rows = [{"messages": [{"role": "user", "content": f"Greet guest {i}."},
+                          {"role": "assistant", "content": "Hello and welcome, dear guest!"}]}
+            for i in range(64)]
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose_run("sft", tmp_path / "run", "data=local", f"data.path={data}",
+                      "data.eval_fraction=0.25", "trainer.max_steps=8", "trainer.learning_rate=1e-3")
+    sft.run(cfg)
+    metrics = _strict_json(tmp_path / "run" / "metrics.json")
+    before, after = metrics["heldout_before"], metrics["heldout_after"]
+    assert before["loss/n"] == after["loss/n"] == 16
+    assert after["loss"] < before["loss"] - 0.5, (before["loss"], after["loss"])
+    assert "accuracy" not in before and "accuracy" not in after and after["accuracy/n"] == 0
+    history = [json.loads(line) for line in (tmp_path / "run" / "log_history.jsonl").read_text().splitlines()]
+    assert not any(k.startswith(("eval_", "heldout_")) for h in history for k in h)
+
+
 def test_trl_gets_the_eval_split_only_when_it_evaluates(tmp_path):
-    # trl tokenises an eval_dataset up front; align hands it over only when trl evaluates.
+    # trl tokenises an eval_dataset up front; align hands it over when trl evaluates (and, for
+    # SFT, for the held-out loss: see the test above), not otherwise.
     cfg = compose_run("sft", tmp_path, "trainer.eval_strategy=steps", "trainer.eval_steps=2",
                       "data.max_eval_samples=16")
     sft.run(cfg)

@@ -28,8 +28,9 @@ class HeldoutConfig:
     max_samples: int | None = 200
     max_new_tokens: int = 32
     batch_size: int = 64
-    #: reward specs ({name: {fn, weight, kwargs}}); GRPO defaults to its training rewards
-    rewards: dict[str, Any] = field(default_factory=dict)
+    #: reward specs ({name: {fn, weight, kwargs}}); empty: the training rewards (GRPO's); null:
+    #: none (data without answers: SFT's loss and DPO's preference figures only, no generation)
+    rewards: dict[str, Any] | None = field(default_factory=dict)
     #: also measure every N training steps (0: only before and after training)
     eval_steps: int = 0
     #: completions logged as a W&B table at each periodic measurement
@@ -80,7 +81,10 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs,
         scores = fn(completions=completions, prompts=list(dataset["prompt"]), **columns)
         scored = [float(s) for s in scores if s is not None]
         name = fn.__name__
-        metrics[name] = sum(scored) / len(scored) if scored else float("nan")
+        if scored:
+            metrics[name] = sum(scored) / len(scored)
+        else:  # no held-out row carries what this reward scores (free-form chat: no answer)
+            log.info("held-out %s: no prompt has what it scores (e.g. an answer); left out", name)
         metrics[f"{name}/n"] = len(scored)
         for row, score in zip(rows, scores):
             row[name] = score
@@ -99,9 +103,14 @@ def summary_lines(before: dict | None, after: dict | None, names: list[str]) -> 
     for name in names:
         b = before.get(name) if before else None
         a = after.get(name) if after else None
-        n = int((after or before or {}).get("samples", 0))
+        figures = after or before or {}
+        if name.startswith(("preference_", "implicit_reward")):
+            n, what = int(figures.get("preference_pairs", 0)), "pairs"
+        else:
+            n = int(figures.get(f"{name}/n", figures.get("samples", 0)))
+            what = "rows" if name == "loss" else "prompts"
         if b is not None and a is not None:
-            lines.append(f"held-out {name}: {b:.3f} -> {a:.3f} ({a - b:+.3f}) on {n} prompts")
+            lines.append(f"held-out {name}: {b:.3f} -> {a:.3f} ({a - b:+.3f}) on {n} {what}")
         elif a is not None:
-            lines.append(f"held-out {name}: {a:.3f} on {n} prompts")
+            lines.append(f"held-out {name}: {a:.3f} on {n} {what}")
     return lines

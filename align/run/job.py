@@ -132,9 +132,12 @@ class Job:
         write_atomic(path, text)
 
     def trl_eval_dataset(self, data):
-        """The eval split to hand trl: only when trl evaluates (`trainer.eval_strategy`), as
-        trl tokenises it up front; align's own held-out measurement reads `data.heldout`."""
-        return data.eval if self.args.eval_strategy != "no" else None
+        """The eval split to hand trl (which tokenises it up front): when trl evaluates
+        (`trainer.eval_strategy`), and for SFT's held-out loss (:meth:`measure_loss`); align's
+        other held-out figures read `data.heldout`."""
+        if self.args.eval_strategy != "no":
+            return data.eval
+        return data.eval if self.stage == "sft" and self.spec.heldout.enabled else None
 
     def callbacks(self, tokenizer=None, heldout=None) -> list:
         """transformers TrainerCallbacks named in the `callbacks` list (import paths), plus
@@ -157,6 +160,9 @@ class Job:
         heldout = self.spec.heldout
         if not heldout.enabled or not self.is_main:
             return None
+        if dataset is None and pairs is None and when == "before":
+            log.warning("held-out measurement: the data has no eval split, so nothing is measured; "
+                        "set data.eval_fraction (e.g. 0.02), data.eval_split or data.eval_path")
         funcs = list(self.spec.heldout_rewards) if dataset is not None else []
         figures: dict = {}
         if funcs:
@@ -173,12 +179,31 @@ class Job:
                     model, tokenizer, pairs, heldout.max_samples, heldout.batch_size)
             figures.update(preference_accuracy(model, tokenizer, pairs, heldout.max_samples,
                                                heldout.batch_size, self.reference_margins))
+        return self._record(when, figures)
+
+    def measure_loss(self, when: str, trainer, rows) -> dict | None:
+        """SFT's held-out loss: trl's own loss (what training lowers) on the eval split, before
+        or after training. Every process takes part (the evaluation gathers across them); the
+        main one records it as `heldout_<when>.loss`, with the number of held-out `rows` (the
+        eval split; trl may pack them into fewer sequences) as `loss/n`. Nothing is logged to the trainer's history,
+        so a resumed run's log stays the uninterrupted run's."""
+        if not self.spec.heldout.enabled or trainer.eval_dataset is None:
+            return None
+        output = trainer.evaluation_loop(trainer.get_eval_dataloader(), "held-out loss",
+                                         prediction_loss_only=True, metric_key_prefix="heldout")
+        loss = output.metrics.get("heldout_loss")
+        if loss is None or not self.is_main:
+            return None
+        return self._record(when, {"loss": float(loss), "loss/n": len(rows)})
+
+    def _record(self, when: str, figures: dict) -> dict | None:
         if not figures:
             return None
-        self.metrics[f"heldout_{when}"] = figures
+        merged = self.metrics.setdefault(f"heldout_{when}", {})
+        merged.update(figures)
         if self.tracker.run is not None:
             self.tracker.run.summary.update({f"heldout_{when}/{k}": v for k, v in figures.items()})
-        return figures
+        return merged
 
     # ------------------------------------------------------------------ finish
     def resume_checkpoint(self) -> Path | None:
