@@ -70,3 +70,20 @@ def register() -> None:
     for name in SECTIONS:
         OmegaConf.set_struct(sections[name], False)
     ConfigStore.instance().store(name="align_sections", node=sections)
+
+
+def experiment_usage(name: str) -> tuple[str, str | None, list[str]]:
+    """(stage, launch file or None, the overrides after the script) of the command line that
+    heads conf/experiment/<name>.yaml (its second line): how the experiment is run."""
+    import re
+    import shlex
+
+    path = CONF_DIR / "experiment" / f"{name}.yaml"
+    for line in path.read_text().splitlines()[:3]:
+        words = shlex.split(line.lstrip("# "))
+        script = next((w for w in words if re.fullmatch(r"align/(sft|dpo|grpo)\.py", w)), None)
+        if script:
+            launch = words[words.index("--config_file") + 1] if "--config_file" in words else None
+            overrides = [w for w in words[words.index(script) + 1:] if not w.startswith("-")]
+            return script[len("align/"):-len(".py")], launch, overrides
+    raise ValueError(f"{path} does not start with the command that runs it")

@@ -233,13 +233,20 @@ def build_reward_specs(specs: Any, where: str, required: bool) -> tuple[tuple, l
 # --------------------------------------------------------------------------- pass 2: libraries
 
 
-def check_optional_packages(trainer: Mapping, is_main: bool) -> None:
-    """Fail early, naming the extra, when the config asks for an uninstalled package."""
+def check_vllm_mode(trainer: Mapping) -> None:
+    """`trainer.vllm_mode` is one trl knows (a value check: no package needed)."""
     if trainer.get("use_vllm"):
         mode = trainer.get("vllm_mode", "colocate")
         if mode not in ("colocate", "server"):
             raise ConfigError(f"trainer.vllm_mode={mode!r}: choose 'colocate' (vLLM shares the "
                               "training GPUs) or 'server' (a separate `trl vllm-serve`)")
+
+
+def check_optional_packages(trainer: Mapping, is_main: bool) -> None:
+    """Fail early, naming the extra, when the config asks for an uninstalled package."""
+    check_vllm_mode(trainer)
+    if trainer.get("use_vllm"):
+        mode = trainer.get("vllm_mode", "colocate")
         if mode == "server" and is_main:
             check_vllm_server(trainer)
         if importlib.util.find_spec("vllm") is None:
@@ -402,9 +409,11 @@ def _planned_without_checkpointing(job, model: ModelConfig, source: str,
 
 
 def decide(cfg: DictConfig | Mapping, stage: str,
-           facts: dev.DeviceFacts | None = None) -> Decisions:
+           facts: dev.DeviceFacts | None = None, *, check_packages: bool = True) -> Decisions:
     """Check every key and value of `cfg` and make the device decisions for `facts` (default:
-    this process's). Loads no data and no weights; imports trl and peft (pass 2)."""
+    this process's). Loads no data and no weights; imports trl and peft (pass 2).
+    `check_packages=False` (the planner, which plans for another machine) skips the check that
+    the optional packages the config asks for (vLLM, DeepSpeed, ...) are installed here."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     plain = plain_config(cfg)
@@ -434,7 +443,8 @@ def decide(cfg: DictConfig | Mapping, stage: str,
         heldout_rewards, e = build_reward_specs(heldout.rewards, "heldout.rewards",
                                                 required=False)
         errors += e
-    elif not e:  # held-out measurement scores with the training rewards (their own objects)
+    elif not e and heldout is not None and heldout.rewards is not None:
+        # held-out measurement scores with the training rewards (their own objects)
         heldout_rewards, _ = build_reward_specs(plain.get("rewards"), "rewards", required=False)
     raise_if(_without_echoes(errors, cfg))
 
@@ -455,7 +465,10 @@ def decide(cfg: DictConfig | Mapping, stage: str,
         errors.append(f"peft={peft_section['method']}: peft computes this initialisation on a "
                       "CUDA device and none is available; use peft=lora or peft=pissa on CPU")
     raise_if(errors)
-    check_optional_packages(trainer_set, is_main_process())
+    if check_packages:
+        check_optional_packages(trainer_set, is_main_process())
+    else:
+        check_vllm_mode(trainer_set)
 
     from align.models.adapters import build_peft_plan
     from align.models.source import meta_model, resolve_source
