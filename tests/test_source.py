@@ -126,3 +126,61 @@ def test_a_gated_model_from_the_command_line(hub, tmp_path):
     assert "HF_TOKEN" in lines[0]
     assert time.monotonic() - started < 60
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- planning offline
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+
+def test_the_planner_sizes_a_known_hub_model_offline_training_does_not(empty_cache, monkeypatch):
+    """Offline and not cached: the planner stands on the published architecture align ships and
+    says so in one line; resolving the model to load it (a run) still fails."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "Qwen/Qwen2.5-1.5B-Instruct"
+    folder, note = source.resolve_architecture(name)
+    assert folder == str(source.ARCHITECTURES / "Qwen--Qwen2.5-1.5B-Instruct")
+    assert "\n" not in note and note.startswith(f"{name}: not in the local Hugging Face cache")
+    assert "Qwen--Qwen2.5-1.5B-Instruct/config.json" in note and "training needs" in note
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+        source.resolve_source(name)
+    # A hub id align ships nothing for, or another revision than main: the same error as before.
+    with pytest.raises(ConfigError, match="its config.json alone is enough to plan"):
+        source.resolve_architecture("Qwen/Qwen2.5-7B-Instruct")
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+        source.resolve_architecture(name, revision="v1")
+    assert source.resolve_architecture(name, revision="main")[0] == folder
+
+
+def test_the_planner_falls_back_only_when_the_hub_cannot_give_the_config(hub, empty_cache):
+    """A gated model without access or a hub that errs: plan on the shipped architecture. A hub
+    that says the model does not exist: a wrong name, which a shipped folder must not hide."""
+    llama = "meta-llama/Llama-3.2-1B-Instruct"
+    hub[llama] = (403, "GatedRepo")
+    folder, note = source.resolve_architecture(llama)
+    assert folder.endswith("meta-llama--Llama-3.2-1B-Instruct") and "gated" in note
+    with pytest.raises(ConfigError, match="is a gated model"):
+        source.resolve_source(llama)
+    hub[llama] = (503, None)
+    assert "answered HTTP 503" in source.resolve_architecture(llama)[1]
+    hub[llama] = (404, "RepoNotFound")
+    with pytest.raises(ConfigError, match="no such model on the Hugging Face Hub"):
+        source.resolve_architecture(llama)
+
+
+def test_every_hub_model_the_configs_name_has_its_architecture_shipped():
+    import yaml
+
+    names = [yaml.safe_load(f.read_text())["name_or_path"]
+             for f in sorted((REPO / "conf" / "model").glob("*.yaml"))]
+    hub_ids = [n for n in names if not n.startswith("tiny://")]
+    assert len(hub_ids) == 3, hub_ids
+    for name in hub_ids:
+        folder = source.shipped_architecture(name)
+        assert folder is not None, f"{name}: add its config.json to align/models/architectures/"
+        assert folder.name in (source.ARCHITECTURES / "README.md").read_text()

@@ -6,6 +6,12 @@ that does not answer each fail here in one line, in seconds (one metadata reques
 `HUB_TIMEOUT_S` deadline, no retries), instead of minutes into a run with a traceback. The
 architecture of a model, on PyTorch's meta device (no weights, no memory), comes from here too:
 the planner sizes it and the adapter checks read its module names.
+
+align ships the published config.json (no weights, no tokenizer) of the hub models its configs
+name, in align/models/architectures/<org>--<name>/ (sources: the README.md there). Only the
+planner uses them (`shipped_instead`, `resolve_architecture`), and only when the hub and its cache cannot give the
+model's own config; loading a model (`resolve_source`) never does: a run must not train on
+something other than what it named.
 """
 
 from __future__ import annotations
@@ -21,6 +27,18 @@ from align.errors import ConfigError
 HUB_TIMEOUT_S = 10.0
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _TRUTHY = ("1", "true", "yes", "on")
+#: published architectures (config.json only) of hub models, one folder per hub id: org--name
+ARCHITECTURES = Path(__file__).resolve().parent / "architectures"
+
+
+class HubUnavailable(ConfigError):
+    """The hub and its cache cannot give the file now (offline and not cached, no answer, an
+    HTTP error, a gated model without access), as opposed to a name or revision that is wrong.
+    `reason` says why in a few words; `repo` and `where` name the hub id and the config key."""
+
+    def __init__(self, message: str, reason: str, repo: str, where: str):
+        super().__init__(message)
+        self.reason, self.repo, self.where = reason, repo, where
 
 
 def hub_offline() -> bool:
@@ -69,17 +87,19 @@ def _check_hub(repo: str, revision: str | None, where: str, file: str) -> None:
     fix = f"or point {where} at a local folder" + (
         " (its config.json alone is enough to plan)" if file == "config.json" else "")
     if hub_offline():
-        raise ConfigError(f"{where}={repo}: not in the local Hugging Face cache and the hub is "
-                          f"off (HF_HUB_OFFLINE=1): download it where the hub is reachable "
-                          f"(`hf download {repo}`), {fix}")
+        raise HubUnavailable(f"{where}={repo}: not in the local Hugging Face cache and the hub is "
+                             f"off (HF_HUB_OFFLINE=1): download it where the hub is reachable "
+                             f"(`hf download {repo}`), {fix}",
+                             "not in the local Hugging Face cache and the hub is off", repo, where)
     try:
         url = hf_hub_url(repo, file, revision=revision,
                          endpoint=os.environ.get("HF_ENDPOINT") or None)
         get_hf_file_metadata(url, timeout=HUB_TIMEOUT_S)
     except hub.GatedRepoError:
-        raise ConfigError(f"{where}={repo} is a gated model: accept its licence on "
-                          f"https://huggingface.co/{repo} and set HF_TOKEN (or run `hf auth "
-                          "login`) with an account that has access") from None
+        raise HubUnavailable(f"{where}={repo} is a gated model: accept its licence on "
+                             f"https://huggingface.co/{repo} and set HF_TOKEN (or run `hf auth "
+                             "login`) with an account that has access",
+                             "a gated model this account has no access to", repo, where) from None
     except hub.RepositoryNotFoundError:
         raise ConfigError(f"{where}={repo}: no such model on the Hugging Face Hub (a private "
                           f"one needs HF_TOKEN); check the name, {fix}") from None
@@ -91,14 +111,49 @@ def _check_hub(repo: str, revision: str | None, where: str, file: str) -> None:
                           "transformers model") from None
     except hub.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", "an error")
-        raise ConfigError(f"{where}={repo}: the Hugging Face Hub answered HTTP {status}; try "
-                          f"again later, {fix}") from None
+        raise HubUnavailable(f"{where}={repo}: the Hugging Face Hub answered HTTP {status}; "
+                             f"try again later, {fix}",
+                             f"the Hugging Face Hub answered HTTP {status}", repo, where) from None
     except Exception as exc:  # network: DNS, refused, timeouts (httpx/requests errors)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{where}={repo}: the Hugging Face Hub did not answer within "
-                          f"{HUB_TIMEOUT_S:g} s ({reason}); check the network (or HF_ENDPOINT), "
-                          "run offline (HF_HUB_OFFLINE=1) with the model in the cache, "
-                          f"{fix}") from None
+        raise HubUnavailable(f"{where}={repo}: the Hugging Face Hub did not answer within "
+                             f"{HUB_TIMEOUT_S:g} s ({reason}); check the network (or "
+                             "HF_ENDPOINT), run offline (HF_HUB_OFFLINE=1) with the model in the "
+                             f"cache, {fix}",
+                             f"the Hugging Face Hub did not answer within {HUB_TIMEOUT_S:g} s",
+                             repo, where) from None
+
+
+def shipped_architecture(repo: str) -> Path | None:
+    """The folder holding the published config.json align ships for hub id `repo`, or None."""
+    if "/" not in repo or not _HUB_ID.fullmatch(repo):
+        return None
+    folder = ARCHITECTURES / repo.replace("/", "--")
+    return folder if (folder / "config.json").is_file() else None
+
+
+def shipped_instead(exc: HubUnavailable, revision: str | None = None) -> tuple[str, str]:
+    """For sizing a model, never for loading one: after `exc` (the hub and its cache could not
+    give the config of hub id `exc.repo`), the folder of the published architecture align ships
+    for it and a one-line note saying so. Re-raises `exc` when align ships none, or when another
+    revision than main is asked for."""
+    folder = shipped_architecture(exc.repo)
+    if folder is None or revision not in (None, "main"):
+        raise exc
+    return str(folder), (f"{exc.repo}: {exc.reason}; planning on its published architecture "
+                         f"that align ships (align/models/architectures/{folder.name}/"
+                         "config.json); training needs the model itself")
+
+
+def resolve_architecture(name_or_path: str, *, revision: str | None = None,
+                         where: str = "model.name_or_path") -> tuple[str, str | None]:
+    """What to size for `name_or_path`: `(resolve_source(...), None)`, or `shipped_instead`'s
+    folder and note when the hub cannot give it. A wrong name or revision fails as in
+    resolve_source."""
+    try:
+        return resolve_source(name_or_path, revision=revision, where=where), None
+    except HubUnavailable as exc:
+        return shipped_instead(exc, revision)
 
 
 @functools.lru_cache(maxsize=4)

@@ -257,6 +257,7 @@ def suggestions(job: JobShape, setup: Setup) -> list[str]:
 
 def report(job: JobShape, model_name: str, shape: ModelShape, setup: Setup, cards=CARDS,
            prompt_len: int = 512) -> str:
+    """The plan as align/plan.py prints it. `cards`: sizes in GiB, or (name, GiB) pairs."""
     lines = [f"{model_name}: {shape.total / 1e6:.1f}M parameters, "
              f"{shape.layers} layers, hidden {shape.hidden}, vocab {shape.vocab}",
              f"stage {job.stage}, peft {job.peft_method}, "
@@ -275,13 +276,17 @@ def report(job: JobShape, model_name: str, shape: ModelShape, setup: Setup, card
     lines += [f"note: {n}" for n in base.notes]
     lines.append("")
     fits_all = True
-    for card in cards:
+    named = [(f"{c[0]} ({c[1]:.0f} GiB)", c[1]) if isinstance(c, tuple) else (f"{c:>4g} GB", c)
+             for c in cards]
+    pad = max(len(label) for label, _ in named)
+    for label, card in named:
+        label = label.rjust(pad)
         plan = plan_job(job, shape, setup, card_gib=card, prompt_len=prompt_len)
         usable = card * 0.92  # CUDA context, allocator fragmentation, workspaces
         fits = plan.total / GIB <= usable
         fits_all &= fits
         auto_on = job.checkpointing == "auto" and "activations (checkpointed)" in plan.parts
-        lines.append(f"{card:>4g} GB card: {plan.total / GIB:7.2f} GiB -> "
+        lines.append(f"{label} card: {plan.total / GIB:7.2f} GiB -> "
                      + ("fits" if fits else "does NOT fit")
                      + (" (gradient checkpointing on)" if auto_on else ""))
     if not fits_all:
