@@ -28,8 +28,6 @@ experiment_smoke.json; copy the table into benchmarks/RESULTS.md with the card n
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import subprocess
 import sys
@@ -40,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from gpu_check import versions
+from gpu_check import entry_command, progress, run_entry, versions, write_report
 
 from align.run.conf import CONF_DIR, experiment_usage
 
@@ -148,30 +146,9 @@ def planned_gib(c: dict, card_gib: float) -> float | None:
 
 def run_case(c: dict, out: Path, timeout: int) -> dict:
     run_dir = out / "runs" / c["name"]
-    script = str(REPO / "align" / f"{c['stage']}.py")
-    if c["launch"]:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / c["launch"]), "--num_processes", "1", script]
-    else:
-        cmd = [sys.executable, script]
-    cmd += [*c["args"], f"output_dir={run_dir}", f"hydra.run.dir={run_dir}/hydra"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
-        [str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=out)
-    except subprocess.TimeoutExpired:
-        return {**c, "status": f"timeout after {timeout}s"}
-    (out / "logs").mkdir(exist_ok=True)
-    (out / "logs" / f"{c['name']}.log").write_text(proc.stdout + "\n" + proc.stderr)
-    probe = run_dir / "probe.json"
-    if proc.returncode != 0 or not probe.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {**c, "status": f"failed (rc={proc.returncode}): {' | '.join(tail)[-300:]}"}
-    result = {**c, "status": "ok", "wall_s": time.perf_counter() - started,
-              **json.loads(probe.read_text())}
-    if result.get("step_s_median"):
+    result = {**c, **run_entry(entry_command(c["stage"], c["launch"], c["args"], run_dir),
+                               run_dir, out, timeout)}
+    if result["status"] == "ok" and result.get("step_s_median"):
         result["s_per_1000_samples"] = result["step_s_median"] * 1000 / c["samples_per_step"]
     return result
 
@@ -229,14 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         if result["status"] == "ok":
             result["planned_gib"] = planned_gib(c, card_gib)
         results.append(result)
-        figures = (f"  step {result['step_s_median']:.3f}s peak {result['peak_mem_gib']:.2f} GiB"
-                   if result["status"] == "ok" else "")
-        print(f"{name:26} {result['status']:.120}{figures}", flush=True)
-    report = f"{header}\n\n{table(results)}\n"
-    (opts.out / "experiment_smoke.md").write_text(report)
-    (opts.out / "experiment_smoke.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if k != "args"} for r in results], indent=1))
-    print("\n" + report)
+        progress(f"{name:26}", result)
+    write_report(opts.out, "experiment_smoke", header, table(results), results)
 
 
 if __name__ == "__main__":

@@ -111,20 +111,21 @@ def cases(model: Path, steps: int, varlen: Path | None = None, packed_batch: int
     return out
 
 
-def run_case(case: dict, out: Path, timeout: int) -> dict:
-    # Hydra's override grammar reserves ( ) , [ ] and friends: keep folder names plain.
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", case["name"]).strip("_")
-    run_dir = out / "runs" / f"{case['group']}-{slug}"
-    need = case.get("needs")
-    if need and importlib.util.find_spec(need) is None:
-        return {**case, "status": f"skipped: {need} not installed"}
-    script = str(REPO / "align" / f"{case['stage']}.py")
-    if case.get("launch"):
+def entry_command(stage: str, launch: str | None, args: list[str], run_dir: Path) -> list[str]:
+    """An align entry point as a user runs it: python, or `accelerate launch` with a config from
+    launch/ scaled to one process; the run folder (and Hydra's) in `run_dir`."""
+    script = str(REPO / "align" / f"{stage}.py")
+    if launch:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "launch" / case["launch"]), "--num_processes", "1", script]
+               str(REPO / "launch" / Path(launch).name), "--num_processes", "1", script]
     else:
         cmd = [sys.executable, script]
-    cmd += [*COMMON, *case["args"], f"output_dir={run_dir}", f"hydra.run.dir={run_dir}/hydra"]
+    return [*cmd, *args, f"output_dir={run_dir}", f"hydra.run.dir={run_dir}/hydra"]
+
+
+def run_entry(cmd: list[str], run_dir: Path, out: Path, timeout: int) -> dict:
+    """Run one case (benchmarks/ on PYTHONPATH for its callbacks): its log in out/logs/, and
+    `status` with probe.json's figures (benchmarks/probe.py)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")]), "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -132,17 +133,43 @@ def run_case(case: dict, out: Path, timeout: int) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                               cwd=out)
     except subprocess.TimeoutExpired:
-        return {**case, "status": f"timeout after {timeout}s"}
+        return {"status": f"timeout after {timeout}s"}
     wall = time.perf_counter() - started
     (out / "logs").mkdir(exist_ok=True)
     (out / "logs" / f"{run_dir.name}.log").write_text(proc.stdout + "\n" + proc.stderr)
     probe = run_dir / "probe.json"
     if proc.returncode != 0 or not probe.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {**case, "status": f"failed (rc={proc.returncode}): {' | '.join(tail)[-300:]}"}
-    result = {**case, "status": "ok", "wall_s": wall, **json.loads(probe.read_text())}
+        return {"status": f"failed (rc={proc.returncode}): {' | '.join(tail)[-300:]}"}
+    return {"status": "ok", "wall_s": wall, **json.loads(probe.read_text())}
+
+
+def progress(label: str, result: dict) -> None:
+    figures = (f"  step {result['step_s_median']:.3f}s peak {result['peak_mem_gib']:.2f} GiB"
+               if result["status"] == "ok" else "")
+    print(f"{label} {result['status']:.120}{figures}", flush=True)
+
+
+def write_report(out: Path, stem: str, header: str, table_text: str, results: list[dict]) -> None:
+    """The Markdown table (stdout and out/<stem>.md) and the raw figures (out/<stem>.json)."""
+    report = f"{header}\n\n{table_text}\n"
+    (out / f"{stem}.md").write_text(report)
+    (out / f"{stem}.json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if k != "args"} for r in results], indent=1))
+    print("\n" + report)
+
+
+def run_case(case: dict, out: Path, timeout: int) -> dict:
+    # Hydra's override grammar reserves ( ) , [ ] and friends: keep folder names plain.
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", case["name"]).strip("_")
+    run_dir = out / "runs" / f"{case['group']}-{slug}"
+    need = case.get("needs")
+    if need and importlib.util.find_spec(need) is None:
+        return {**case, "status": f"skipped: {need} not installed"}
+    cmd = entry_command(case["stage"], case.get("launch"), [*COMMON, *case["args"]], run_dir)
+    result = {**case, **run_entry(cmd, run_dir, out, timeout)}
     timing = run_dir / "timing.json"  # benchmarks/timing.py: trl's own profiling blocks
-    if timing.exists():
+    if result["status"] == "ok" and timing.exists():
         t = json.loads(timing.read_text())
         generate = (t.get("profile") or {}).get("transformers.generate", {}).get("s")
         if generate is not None and t.get("step_s_sum"):
@@ -225,14 +252,8 @@ def main() -> None:
             continue
         result = run_case(case, opts.out, opts.case_timeout)
         results.append(result)
-        figures = (f"  step {result['step_s_median']:.3f}s peak {result['peak_mem_gib']:.2f} GiB"
-                   if result["status"] == "ok" else "")
-        print(f"{case['group']:5} {case['name']:32} {result['status']:.120}{figures}", flush=True)
-    report = f"{header}\n\n{table(results)}\n"
-    (opts.out / "gpu_check.md").write_text(report)
-    (opts.out / "gpu_check.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if k != "args"} for r in results], indent=1))
-    print("\n" + report)
+        progress(f"{case['group']:5} {case['name']:32}", result)
+    write_report(opts.out, "gpu_check", header, table(results), results)
 
 
 if __name__ == "__main__":
