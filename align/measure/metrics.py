@@ -141,3 +141,34 @@ def preference_accuracy(model, tokenizer, pairs, max_samples: int | None = None,
         figures["implicit_reward_accuracy"] = sum(
             m - r > 1e-6 for m, r in zip(margins, reference_margins)) / n
     return figures
+
+
+def heldout_loss(model, dataset, collator, batch_size: int = 16) -> float:
+    """Mean token loss of the model on `dataset` as the trainer feeds it (`collator`: the
+    trainer's data collator, so the same labels and completion masks as training), averaged over
+    the labelled tokens of every batch. Runs the model alone, in this process: no collective
+    call, nothing prepared by the trainer's accelerator (an evaluation through the trainer before
+    training left a 2-process run unsynchronised)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total = tokens = 0.0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                batch = collator([dataset[i] for i in
+                                  range(start, min(start + batch_size, len(dataset)))])
+                batch = {k: v.to(model.device) if hasattr(v, "to") else v
+                         for k, v in batch.items()}
+                labels = batch["labels"]
+                # the loss is the mean over the tokens whose next-token label is set
+                n = int((labels[..., 1:] != -100).sum())
+                if n == 0:
+                    continue
+                loss = model(**batch).loss
+                total += float(loss) * n
+                tokens += n
+    finally:
+        model.train(was_training)
+    return total / tokens if tokens else float("nan")

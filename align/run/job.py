@@ -182,19 +182,21 @@ class Job:
         return self._record(when, figures)
 
     def measure_loss(self, when: str, trainer, rows) -> dict | None:
-        """SFT's held-out loss: trl's own loss (what training lowers) on the eval split, before
-        or after training. Every process takes part (the evaluation gathers across them); the
-        main one records it as `heldout_<when>.loss`, with the number of held-out `rows` (the
-        eval split; trl may pack them into fewer sequences) as `loss/n`. Nothing is logged to the trainer's history,
-        so a resumed run's log stays the uninterrupted run's."""
-        if not self.spec.heldout.enabled or trainer.eval_dataset is None:
+        """SFT's held-out loss (main process only): the model's loss on the eval split as trl
+        feeds it (its tokenisation, collator and completion masks: what training lowers), before
+        or after training, recorded as `heldout_<when>.loss` with the number of held-out `rows`
+        (trl may pack them into fewer sequences) as `loss/n`. Nothing goes into the trainer's log
+        history, so a resumed run's log stays the uninterrupted run's."""
+        heldout = self.spec.heldout
+        if not heldout.enabled or not self.is_main or trainer.eval_dataset is None:
             return None
-        output = trainer.evaluation_loop(trainer.get_eval_dataloader(), "held-out loss",
-                                         prediction_loss_only=True, metric_key_prefix="heldout")
-        loss = output.metrics.get("heldout_loss")
-        if loss is None or not self.is_main:
+        from align.measure.metrics import heldout_loss
+
+        loss = heldout_loss(trainer.model, trainer.eval_dataset, trainer.data_collator,
+                            heldout.batch_size)
+        if loss != loss:  # nothing labelled to score
             return None
-        return self._record(when, {"loss": float(loss), "loss/n": len(rows)})
+        return self._record(when, {"loss": loss, "loss/n": len(rows)})
 
     def _record(self, when: str, figures: dict) -> dict | None:
         if not figures:
