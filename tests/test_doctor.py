@@ -34,7 +34,8 @@ def compose_run(stage, out, *overrides):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose(stage, overrides=[
             "trainer.logging_steps=1", "trainer.warmup_steps=0", "trainer.save_strategy=no",
-            "logger=none", "heldout.enabled=false", f"output_dir={out}", *overrides])
+            "logger=none", "heldout.enabled=false", "data.max_samples=256", f"output_dir={out}",
+            *overrides])
 
 
 def grpo_run(out, *overrides):
@@ -125,6 +126,19 @@ def test_dpo_chosen_likelihood_falling(tmp_path, caplog):
     assert finding["evidence"]["mean"] < 0
     assert "loss_type=[sigmoid,sft]" in finding["fix"]
     assert len(warnings_of(caplog, "chosen_likelihood_falling")) == 1
+
+
+def test_the_default_dpo_run_of_the_readme_fires_chosen_likelihood_falling():
+    """The log of `python align/dpo.py logger=none heldout.enabled=false` (the README's plain
+    DPO: LoRA, 100 steps of 32 pairs, lr 5e-4, logged every 10 steps), recorded on 2 CPU cores
+    on 2026-11-30: logps/chosen fell from -1.86 to -4.03, and the doctor says so with its
+    default thresholds, from the step rewards/chosen turned negative."""
+    history = [json.loads(line) for line in
+               (REPO / "tests/data/dpo_default_log_history.jsonl").read_text().splitlines()]
+    finding, = diagnose(history).findings
+    assert finding.name == "chosen_likelihood_falling"
+    assert (finding.since_step, finding.until_step) == (40, None)
+    assert finding.evidence["logps_chosen_last"] < finding.evidence["logps_chosen_first"] - 2
 
 
 def test_healthy_grpo_fires_nothing(healthy):
@@ -220,6 +234,17 @@ def test_a_sustained_pattern_is_a_finding(name, history):
 ])                                                                           # SFT: entropy falls
 def test_one_noisy_point_is_not_a_finding(history):
     assert diagnose(history).findings == []
+
+
+def test_a_running_run_is_read_from_its_newest_checkpoint(tmp_path):
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            json.dumps({"log_history": steps(step)}))
+    history, source = read_history(tmp_path)
+    assert len(history) == 10 and source == tmp_path / "checkpoint-10" / "trainer_state.json"
+    (tmp_path / "log_history.jsonl").write_text(json.dumps(steps(1)[0]) + "\n")
+    assert read_history(tmp_path)[0] == steps(1)  # a finished run's own log comes first
 
 
 def test_findings_say_since_when_and_until_when():
