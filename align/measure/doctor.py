@@ -127,8 +127,8 @@ class Diagnosis:
     def lines(self) -> list[str]:
         if self.findings:
             return [f.line() for f in self.findings]
-        return [f"no findings in {self.logged_steps} logged steps (checked: "
-                f"{', '.join(self.checked) or 'nothing'})"]
+        checked = ", ".join(self.checked) or "nothing"
+        return [f"no findings in {self.logged_steps} logged steps (checked: {checked})"]
 
 
 # --------------------------------------------------------------------------- series helpers
