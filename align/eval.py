@@ -48,8 +48,9 @@ from align.schema import check_dataclass, raise_if, unknown_keys
 log = logging.getLogger(__name__)
 
 BACKENDS = ("hf", "vllm")
+#: the training sections come in empty with `align_sections` (align.run.conf.SECTIONS)
 TOP_LEVEL = ("name", "seed", "output_dir", "run_dir", "stage", "model", "data", "rewards",
-             "eval", "peft", "trainer", "logger", "heldout")
+             "eval", "peft", "trainer", "logger", "heldout", "doctor")
 
 
 @dataclass

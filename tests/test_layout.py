@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPTS = {"align.sft", "align.dpo", "align.grpo", "align.eval", "align.plan", "align.merge",
-                 "align.compare", "align.plots"}
+                 "align.compare", "align.plots", "align.doctor"}
 #: what each part of align may import (besides itself and the utilities)
 UTILITIES = {"align", "align.errors", "align.files", "align.schema", "align.fields",
              "align.secrets", "align.device"}

@@ -1,6 +1,7 @@
-"""Held-out measurement during training, as a transformers TrainerCallback.
+"""align's own TrainerCallbacks: held-out measurement during training (HeldoutCallback) and
+the run doctor (DoctorCallback, at the end of this file).
 
-Turned on with `heldout.eval_steps=N` on any stage (`python align/grpo.py heldout.eval_steps=100`):
+Held-out measurement is turned on with `heldout.eval_steps=N` on any stage (`python align/grpo.py heldout.eval_steps=100`):
 every N optimizer steps the model answers the held-out prompts greedily (align.measure.heldout.evaluate,
 the same measurement as before and after training) and the figures go
 
@@ -57,3 +58,59 @@ class HeldoutCallback(TrainerCallback):
             run.log({**logged, "heldout/samples": table, "train/global_step": state.global_step})
         log.info("step %d held-out %s", state.global_step,
                  ", ".join(f"{k}={v:.3f}" for k, v in logged.items()))
+
+
+class DoctorCallback(TrainerCallback):
+    """The run doctor during training (align.doctor, on by default: `doctor.enabled=false`
+    turns it off). On every log it checks the trainer's log history and warns once per
+    finding; at the end the main process writes `doctor.json` into the run folder and, when a
+    W&B run is active, puts the findings in its summary (`doctor/<name>`) and sends one W&B
+    alert per finding (a cheap call; a failure to alert is logged, never raised)."""
+
+    def __init__(self, job, cfg):
+        self.job = job
+        self.cfg = cfg
+        self.warned: set[tuple[str, str]] = set()
+
+    def _check(self, state):
+        from align.measure.doctor import diagnose
+
+        diagnosis = diagnose(state.log_history, self.cfg)
+        for finding in diagnosis.findings:
+            key = (finding.name, finding.evidence.get("metric", ""))
+            if key not in self.warned:
+                self.warned.add(key)
+                if self.job.is_main:
+                    log.warning("doctor: %s", finding.line())
+                    self._alert(finding)
+        return diagnosis
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self._check(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        diagnosis = self._check(state)
+        if not self.job.is_main:
+            return
+        from align.measure.doctor import write_report
+
+        self.job.out_dir.mkdir(parents=True, exist_ok=True)
+        write_report(self.job.out_dir, diagnosis, "training")
+        self.job.metrics["doctor"] = [f.name for f in diagnosis.findings]
+        run = self.job.tracker.run
+        if run is not None:
+            run.summary["doctor/findings"] = len(diagnosis.findings)
+            for finding in diagnosis.findings:
+                run.summary[f"doctor/{finding.name}"] = finding.line()
+
+    def _alert(self, finding):
+        run = self.job.tracker.run
+        if run is None:
+            return
+        try:
+            import wandb
+
+            run.alert(title=f"align doctor: {finding.name}", text=finding.line(),
+                      level=wandb.AlertLevel.WARN)
+        except Exception as exc:  # offline runs, old clients: the warning above is enough
+            log.info("doctor: no W&B alert for %s (%s)", finding.name, exc)

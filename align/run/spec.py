@@ -5,7 +5,7 @@ value before any data is loaded, W&B is started or a model is built, in two pass
 
 1. cheap (no torch, no trl; about half a second): unknown keys anywhere with the closest valid
    names, `???` values left unset, empty sections, align's own sections as dataclasses
-   (`model`, `data`, `logger`, `heldout`), rewards and callbacks resolved, resume;
+   (`model`, `data`, `logger`, `heldout`, `doctor`), rewards and callbacks resolved, resume;
 2. library (imports trl and peft): every `trainer:` and `peft:` value against the type of its
    field in trl's/peft's own config class and the ranges and loss types trl's trainers accept
    (align.run.values), trl's <Stage>Config and peft's config built (their own checks run),
@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from align import device as dev
 from align.data.config import DataConfig
 from align.errors import ConfigError, MissingExtraError
+from align.measure.doctor import DoctorConfig, check_doctor_config
 from align.measure.heldout import HeldoutConfig, check_heldout_config
 from align.models.adapters import ALIGN_KEYS as ALIGN_PEFT_KEYS
 from align.models.adapters import METHODS, PeftPlan, check_peft_section
@@ -100,6 +101,8 @@ class Decisions:
     #: what held-out measurement scores with: heldout.rewards, else the training rewards
     heldout_rewards: tuple
     heldout: HeldoutConfig
+    #: the run doctor's switch and thresholds (align.measure.doctor)
+    doctor: DoctorConfig
     logger: LoggerConfig
     callbacks: tuple[type, ...]
     #: a dotted key into metrics.json that a sweep optimises
@@ -429,6 +432,8 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     errors += e or check_logger_config(logger)
     heldout, e = check_dataclass(plain.get("heldout"), HeldoutConfig, "heldout")
     errors += e or check_heldout_config(heldout)
+    doctor, e = check_dataclass(plain.get("doctor"), DoctorConfig, "doctor")
+    errors += e or check_doctor_config(doctor)
     peft_section = dict(plain.get("peft") or {})
     errors += check_peft_section(peft_section)
     if model is not None:
@@ -531,7 +536,7 @@ def decide(cfg: DictConfig | Mapping, stage: str,
         model=_decide_model(model, source, bool(checkpointing), facts), model_asked=model,
         peft=peft_plan, data=data, trainer_set=MappingProxyType(trainer_set),
         trainer_kwargs=MappingProxyType(kwargs), rewards=rewards,
-        heldout_rewards=heldout_rewards, heldout=heldout, logger=logger,
+        heldout_rewards=heldout_rewards, heldout=heldout, doctor=doctor, logger=logger,
         callbacks=tuple(import_object(str(r), "callbacks") for r in plain.get("callbacks") or []),
         objective=plain.get("objective"), device=facts, config=MappingProxyType(redact(plain)))
 
