@@ -281,3 +281,20 @@ def test_callback_reports_to_wandb_when_a_run_is_active(tmp_path):
     assert run.summary["doctor/findings"] == 1
     assert run.summary["doctor/zero_reward_spread"].startswith("zero_reward_spread: 100%")
     assert names(tmp_path) == ["zero_reward_spread"]
+
+
+def test_a_log_the_doctor_cannot_read_never_stops_training(tmp_path, caplog):
+    """A diagnosis that fails (here: a step logged as text, as no trainer writes it) is said
+    once and training goes on; no doctor.json is written from it."""
+    job = SimpleNamespace(is_main=True, out_dir=tmp_path, metrics={},
+                          tracker=SimpleNamespace(run=None))
+    callback = DoctorCallback(job, DoctorConfig(window=3))
+    state = SimpleNamespace(log_history=[])
+    with caplog.at_level(logging.WARNING, logger="align.measure.callbacks"):
+        for entry in steps(6, **GRPO):
+            state.log_history.append({**entry, "step": "n/a"})
+            callback.on_log(None, state, None)
+        callback.on_train_end(None, state, None)
+    said = [r.getMessage() for r in caplog.records if "could not read the log" in r.getMessage()]
+    assert len(said) == 1, said
+    assert not (tmp_path / "doctor.json").exists() and "doctor" not in job.metrics

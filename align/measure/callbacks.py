@@ -71,11 +71,19 @@ class DoctorCallback(TrainerCallback):
         self.job = job
         self.cfg = cfg
         self.warned: set[tuple[str, str]] = set()
+        self.failed = False
 
     def _check(self, state):
         from align.measure.doctor import diagnose
 
-        diagnosis = diagnose(state.log_history, self.cfg)
+        try:
+            diagnosis = diagnose(state.log_history, self.cfg)
+        except Exception as exc:  # a diagnosis never stops the training it watches
+            if not self.failed and self.job.is_main:
+                log.warning("doctor: could not read the log (%s: %s); training goes on, "
+                            "unchecked", type(exc).__name__, exc)
+            self.failed = True
+            return None
         for finding in diagnosis.findings:
             key = (finding.name, finding.evidence.get("metric", ""))
             if key not in self.warned:
@@ -90,7 +98,7 @@ class DoctorCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         diagnosis = self._check(state)
-        if not self.job.is_main:
+        if diagnosis is None or not self.job.is_main:
             return
         from align.measure.doctor import write_report
 
