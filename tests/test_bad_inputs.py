@@ -133,6 +133,25 @@ def test_bad_input_fails_in_one_line_before_anything_heavy(stage, overrides, nam
     assert seconds < 30, f"{seconds:.1f} s"  # bounded: seconds, not minutes
 
 
+def test_a_bad_value_found_by_trl_builds_no_model_first(tmp_path, monkeypatch, capsys):
+    """The library checks come before any model is built: on a machine where the tiny model is
+    not built yet, a value trl rejects still fails in seconds (it built the model first: 2.5
+    minutes and 100 lines of progress bars)."""
+    import peft  # noqa: F401  (the first import of trl is not what is bounded here)
+    import trl  # noqa: F401
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALIGN_CACHE", str(tmp_path / "cold-cache"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        run_like_the_command_line("grpo", ["trainer.num_generations=3"], tmp_path / "run")
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.err + captured.out).splitlines() if line.strip()]
+    assert len(lines) == 1 and "num_generations" in lines[0], lines[:5]
+    assert not (tmp_path / "cold-cache" / "tiny").exists()
+
+
 # A sample, as real commands: from another directory, the script by its relative path.
 COMMANDS = [
     ("grpo", ["seed=abc"]),

@@ -98,6 +98,13 @@ def test_local_folders_and_tiny_models(tmp_path, tiny_base_path, monkeypatch):
     assert source.resolve_source("tiny://base") == str(tiny_base_path)
     with pytest.raises(ConfigError, match="tiny://nope: unknown tiny model variant"):
         source.resolve_source("tiny://nope")
+    # A run's checks build nothing: the name is checked, the model built when it is loaded.
+    monkeypatch.setenv("ALIGN_CACHE", str(tmp_path / "cold-cache"))
+    assert source.resolve_source("tiny://sft", build=False) == "tiny://sft"
+    with pytest.raises(ConfigError, match="tiny://nope: unknown tiny model variant"):
+        source.resolve_source("tiny://nope", build=False)
+    assert not (tmp_path / "cold-cache").exists()
+    monkeypatch.delenv("ALIGN_CACHE")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="holds no config.json"):
         source.resolve_source(str(tmp_path / "empty"))

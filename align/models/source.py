@@ -51,14 +51,19 @@ def looks_like_path(name: str) -> bool:
 
 
 def resolve_source(name_or_path: str, *, revision: str | None = None,
-                   where: str = "model.name_or_path", file: str = "config.json") -> str:
-    """The local folder `name_or_path` names (the tiny models are built on first use), or the
-    hub id itself once the hub or its cache has `file` in it. Raises ConfigError naming
-    `where` and the fix otherwise."""
-    from align.models.tiny import TINY_SCHEME, resolve_model_path
+                   where: str = "model.name_or_path", file: str = "config.json",
+                   build: bool = True) -> str:
+    """The local folder `name_or_path` names (the tiny models are built on first use; with
+    `build=False` a tiny model's name is only checked and returned as it is: the checks of a
+    run's config build nothing), or the hub id itself once the hub or its cache has `file` in
+    it. Raises ConfigError naming `where` and the fix otherwise."""
+    from align.models.tiny import TINY_SCHEME, TINY_VARIANTS, VLM_VARIANTS, resolve_model_path
 
     name = str(name_or_path)
     if name.startswith(TINY_SCHEME):
+        variants = (*TINY_VARIANTS, *VLM_VARIANTS)
+        if not build and name[len(TINY_SCHEME):] in variants:
+            return name
         try:
             return resolve_model_path(name)
         except ValueError as exc:
@@ -164,7 +169,9 @@ def meta_model(source: str, revision: str | None = None, trust_remote_code: bool
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    config = AutoConfig.from_pretrained(source, revision=revision,
+    from align.models.tiny import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(source), revision=revision,
                                         trust_remote_code=trust_remote_code)
     auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     with torch.device("meta"):

@@ -478,10 +478,11 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     from align.models.adapters import build_peft_plan
     from align.models.source import meta_model, resolve_source
 
-    source = resolve_source(model.name_or_path, revision=model.revision)
+    # A tiny model is built when it is loaded (or its architecture read), not by these checks.
+    source = resolve_source(model.name_or_path, revision=model.revision, build=False)
     if model.tokenizer:
         resolve_source(model.tokenizer, revision=model.revision, where="model.tokenizer",
-                       file="tokenizer_config.json")
+                       file="tokenizer_config.json", build=False)
     try:
         peft_plan = build_peft_plan(peft_section, vision=model.is_vision)
     except (ValueError, TypeError) as exc:
