@@ -239,15 +239,21 @@ def _grad_norm_spike(history, cfg):
                     "worst": value, "median_before": base}), None
 
 
-def _zero_reward_spread(history, cfg):
-    points = series(history, "frac_reward_zero_std")
+def _at_least(history, cfg, metric: str, threshold: float, absent: str):
+    """(the latest episode where `metric` is typically >= `threshold`, or None; why the check was
+    skipped, or None): the shape of the checks of one logged share or level."""
+    points = series(history, metric)
     if not points:
-        return None, "no frac_reward_zero_std logged (not GRPO)"
-    episode = latest_episode(points, cfg.window,
-                             lambda vs: _typical(vs) >= cfg.zero_spread_fraction,
-                             lambda v: v >= cfg.zero_spread_fraction)
+        return None, f"no {metric} logged ({absent})"
+    return latest_episode(points, cfg.window, lambda vs: _typical(vs) >= threshold,
+                          lambda v: v >= threshold), None
+
+
+def _zero_reward_spread(history, cfg):
+    episode, skipped = _at_least(history, cfg, "frac_reward_zero_std", cfg.zero_spread_fraction,
+                                 "not GRPO")
     if not episode:
-        return None, None
+        return None, skipped
     since, until, values = episode
     share = _mean(values)
     return Finding("zero_reward_spread", since, until,
@@ -292,13 +298,10 @@ def _reward_constant(history, cfg):
 
 
 def _truncation(history, cfg):
-    points = series(history, "completions/clipped_ratio")
-    if not points:
-        return None, "no completions/clipped_ratio logged (not GRPO)"
-    episode = latest_episode(points, cfg.window, lambda vs: _typical(vs) >= cfg.truncation_ratio,
-                             lambda v: v >= cfg.truncation_ratio)
+    episode, skipped = _at_least(history, cfg, "completions/clipped_ratio", cfg.truncation_ratio,
+                                 "not GRPO")
     if not episode:
-        return None, None
+        return None, skipped
     since, until, values = episode
     share = _mean(values)
     length = _window_mean(history, "completions/mean_length", since, until)
@@ -336,13 +339,9 @@ def _entropy_collapse(history, cfg):
 
 
 def _kl_high(history, cfg):
-    points = series(history, "kl")
-    if not points:
-        return None, "no kl logged (trainer.beta=0)"
-    episode = latest_episode(points, cfg.window, lambda vs: _typical(vs) >= cfg.kl_max,
-                             lambda v: v >= cfg.kl_max)
+    episode, skipped = _at_least(history, cfg, "kl", cfg.kl_max, "trainer.beta=0")
     if not episode:
-        return None, None
+        return None, skipped
     since, until, values = episode
     return Finding("kl_high", since, until,
                    f"KL to the reference averages {_fmt(_mean(values))} {_since(since, until)}",
