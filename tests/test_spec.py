@@ -134,3 +134,13 @@ def test_detect_reads_this_machine():
 
     assert facts.cuda == torch.cuda.is_available()
     assert facts.setup == Setup()  # not under a launcher
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "grpo"])
+def test_heldout_rewards_empty_takes_the_training_rewards_null_takes_none(stage):
+    """heldout.rewards: its own specs; empty: the training rewards (GRPO's); null: none at all
+    (data without answers: SFT's loss and DPO's preference figures only)."""
+    own = decide(compose_stage(stage), stage, facts=CPU)
+    assert [f.__name__ for f in own.heldout_rewards] == ["accuracy"]
+    none = decide(compose_stage(stage, ["heldout.rewards=null"]), stage, facts=CPU)
+    assert none.heldout_rewards == () and none.heldout.rewards is None

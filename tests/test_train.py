@@ -181,3 +181,25 @@ def test_trl_gets_the_eval_split_only_when_it_evaluates(tmp_path):
     sft.run(cfg)
     history = [json.loads(line) for line in (tmp_path / "log_history.jsonl").read_text().splitlines()]
     assert any("eval_loss" in h for h in history)
+
+
+def test_heldout_loss_is_the_models_loss_over_labelled_tokens(tiny_base_path):
+    """The held-out loss: the model's own loss on the collated rows, weighted by their labelled
+    tokens; rows with nothing labelled give no figure (NaN), not a zero."""
+    from align.measure.metrics import heldout_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_path)
+    rows = [{"input_ids": [1, 5, 6, 7, 8, 9]}, {"input_ids": [1, 9, 8, 7, 6, 5]}]
+
+    def collate(batch, mask=False):
+        ids = torch.tensor([r["input_ids"] for r in batch])
+        return {"input_ids": ids, "labels": torch.full_like(ids, -100) if mask else ids.clone()}
+
+    with torch.no_grad():
+        ids = torch.tensor([r["input_ids"] for r in rows])
+        expected = float(model(input_ids=ids, labels=ids).loss)
+    assert heldout_loss(model, rows, collate, batch_size=1) == pytest.approx(expected, rel=1e-5)
+    assert math.isnan(heldout_loss(model, rows, lambda b: collate(b, mask=True)))
+    model.train()  # the trainer's model is in training mode: it stays so
+    heldout_loss(model, rows, collate)
+    assert model.training
