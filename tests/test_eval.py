@@ -189,3 +189,21 @@ def test_eval_command_line_on_a_run_folder_with_another_heldout_file(run_without
     assert summary["prompts"] == 7 and summary["run_dir"] == "run"
     rows = [json.loads(line) for line in (root / "res2" / "completions.jsonl").open()]
     assert [r["prompt"] for r in rows] == [f"{a}+{a + 1}=" for a in range(70, 77)]
+
+
+def test_a_reward_with_nothing_to_score_is_left_out_of_the_summary(tmp_path):
+    """A reward that scores no sample (None for each: e.g. no answer to check) has no mean in
+    summary.json (it was NaN there, which is no JSON), only its count of 0."""
+    from align.eval import run
+
+    (tmp_path / "never.py").write_text(
+        "def never(completions, **kwargs):\n    return [None] * len(completions)\n")
+    summary = run(compose_eval(tmp_path / "out", "eval.max_samples=4", "eval.max_new_tokens=3",
+                               f"+rewards.never.fn={tmp_path / 'never.py'}:never"))
+    assert summary["rewards"]["never/n"] == 0 and "never" not in summary["rewards"]
+    assert summary["rewards"]["accuracy/n"] == 4 and "accuracy" in summary["rewards"]
+
+    def no_nan(name):
+        raise AssertionError(f"summary.json holds {name}")
+
+    json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=no_nan)
