@@ -29,7 +29,7 @@ from typing import Any
 #: Where the config classes align checks keys against are defined.
 TRL_CONFIGS = {"sft": ("trl.trainer.sft_config", "SFTConfig"),
                "dpo": ("trl.trainer.dpo_config", "DPOConfig"),
-               "grpo": ("trl.trainer.grpo_config", "GRPOConfig")}
+               "grpo": ("align.trainers.config", "GRPOConfig")}  # trl's, with align's GRPO keys
 PEFT_CONFIGS = {"LoraConfig": "peft.tuners.lora.config",
                 "PromptTuningConfig": "peft.tuners.prompt_tuning.config",
                 "PromptEncoderConfig": "peft.tuners.p_tuning.config"}

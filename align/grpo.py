@@ -20,7 +20,8 @@ def run(cfg: DictConfig) -> dict:
     from align.run.job import Job
 
     job = Job.start(cfg, "grpo")
-    from trl import GRPOTrainer  # heavy: imported once the config is known to be valid
+    # heavy (trl): imported once the config is known to be valid
+    from align.trainers.grpo import GRPOTrainer  # trl's, plus trainer.dynamic_sampling
 
     spec = job.spec
     data = load_stage_data(spec.data, "grpo", vision=spec.model.is_vision)

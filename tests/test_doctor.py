@@ -95,6 +95,30 @@ def test_constant_reward_fires_zero_reward_spread(constant):
     assert all(h["frac_reward_zero_std"] == 1.0 for h in history if "frac_reward_zero_std" in h)
 
 
+def test_the_fix_for_zero_spread_names_dynamic_sampling_until_it_is_on(constant, tmp_path):
+    fix = {f["name"]: f for f in report(constant)["findings"]}["zero_reward_spread"]["fix"]
+    assert fix.startswith("turn on trainer.dynamic_sampling=true")
+    # With it on and nothing varying, the groups trained on are what the finding reports.
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "my_rewards.py").write_text(ONE)
+    grpo_run(tmp_path / "run", "~rewards.accuracy", f"+rewards.one.fn={user / 'my_rewards.py'}:one",
+             "trainer.dynamic_sampling=true", "trainer.dynamic_sampling_max_rounds=1")
+    spread = {f["name"]: f for f in report(tmp_path / "run")["findings"]}["zero_reward_spread"]
+    assert spread["evidence"]["metric"] == "dynamic_sampling/zero_spread_kept"
+    assert "100% of the groups trained on have zero reward spread" in spread["message"]
+    assert "dynamic_sampling_max_rounds" in spread["fix"] and "turn on" not in spread["fix"]
+
+
+def test_zero_spread_that_dynamic_sampling_replaced_is_not_a_finding():
+    history = steps(10, **{**GRPO, "frac_reward_zero_std": 0.8,
+                           "dynamic_sampling__zero_spread_kept": 0.0})
+    assert diagnose(history).findings == []
+    history = steps(10, **{**GRPO, "frac_reward_zero_std": 0.8,
+                           "dynamic_sampling__zero_spread_kept": [0.0] * 4 + [0.6] * 6})
+    assert [f.name for f in diagnose(history).findings] == ["zero_reward_spread"]
+
+
 def test_tiny_completion_length_fires_truncation(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     grpo_run(tmp_path, "trainer.max_completion_length=2")

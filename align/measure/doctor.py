@@ -22,7 +22,9 @@ What is checked (trl 1.16's metric names; the thresholds are the fields of Docto
                             logged steps before it, at `grad_norm_spikes` or more steps
   zero_reward_spread        GRPO: `frac_reward_zero_std` (groups whose samples all got the same
                             reward: their advantage is zero, GRPO learns nothing from them)
-                            at >= `zero_spread_fraction` (median of `window` logged steps)
+                            at >= `zero_spread_fraction` (median of `window` logged steps);
+                            with trainer.dynamic_sampling, the share among the groups trained
+                            on (`dynamic_sampling/zero_spread_kept`)
   reward_constant           GRPO: a reward function's `rewards/<fn>/std` <= `constant_std` at
                             every one of `window` logged steps (it scores every completion the
                             same: it tells the policy nothing)
@@ -250,18 +252,29 @@ def _at_least(history, cfg, metric: str, threshold: float, absent: str):
 
 
 def _zero_reward_spread(history, cfg):
-    episode, skipped = _at_least(history, cfg, "frac_reward_zero_std", cfg.zero_spread_fraction,
-                                 "not GRPO")
+    # With trainer.dynamic_sampling the groups trained on are what matters: trl's own share
+    # counts every generated group, the dropped ones too.
+    dynamic = bool(series(history, KEPT_ZERO_SPREAD))
+    metric = KEPT_ZERO_SPREAD if dynamic else "frac_reward_zero_std"
+    episode, skipped = _at_least(history, cfg, metric, cfg.zero_spread_fraction, "not GRPO")
     if not episode:
         return None, skipped
     since, until, values = episode
     share = _mean(values)
-    return Finding("zero_reward_spread", since, until,
-                   f"{share:.0%} of groups have zero reward spread {_since(since, until)} "
-                   "(their advantage is zero: GRPO learns nothing from them)",
-                   "raise trainer.temperature or trainer.num_generations, use easier prompts, "
-                   "or test the reward on the run's completions with python -m rewards score RUN",
-                   {"metric": "frac_reward_zero_std", "mean": share,
+    if dynamic:
+        what = (f"{share:.0%} of the groups trained on have zero reward spread "
+                f"{_since(since, until)}, with dynamic sampling on (too few fresh groups vary)")
+        fix = ("raise trainer.dynamic_sampling_max_rounds, trainer.temperature or "
+               "trainer.num_generations, use harder or easier prompts, or test the reward on "
+               "the run's completions with python -m rewards score RUN")
+    else:
+        what = (f"{share:.0%} of groups have zero reward spread {_since(since, until)} "
+                "(their advantage is zero: GRPO learns nothing from them)")
+        fix = ("turn on trainer.dynamic_sampling=true, raise trainer.temperature or "
+               "trainer.num_generations, use easier prompts, or test the reward on the run's "
+               "completions with python -m rewards score RUN")
+    return Finding("zero_reward_spread", since, until, what, fix,
+                   {"metric": metric, "mean": share,
                     "reward_std_mean": _window_mean(history, "reward_std", since, until)}), None
 
 
@@ -270,6 +283,8 @@ def _window_mean(history, key, since, until) -> float | None:
     return _mean(values) if values else None
 
 
+#: trainer.dynamic_sampling's share of zero-spread groups among those trained on
+KEPT_ZERO_SPREAD = "dynamic_sampling/zero_spread_kept"
 REWARD_STD = re.compile(r"^rewards/(?P<name>.+)/std$")
 
 

@@ -300,6 +300,11 @@ def check_vllm_server(trainer: Mapping, timeout: float = 5.0) -> None:
 
 
 def trl_config_class(stage: str):
+    """trl's config class of a stage (GRPO: with align's keys, align.trainers.config)."""
+    if stage == "grpo":
+        from align.trainers.config import GRPOConfig
+
+        return GRPOConfig
     import trl
 
     return getattr(trl, TRL_CONFIGS[stage])
@@ -436,9 +441,13 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     errors += e or check_doctor_config(doctor)
     peft_section = dict(plain.get("peft") or {})
     errors += check_peft_section(peft_section)
+    trainer_set = dict(plain.get("trainer") or {})
     if model is not None:
         errors += check_vision_peft(model, peft_section)
-    trainer_set = dict(plain.get("trainer") or {})
+        if model.is_vision and stage == "grpo" and trainer_set.get("dynamic_sampling") is True:
+            errors.append("trainer.dynamic_sampling=true works with text models only (a "
+                          "vision batch's image rows are not joined); turn it off for "
+                          f"model.kind={model.kind}")
     errors += check_trainer_keys(trainer_set, stage)
     errors += _check_library_values(stage, trainer_set, peft_section)
     rewards, e = build_reward_specs(plain.get("rewards"), "rewards", required=stage == "grpo")

@@ -78,6 +78,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epsilon_high": (_non_negative, "a number >= 0"),
     "label_smoothing": (lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"),
     "vllm_gpu_memory_utilization": (lambda v: 0 < v <= 1, "a share of the GPU in (0, 1]"),
+    "dynamic_sampling_max_rounds": (_positive, "a positive integer (extra generation rounds)"),
 }
 #: Stage-specific ranges (override RULES).
 STAGE_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
@@ -267,6 +268,11 @@ def check_trainer_combinations(args: Any, stage: str) -> list[str]:
         if level == "sequence" and loss in ("bnpo", "dr_grpo", "dapo", "cispo"):
             errors.append(f"trainer.importance_sampling_level=sequence with "
                           f"trainer.loss_type={loss}: use loss_type=grpo for GSPO")
+        per_process = args.per_device_train_batch_size * args.steps_per_generation
+        if getattr(args, "dynamic_sampling", False) and per_process % args.num_generations:
+            errors.append(f"trainer.dynamic_sampling=true needs whole groups on each process: "
+                          f"per_device_train_batch_size x steps_per_generation ({per_process}) "
+                          f"must be a multiple of num_generations ({args.num_generations})")
         if loss == "vespo" and args.use_vllm and args.vllm_importance_sampling_correction:
             errors.append("trainer.loss_type=vespo does its own importance sampling: set "
                           "trainer.vllm_importance_sampling_correction=false")
