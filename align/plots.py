@@ -102,7 +102,7 @@ def heldout_points(run: Path, history: list[dict]) -> dict[str, list[tuple[int, 
                     points.setdefault(name, {})[step] = float(value)
         for entry in metrics.get("heldout_during") or []:
             for name, value in entry.items():
-                if name != "step" and isinstance(value, (int, float)):
+                if name not in ("step", "train_s") and isinstance(value, (int, float)):
                     points.setdefault(name, {})[int(entry["step"])] = float(value)
     return {name: sorted(values.items()) for name, values in points.items()}
 

@@ -48,6 +48,8 @@ def test_periodic_heldout_measurement_is_logged(runs):
         during = metrics[stage]["heldout_during"]
         assert [d["step"] for d in during] == [2, 4]
         assert all(0.0 <= d["accuracy"] <= 1.0 for d in during)
+        # training seconds at each point (for time-to-accuracy), growing, measurement left out
+        assert 0 < during[0]["train_s"] < during[1]["train_s"]
         history = [json.loads(line) for line in
                    (root / stage / "log_history.jsonl").read_text().splitlines()]
         logged = [h for h in history if "heldout/accuracy" in h]

@@ -163,7 +163,11 @@ def test_killed_and_resumed_run_matches_uninterrupted(stage, tmp_path):
     ref_metrics = json.loads((reference / "metrics.json").read_text())
     got_metrics = json.loads((folder / "metrics.json").read_text())
     ref_train, got_train = ref_metrics.pop("train"), got_metrics.pop("train")
-    # held-out before, after and during training (steps 4 and 8 before the resume, 12 after)
+    # held-out before, after and during training (steps 4 and 8 before the resume, 12 after);
+    # train_s is a clock reading of each launch (a resumed launch's earlier points have none)
+    assert [p.pop("train_s") >= 0 for p in ref_metrics["heldout_during"]] == [True] * 3
+    assert [p.pop("train_s", None) is None for p in got_metrics["heldout_during"]] == \
+        [True, True, False]
     assert got_metrics == ref_metrics
     assert ref_metrics["heldout_after"]["samples"] == 16
     assert [p["step"] for p in ref_metrics["heldout_during"]] == [4, 8, 12]

@@ -8,7 +8,8 @@ the same measurement as before and after training) and the figures go
   - into the trainer's log history as `heldout/<reward>` (so trainer_state.json, the run
     folder's log_history.jsonl and `python -m align.plots` see them),
   - to W&B when tracking is on, with the first `heldout.log_samples` completions as a table,
-  - into metrics.json under `heldout_during` (a list of {step, <reward>: value}).
+  - into metrics.json under `heldout_during` (a list of {step, train_s, <reward>: value};
+    train_s: seconds of training in this launch, the measurements themselves left out).
 
 Only the main process measures; the others wait at the next collective step as usual.
 """
@@ -16,6 +17,7 @@ Only the main process measures; the others wait at the next collective step as u
 from __future__ import annotations
 
 import logging
+import time
 
 from transformers import TrainerCallback
 
@@ -31,6 +33,11 @@ class HeldoutCallback(TrainerCallback):
         self.dataset = dataset
         self.reward_funcs = reward_funcs
         self.curve: list[dict] = job.metrics.setdefault("heldout_during", [])
+        self.started = time.perf_counter()
+        self.measuring = 0.0  # seconds spent in these measurements, left out of `train_s`
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.measuring = time.perf_counter(), 0.0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         every = self.job.spec.heldout.eval_steps
@@ -38,12 +45,17 @@ class HeldoutCallback(TrainerCallback):
             return
         from align.measure.heldout import evaluate_with_samples
 
+        began = time.perf_counter()
+        # training seconds of this launch so far: time-to-accuracy curves compare runs by it
+        train_s = round(began - self.started - self.measuring, 2)
         figures, rows = evaluate_with_samples(model, self.tokenizer, self.dataset,
                                               self.reward_funcs, self.job.spec.heldout)
+        self.measuring += time.perf_counter() - began
         names = [fn.__name__ for fn in self.reward_funcs]
         logged = {f"heldout/{n}": figures[n] for n in names}
         logged["heldout/completion_tokens_mean"] = figures["completion_tokens_mean"]
-        self.curve.append({"step": state.global_step, **{n: figures[n] for n in names}})
+        self.curve.append({"step": state.global_step, "train_s": train_s,
+                           **{n: figures[n] for n in names}})
         state.log_history.append({**logged, "step": state.global_step})
         run = self.job.tracker.run
         if run is not None:
