@@ -69,3 +69,29 @@ def test_experiment_smoke_names_an_unknown_experiment(tmp_path):
         [sys.executable, "benchmarks/experiment_smoke.py", "--only", "qwen_gsm8k", "--out",
          str(tmp_path)], check=False, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "qwen_gsm8k: no such experiment" in proc.stderr
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_benchmark_runs_both_sides_and_times_them(tmp_path):
+    """benchmarks/dynamic_sampling.py at its smallest: one seed, on and off, through the entry
+    point as a user types it; the table, the JSON and the plot written."""
+    out = tmp_path / "ds"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/dynamic_sampling.py", "--quick", "--seeds", "0",
+         "--out", str(out)], check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    raw = json.loads((out / "dynamic_sampling.json").read_text())
+    off, on = raw["results"]
+    assert (off["dynamic_sampling"], on["dynamic_sampling"]) == (False, True)
+    assert off["generated_groups_mean"] == 1.0 and on["generated_groups_mean"] >= 1.0
+    for r in (off, on):
+        # before, then the periodic points at steps 2 and 4 with their training seconds
+        assert [p[0] for p in r["curve"]] == [0, 2, 4]
+        assert 0 < r["curve"][1][1] < r["curve"][2][1] <= r["train_s"] + 1  # training seconds
+        assert 0 < r["curve"][1][2] < r["curve"][2][2]                        # tokens processed
+        assert r["after"] == r["curve"][-1][3]  # the last point and the final measurement agree
+    control, method = raw["summary"]
+    assert control["target"] == method["target"] == off["after"]
+    assert control["steps_to_target"] is not None  # the control reaches its own final figure
+    assert (out / "dynamic_sampling.png").stat().st_size > 10_000
+    assert "| 0 | on |" in (out / "dynamic_sampling.md").read_text()

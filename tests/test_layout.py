@@ -16,9 +16,10 @@ UTILITIES = {"align", "align.errors", "align.files", "align.schema", "align.fiel
              "align.secrets", "align.device"}
 LAYERS = {  # package -> packages it may import
     "align.data": set(),
+    "align.trainers": set(),  # extensions of trl's trainers: trl only
     "align.measure": {"align.data"},
     "align.models": {"align.data", "align.measure"},
-    "align.run": {"align.data", "align.measure", "align.models"},
+    "align.run": {"align.data", "align.measure", "align.models", "align.trainers"},
 }
 
 
