@@ -19,7 +19,7 @@ repeat on one machine; seconds depend on the machine and its load (the table say
 "never" when a run did not reach the target at any measured point.
 
 Writes dynamic_sampling.json, dynamic_sampling.md (the table, machine and versions) and
-dynamic_sampling.png (held-out accuracy over training seconds) into --out.
+dynamic_sampling.png (held-out accuracy over steps and over tokens processed) into --out.
 """
 
 from __future__ import annotations
@@ -144,18 +144,23 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    # Steps and tokens: they repeat on one machine; seconds depend on its load (in the table).
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for r in results:
-        xs, ys = [p[1] for p in r["curve"]], [p[3] for p in r["curve"]]
-        ax.plot(xs, ys, color=colours[r["seed"] % len(colours)],
-                linestyle="-" if r["dynamic_sampling"] else "--", marker=".",
-                label=f"seed {r['seed']} {'dynamic sampling' if r['dynamic_sampling'] else 'control'}")
-    ax.set_xlabel("training seconds (held-out measurement left out)")
-    ax.set_ylabel("held-out accuracy (greedy)")
-    ax.set_title("GRPO on the embedded task: dynamic sampling (solid) vs off (dashed)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    for ax, (index, label, scale) in zip(axes, ((0, "GRPO steps", 1),
+                                                (2, "tokens processed (thousands)", 1e3))):
+        for r in results:
+            points = [p for p in r["curve"] if p[index] is not None]
+            ax.plot([p[index] / scale for p in points], [p[3] for p in points],
+                    color=colours[r["seed"] % len(colours)],
+                    linestyle="-" if r["dynamic_sampling"] else "--", marker=".",
+                    label=f"seed {r['seed']} "
+                          f"{'dynamic sampling' if r['dynamic_sampling'] else 'control'}")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out accuracy (greedy, 200 prompts)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("GRPO on the embedded task: dynamic sampling (solid) and the control (dashed)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
