@@ -103,6 +103,53 @@ def mentions_media(value: Any) -> bool:
     return False
 
 
+def may_mention_media(dataset, columns: list[str]) -> bool:
+    """False when no row of `columns` can refer to media (`mentions_media` is False for every
+    row), found with arrow's vectorised string search instead of a python pass; True when one
+    may (the caller then scans those rows in python to name the first). Arrow holds the strings
+    json parsed, so a row that mentions media is always found; columns of a type this does not
+    read count as "may"."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = dataset.data  # every row of the underlying table: a superset of a selection's rows
+
+    def may(array) -> bool:
+        kind = array.type
+        if pa.types.is_null(kind) or pa.types.is_boolean(kind) or pa.types.is_integer(kind) \
+                or pa.types.is_floating(kind):
+            return False
+        if isinstance(kind, pa.ExtensionType):
+            # datasets' Json feature: the JSON text of values of mixed types. A placeholder or a
+            # part of type "image"/"video" has the word in it however the text escapes "<".
+            storage = array.storage
+            if not (pa.types.is_string(storage.type) or pa.types.is_large_string(storage.type)):
+                return may(storage)
+            return any(pc.any(pc.match_substring(storage, word)).as_py() for word in ("image", "video"))
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            return any(pc.any(pc.match_substring(array, p)).as_py()
+                       for p in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER))
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            return may(array.flatten())
+        if pa.types.is_struct(kind):
+            fields = array.flatten()  # with the struct's own nulls applied
+            for index, child in enumerate(fields):
+                name = kind.field(index).name
+                if name == "type" and (pa.types.is_string(child.type) or pa.types.is_large_string(child.type)):
+                    if pc.any(pc.is_in(child, pa.array(["image", "video"]))).as_py():
+                        return True
+                if may(child):
+                    return True
+            return False
+        return True
+
+    for column in columns:
+        for chunk in table.column(column).chunks:
+            if may(chunk):
+                return True
+    return False
+
+
 # --------------------------------------------------------------------------- paths and files
 
 
@@ -210,13 +257,16 @@ class Media:
 _ANSWER_FIELDS = ("completion", "chosen", "rejected")
 
 
-def attach_media(out: dict, row: Mapping, media: Media, decode: bool) -> dict:
+def attach_media(out: dict, row: Mapping, media: Media, decode: bool,
+                 check_images: bool | None = None) -> dict:
     """Turn a normalised row into its vision-language form: typed parts + an `images` list.
 
-    With decode=False (the check pass) files are opened and checked but videos are not sampled
-    into the output; with decode=True (the map pass) video frames become images.
+    With decode=False (the report of bad rows) files are opened and checked but videos are not
+    sampled into the output; with decode=True (the map pass) video frames become images.
+    `check_images` (default: not decode): open and fully decode every image file.
     """
-
+    if check_images is None:
+        check_images = not decode
 
     try:
         image_col, images = media_list(row, IMAGE_COLUMNS)
@@ -267,7 +317,7 @@ def attach_media(out: dict, row: Mapping, media: Media, decode: bool) -> dict:
     image_items = [resolved(i, image_col) for i in images]
     video_paths = [resolved(v, video_col) for v in videos]
     try:
-        if not decode:
+        if check_images:
             for item in image_items:
                 check_image(item, image_col)
         frames = []
@@ -310,6 +360,7 @@ __all__ = [
     "count_placeholders",
     "mentions_media",
     "image_feature",
+    "may_mention_media",
     "media_list",
     "png_bytes",
     "require_av",
