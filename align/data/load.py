@@ -100,7 +100,7 @@ def _code_version() -> str:
     import importlib.metadata
 
     digest = hashlib.sha256()
-    for module in ("formats.py", "media.py", "load.py", "config.py"):
+    for module in ("formats.py", "media.py", "load.py", "heldout.py", "config.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
     digest.update(importlib.metadata.version("trl").encode())
     return digest.hexdigest()[:16]
@@ -308,7 +308,7 @@ def load_stage_data(cfg: Any, stage: str, vision: bool = False) -> StageData:
             eval_ = _prepare(eval_src, eval_fmt, cfg, cfg.max_eval_samples, vision)
             eval_desc = f"eval: {eval_src.label}"
 
-    heldout = build_heldout(eval_, eval_fmt, cfg.num_proc)
+    heldout = build_heldout(eval_, eval_fmt, cfg.num_proc, code=_code_version())
     # Cast last: a map over decoded images would re-encode every one of them.
     train, eval_, heldout = _cast_images(train), _cast_images(eval_), _cast_images(heldout)
     source = f"{train_src.label} [{stage}, {fmt}] train {len(train)} rows; {eval_desc}" + (

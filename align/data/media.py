@@ -119,7 +119,7 @@ def may_mention_media(dataset, columns: list[str]) -> bool:
         if pa.types.is_null(kind) or pa.types.is_boolean(kind) or pa.types.is_integer(kind) \
                 or pa.types.is_floating(kind):
             return False
-        if isinstance(kind, pa.ExtensionType):
+        if isinstance(kind, pa.BaseExtensionType):
             # datasets' Json feature: the JSON text of values of mixed types. A placeholder or a
             # part of type "image"/"video" has the word in it however the text escapes "<".
             storage = array.storage
