@@ -112,9 +112,16 @@ def may_mention_media(dataset, columns: list[str]) -> bool:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = dataset.data  # every row of the underlying table: a superset of a selection's rows
+    def is_text(kind) -> bool:
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
-    def may(array) -> bool:
+    def found(array, pattern: str) -> bool:
+        # One RE2 pass: several times faster than a match_substring per placeholder.
+        return bool(pc.any(pc.match_substring_regex(array, pattern)).as_py())
+
+    # Whole columns (chunked arrays), one compute call per nested field: a cached dataset is
+    # stored in many small record batches, and a call per batch costs more than the search.
+    def may(array: pa.ChunkedArray) -> bool:
         kind = array.type
         if pa.types.is_null(kind) or pa.types.is_boolean(kind) or pa.types.is_integer(kind) \
                 or pa.types.is_floating(kind):
@@ -122,32 +129,25 @@ def may_mention_media(dataset, columns: list[str]) -> bool:
         if isinstance(kind, pa.BaseExtensionType):
             # datasets' Json feature: the JSON text of values of mixed types. A placeholder or a
             # part of type "image"/"video" has the word in it however the text escapes "<".
-            storage = array.storage
-            if not (pa.types.is_string(storage.type) or pa.types.is_large_string(storage.type)):
-                return may(storage)
-            return any(pc.any(pc.match_substring(storage, word)).as_py() for word in ("image", "video"))
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            return any(pc.any(pc.match_substring(array, p)).as_py()
-                       for p in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER))
+            storage = pa.chunked_array([c.storage for c in array.chunks], type=kind.storage_type)
+            return found(storage, "image|video") if is_text(kind.storage_type) else may(storage)
+        if is_text(kind):
+            return found(array, f"{IMAGE_PLACEHOLDER}|{VIDEO_PLACEHOLDER}")
         if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-            return may(array.flatten())
+            return may(pc.list_flatten(array))
         if pa.types.is_struct(kind):
-            fields = array.flatten()  # with the struct's own nulls applied
-            for index, child in enumerate(fields):
-                name = kind.field(index).name
-                if name == "type" and (pa.types.is_string(child.type) or pa.types.is_large_string(child.type)):
-                    if pc.any(pc.is_in(child, pa.array(["image", "video"]))).as_py():
-                        return True
+            for index in range(kind.num_fields):
+                child = pc.struct_field(array, [index])
+                if kind.field(index).name == "type" and is_text(child.type) and \
+                        pc.any(pc.is_in(child, pa.array(["image", "video"]))).as_py():
+                    return True
                 if may(child):
                     return True
             return False
         return True
 
-    for column in columns:
-        for chunk in table.column(column).chunks:
-            if may(chunk):
-                return True
-    return False
+    # Every row of the underlying table: a superset of a selection's rows.
+    return any(may(dataset.data.column(column)) for column in columns)
 
 
 # --------------------------------------------------------------------------- paths and files
