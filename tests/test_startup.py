@@ -135,6 +135,39 @@ def test_a_second_launch_loads_the_checked_rows_from_the_cache_and_an_edit_inval
                               "message 1 (assistant) has empty content"}
 
 
+RANK = """
+import json, os, sys
+import datasets
+datasets.disable_progress_bars()
+from accelerate import PartialState
+PartialState(cpu=True)  # what trl's config does when a run starts: the process group (gloo)
+from align.data import formats, load_stage_data
+
+calls = [0]
+normalise = formats.NORMALISERS["messages"]
+def counting(row, system_prompt):
+    calls[0] += 1
+    return normalise(row, system_prompt)
+formats.NORMALISERS["messages"] = counting
+data = load_stage_data({"path": sys.argv[1]}, "sft")
+print(json.dumps({"rank": int(os.environ["RANK"]), "calls": calls[0], "rows": len(data.train)}))
+"""
+
+
+def test_under_two_ranks_the_main_process_checks_and_the_other_loads_its_cache(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [chat(i) for i in range(3000)])
+    script = tmp_path / "rank.py"
+    script.write_text(RANK)
+    env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "cache"), HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29531", str(script), path],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                   key=lambda r: r["rank"])
+    assert ranks == [{"rank": 0, "calls": 3000, "rows": 3000}, {"rank": 1, "calls": 0, "rows": 3000}]
+
+
 # --------------------------------------------------------------------------- placeholders
 
 PARTS = [{"type": "text", "text": "look"}, {"type": "image", "text": None}]

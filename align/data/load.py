@@ -110,8 +110,16 @@ def _code_version() -> str:
 def _main_process_first():
     """Under `accelerate launch` / torchrun with several processes, the node's main process
     checks and normalises first (writing datasets' cache); the other ranks then load its result
-    from the cache instead of repeating the work."""
+    from the cache instead of repeating the work. Needs the process group, which trl's config
+    sets up when a run starts (Job.start); without it (a script calling load_stage_data before
+    building any trainer config) every rank does the work itself, rather than align setting up
+    accelerate's state with arguments the trainer would then not be able to change."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
         yield
         return
     from accelerate import PartialState
