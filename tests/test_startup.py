@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -74,6 +75,23 @@ def test_chosen_equal_rejected_still_warns_with_the_rows(tmp_path, caplog):
     data = load_stage_data(DataConfig(path=write_jsonl(tmp_path / "pairs.jsonl", rows)), "dpo")
     assert "2 rows have chosen == rejected (rows [2, 5])" in caplog.text
     assert data.train.column_names == ["prompt", "chosen", "rejected"]  # the marker column is gone
+
+
+def test_a_bad_row_of_renamed_columns_is_reported_as_written_in_the_file(tmp_path):
+    # python's json parses the file only for the report, and the renames apply to those rows too
+    rows = [{"question": "q", "answer": "1"}] * 5 + [{"question": 3, "answer": "2"}]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataError, match=r"^" + re.escape(path) + r": row 5 \(line 6\): field 'prompt': "
+                                        r"expected a string or a list of \{role, content\} "
+                                        r"messages, got int$"):
+        load_stage_data(DataConfig(path=path, columns={"question": "prompt"}), "grpo")
+
+
+def test_a_json_file_datasets_cannot_read_is_reported_by_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c"\n')
+    with pytest.raises(DataError, match=r"train.jsonl: line 3, column \d+: invalid JSON"):
+        load_stage_data(DataConfig(path=str(path)), "grpo")
 
 
 # --------------------------------------------------------------------------- the cache
