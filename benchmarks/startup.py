@@ -4,8 +4,8 @@ plain trl spends on the same rows, cold (empty datasets cache) and cached (a sec
     python benchmarks/startup.py                         # 100,000 SFT rows
     python benchmarks/startup.py --rows 1000000          # a million (minutes on 2 cores)
     python benchmarks/startup.py --rows 1000000 --no-trl # align's data layer only
-    python benchmarks/startup.py --label before          # tag the figures (e.g. an older checkout
-                                                         # on PYTHONPATH) in the results
+    PYTHONPATH=OLD_CHECKOUT python benchmarks/startup.py --label before --about "main at abc123"
+                                                         # tag the figures in the results
 
 Writes an SFT JSON Lines file of --rows rows (`messages`, user question + assistant answer, an
 `id`) into --work, then runs two kinds of launch, each one fresh Python process:
@@ -196,7 +196,8 @@ def table(results: dict) -> str:
 def write_section(results_md: Path, raw: dict) -> None:
     m = raw["machine"]
     v = ", ".join(f"{k} {val}" for k, val in m["versions"].items())
-    runs = "; ".join(f"{r['label']} {r['rows']:,} rows: {r['date']}, load average "
+    runs = "; ".join(f"{r['label']}{' (' + r['about'] + ')' if r.get('about') else ''} "
+                     f"{r['rows']:,} rows: {r['date']}, load average "
                      f"{r['load_avg_before']} before / {r['load_avg_after']} after"
                      for r in sorted(raw["runs"].values(), key=lambda r: (r["rows"], r["label"])))
     section = f"""{SECTION}: the data layer before the first step, align vs plain trl (SFT JSON Lines)
@@ -207,6 +208,10 @@ same cache. plain trl: `datasets.load_dataset` + `SFTTrainer(...)` (max_steps=1,
 align: the same `load_dataset`, then `load_stage_data` (align's own s: the file is already read
 in that process) + the same SFTTrainer. Goal: align's own <= 10% of plain trl's load + trl s,
 cold and cached.
+
+A `-` was not measured: `--no-trl` runs (the 1,000,000-row runs here: trl's preparation takes
+about 90 s per 100,000 rows cold on this machine, some 15 minutes a launch at a million) time
+the data layers only.
 
 Machine: {m['cpu']}, {m['cores']} cores (shared with other work, so load varies), no GPU,
 Python {m['python']}, {v}. Runs: {runs}.
@@ -228,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--label", default="align", help="names this run in the results")
+    parser.add_argument("--about", default="", help="what the label stands for (e.g. a commit)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "align-startup")
     parser.add_argument("--results", type=Path, default=HERE / "CPU_RESULTS.md")
     parser.add_argument("--raw", type=Path, default=HERE / "startup_results.json")
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     result = measure(opts.rows, opts.work.resolve(), opts.trl)
-    result["label"] = opts.label
+    result["label"], result["about"] = opts.label, opts.about
     raw = json.loads(opts.raw.read_text()) if opts.raw.exists() else {"runs": {}}
     raw["machine"] = machine()
     raw["runs"][f"{opts.label} {opts.rows}"] = result
