@@ -95,3 +95,24 @@ def test_dynamic_sampling_benchmark_runs_both_sides_and_times_them(tmp_path):
     assert control["steps_to_target"] is not None  # the control reaches its own final figure
     assert (out / "dynamic_sampling.png").stat().st_size > 10_000
     assert "| 0 | on |" in (out / "dynamic_sampling.md").read_text()
+
+
+def test_startup_benchmark_writes_its_figures_and_section(tmp_path):
+    """benchmarks/startup.py at a tiny size, data layers only (no timing assertions)."""
+    results, raw = tmp_path / "CPU_RESULTS.md", tmp_path / "startup.json"
+    results.write_text("# CPU benchmarks\n\n## other: kept\n\ntext\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "startup.py"), "--rows", "300", "--no-trl",
+         "--label", "tiny", "--work", str(tmp_path / "work"), "--results", str(results),
+         "--raw", str(raw)], check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run = json.loads(raw.read_text())["runs"]["tiny 300"]
+    assert run["rows"] == 300 and set(run["launches"]) == {
+        "plain cold", "align cold", "plain cached", "align cached"}
+    for launch in run["launches"].values():
+        assert launch["rows"] == 300 and "trl_s" not in launch
+    assert run["cold"]["align_own_s_per_100k"] >= 0 and run["cold"]["share_of_trl"] is None
+    text = results.read_text()
+    assert "## other: kept" in text and text.count("## startup:") == 1
+    assert "| tiny | 300 | cold |" in text and "| tiny | 300 | cached |" in text
+    assert not (tmp_path / "work" / "cache-align-300").exists()  # the caches are removed

@@ -47,8 +47,13 @@ For a text model (`vision=False`, the default) media columns are dropped with a 
 when no text refers to them, and rows whose text has `<image>`/`<video>` placeholders are an
 error: a text model would read the placeholders as words and never see the images.
 
-Every row is checked in plain python before any training starts; a bad row raises `DataError`
-naming the source, the 0-based row (and, for JSON Lines, the 1-based line), the field and the fix.
+Every row is checked before any training starts, by the same batched datasets map that
+normalises it (over `data.num_proc` processes when set), and the result is cached by the
+dataset's fingerprint: a second launch on the same file, and the other ranks of a multi-process
+launch (they wait for the node's main process), load it from datasets' cache. A bad row raises
+`DataError` naming the source, the 0-based row (and, for JSON Lines, the 1-based line), the
+field and the fix; to name every bad row as written, JSON files are then parsed again by
+python's json (only then: a launch whose rows are all good never parses them in python).
 
 Usage::
 

@@ -1,7 +1,7 @@
 """Row formats: which format a dataset is in (from its columns), and one pure function per
 format, `row -> {column: new value}`, that both checks a row (raising RowError) and normalises it.
-The check pass runs it over every row in python with the row index at hand, then datasets' map
-applies the same function, so what was checked is what is trained on."""
+One datasets map applies it to every row (align/data/load.py), so what was checked is what is
+trained on; after a RowError, the report of bad rows runs it again over the rows as written."""
 
 from __future__ import annotations
 

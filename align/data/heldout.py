@@ -36,7 +36,25 @@ def _heldout_from_messages(row: Mapping) -> dict:
     }
 
 
-def build_heldout(eval_dataset: datasets.Dataset | None, fmt: str, num_proc: int | None = None):
+def _heldout_batch(batch: dict, *, answer: str | None, keep_solution: bool, code: str) -> dict:
+    """datasets' batched map function (module-level, so its cache hits on the next launch):
+    `answer` is None for conversations (`messages`), else the column with the answer; `code`
+    only keys the cache (see align.data.load)."""
+    if answer is None:
+        out = [_heldout_from_messages({"messages": m}) for m in batch["messages"]]
+        columns = {"prompt": [o["prompt"] for o in out]}
+        if not keep_solution:
+            columns["solution"] = [o["solution"] for o in out]
+        return columns
+    return {} if keep_solution else {"solution": [_final_assistant_text(v) for v in batch[answer]]}
+
+
+def _has_prompt(batch: dict) -> list[bool]:
+    return [len(p) > 0 for p in batch["prompt"]]
+
+
+def build_heldout(eval_dataset: datasets.Dataset | None, fmt: str, num_proc: int | None = None,
+                  code: str = ""):
     """The eval split in RL prompt form: `prompt`, `solution` and the other columns.
 
     An existing `solution` column (synthetic tasks have one: the exact answer) is kept; otherwise the
@@ -48,30 +66,25 @@ def build_heldout(eval_dataset: datasets.Dataset | None, fmt: str, num_proc: int
         return eval_dataset
     names = eval_dataset.column_names
     keep_solution = "solution" in names
-    if fmt in ("messages", "sharegpt"):
-
-        def convert(row):
-            out = _heldout_from_messages(row)
-            return {"prompt": out["prompt"]} if keep_solution else out
-
-        removed = ["messages"]
+    conversations = fmt in ("messages", "sharegpt")
+    if conversations:
+        answer, removed = None, ["messages"]
     else:
         answer = "completion" if fmt in ("prompt_completion", "alpaca") else "chosen"
-
-        def convert(row):
-            return {} if keep_solution else {"solution": _final_assistant_text(row[answer])}
-
         removed = [c for c in ("completion", "chosen", "rejected") if c in names]
+    num_proc = num_proc if num_proc and num_proc > 1 else None
     heldout = eval_dataset.map(
-        convert,
+        _heldout_batch,
+        batched=True,
+        fn_kwargs={"answer": answer, "keep_solution": keep_solution, "code": code},
         remove_columns=removed,
         num_proc=num_proc,
         desc="Building held-out prompts",
     )
-    if fmt in ("messages", "sharegpt"):
+    if conversations:
         # A conversation that opens with the assistant has no prompt to generate from.
         before = len(heldout)
-        heldout = heldout.filter(lambda row: len(row["prompt"]) > 0)
+        heldout = heldout.filter(_has_prompt, batched=True, num_proc=num_proc)
         if len(heldout) < before:
             logger.warning(
                 "held-out: dropped %d eval rows whose first turn is the assistant's",

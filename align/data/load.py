@@ -3,8 +3,12 @@ the media of vision-language rows attached, and the held-out prompts built."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from align.data.config import STAGES, DataConfig, DataError, StageData, as_data_config
@@ -22,6 +26,7 @@ from align.data.media import (
     Media,
     attach_media,
     image_feature,
+    may_mention_media,
     mentions_media,
     require_av,
     require_pillow,
@@ -37,27 +42,161 @@ MAX_REPORTED_ROWS = 10  # a file with thousands of bad rows should not print tho
 
 
 def _row_label(src: Source, index: int, sample_id: Any = None) -> str:
-    line = f" (line {src.lines[index]})" if src.lines is not None else ""
+    lines = src.python_rows()[1]
+    line = f" (line {lines[index]})" if lines is not None else ""
     ident = f" (id {sample_id!r})" if sample_id is not None else ""
     return f"{src.label}: row {index}{line}{ident}"
 
 
-def _check_rows(src: Source, fmt: str, system_prompt: str | None, media: Media | None = None) -> None:
-    """Run the format's normaliser over every row in python; raise one DataError listing bad rows."""
+def _row_label_plain(label: str, index: int, sample_id: Any) -> str:
+    return f"{label}: row {index}" + (f" (id {sample_id!r})" if sample_id is not None else "")
 
+
+# --------------------------------------------------------------------------- the batched pass
+
+
+class BadRow(Exception):
+    """Raised inside datasets' map (possibly in a worker process) by the first bad row of a
+    batch; the data layer then reports every bad row of the source (`_report_bad_rows`)."""
+
+    def __init__(self, index: int, field: str, problem: str, sample_id: Any = None):
+        super().__init__(index, field, problem, sample_id)  # every argument, so that it pickles
+        self.index, self.field, self.problem, self.sample_id = index, field, problem, sample_id
+
+
+#: An extra column the preference pass writes: whether a row's chosen == rejected (dropped after).
+_SAME = "_align_chosen_is_rejected"
+
+
+def _normalise_batch(batch: dict, indices: list[int], *, fmt: str, system_prompt: str | None,
+                     media: Media | None, code: str) -> dict:
+    """datasets' batched map function: every row of `batch` checked and normalised by the
+    format's normaliser (and its media attached). Module-level and configured by keyword
+    arguments only, so that datasets hashes it to the same fingerprint on every launch and a
+    second launch loads the result from its cache; `code` (the data layer's source hash) makes
+    a new align version miss that cache."""
+    normalise = NORMALISERS[fmt]
+    names = list(batch)
+    rows = []
+    for k, values in enumerate(zip(*batch.values())):
+        row = dict(zip(names, values))
+        try:
+            out = normalise(row, system_prompt)
+            if media is not None:
+                out = attach_media(out, row, media, decode=True, check_images=True)
+        except RowError as err:
+            raise BadRow(indices[k], err.field, err.problem, row.get("id")) from None
+        rows.append(out)
+    columns = {key: [r[key] for r in rows] for key in rows[0]} if rows else {}
+    if fmt == "preference":
+        columns[_SAME] = [r["chosen"] == r["rejected"] for r in rows]
+    return columns
+
+
+@functools.lru_cache(maxsize=1)
+def _code_version() -> str:
+    """A hash of what decides a normalised row: this package's sources and trl's version
+    (preference rows use trl's prompt extraction)."""
+    import importlib.metadata
+
+    digest = hashlib.sha256()
+    for module in ("formats.py", "media.py", "load.py", "heldout.py", "config.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    digest.update(importlib.metadata.version("trl").encode())
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _main_process_first():
+    """Under `accelerate launch` / torchrun with several processes, the node's main process
+    checks and normalises first (writing datasets' cache); the other ranks then load its result
+    from the cache instead of repeating the work. Needs the process group, which trl's config
+    sets up when a run starts (Job.start); without it (a script calling load_stage_data before
+    building any trainer config) every rank does the work itself, rather than align setting up
+    accelerate's state with arguments the trainer would then not be able to change."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().local_main_process_first():
+        yield
+
+
+def _normalise(src: Source, fmt: str, cfg: DataConfig, media: Media | None) -> datasets.Dataset:
+    """Check and normalise every row in one batched map, cached by the dataset's fingerprint.
+
+    A bad row stops the map; the source is then checked again row by row in python
+    (`_report_bad_rows`) so that every bad row is reported, each with its line."""
+    dataset = src.dataset
+    if len(dataset) == 0:
+        raise DataError(f"{src.label}: the dataset is empty (no rows)")
+    removed = list(REMOVED_COLUMNS.get(fmt, []))
+    if media is not None:  # replaced by the `images` column
+        removed += [c for c in MEDIA_COLUMNS if c != "images"]
+    remove = [c for c in removed if c in dataset.column_names]
+    try:
+        with _main_process_first():
+            out = dataset.map(
+                _normalise_batch,
+                batched=True,
+                with_indices=True,
+                fn_kwargs={"fmt": fmt, "system_prompt": cfg.system_prompt, "media": media,
+                           "code": _code_version()},
+                remove_columns=remove or None,
+                num_proc=cfg.num_proc if cfg.num_proc and cfg.num_proc > 1 else None,
+                # Media rows name image/video files whose contents datasets' fingerprint does
+                # not see: check them again on every launch.
+                load_from_cache_file=None if media is None else False,
+                desc=f"Normalising ({fmt})",
+            )
+    except BadRow as bad:
+        _report_bad_rows(src, fmt, cfg.system_prompt, media)
+        # Only if python's view of the rows passes where arrow's failed (never seen so far).
+        raise DataError(f"{_row_label_plain(src.label, bad.index, bad.sample_id)}: "
+                        f"field '{bad.field}': {bad.problem}") from None
+    if fmt == "preference":
+        _warn_same(src.label, out)
+        out = out.remove_columns(_SAME)
+    return out
+
+
+def _warn_same(label: str, dataset: datasets.Dataset) -> None:
+    import pyarrow.compute as pc
+
+    same = pc.indices_nonzero(dataset.data.column(_SAME).combine_chunks()).to_pylist()
+    if same:
+        logger.warning(
+            "%s: %d rows have chosen == rejected (rows %s%s); they carry no preference signal",
+            label,
+            len(same),
+            same[:10],
+            " ..." if len(same) > 10 else "",
+        )
+
+
+def _report_bad_rows(src: Source, fmt: str, system_prompt: str | None, media: Media | None) -> None:
+    """Run the format's normaliser over every row in python; raise one DataError listing the
+    bad rows (at most MAX_REPORTED_ROWS). Only runs once the batched pass has found a bad row.
+    JSON rows are checked as python's json parsed them, the dataset's other rows as arrow
+    holds them."""
     extra = ("id",) + MEDIA_COLUMNS if media is not None else ("id",)
     read = [c for c in READ_COLUMNS[fmt] + extra if c in src.dataset.column_names]
-    if src.rows is not None:
-        # Rows exactly as json parsed them, with the dataset's columns: a key missing from one
-        # row is a null column value in the dataset, and the check must see the same thing.
-        rows = [{c: row.get(c) for c in read} for row in src.rows]
+    python_rows = src.python_rows()[0]
+    if python_rows is not None:
+        # A key missing from one row is a null column value in the dataset, and the check must
+        # see the same thing.
+        rows = [{c: row.get(c) for c in read} for row in python_rows]
     else:
         columns = src.dataset.select_columns(read).to_dict()
         rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    if not rows:
-        raise DataError(f"{src.label}: the dataset is empty (no rows)")
     normalise = NORMALISERS[fmt]
-    problems, same = [], []
+    problems = []
     for i, row in enumerate(rows):
         try:
             out = normalise(row, system_prompt)
@@ -65,17 +204,6 @@ def _check_rows(src: Source, fmt: str, system_prompt: str | None, media: Media |
                 attach_media(out, row, media, decode=False)
         except RowError as err:
             problems.append(f"{_row_label(src, i, row.get('id'))}: field '{err.field}': {err.problem}")
-            continue
-        if fmt == "preference" and out["chosen"] == out["rejected"]:
-            same.append(i)
-    if same:
-        logger.warning(
-            "%s: %d rows have chosen == rejected (rows %s%s); they carry no preference signal",
-            src.label,
-            len(same),
-            same[:10],
-            " ..." if len(same) > 10 else "",
-        )
     if not problems:
         return
     shown = problems[:MAX_REPORTED_ROWS]
@@ -85,34 +213,7 @@ def _check_rows(src: Source, fmt: str, system_prompt: str | None, media: Media |
     raise DataError(f"{src.label}: {len(problems)} malformed rows:\n  " + "\n  ".join(shown) + more)
 
 
-def _normalise(dataset: datasets.Dataset, fmt: str, cfg: DataConfig, label: str,
-               media: Media | None = None) -> datasets.Dataset:
-
-    normalise = NORMALISERS[fmt]
-
-    def apply(row, index):
-        try:
-            out = normalise(row, cfg.system_prompt)
-            return attach_media(out, row, media, decode=True) if media is not None else out
-        except RowError as err:  # only if arrow's view of a row differs from what was checked
-            raise DataError(f"{_row_label_plain(label, index, row.get('id'))}: field '{err.field}': "
-                            f"{err.problem}") from None
-
-    removed = list(REMOVED_COLUMNS.get(fmt, []))
-    if media is not None:  # replaced by the `images` column
-        removed += [c for c in MEDIA_COLUMNS if c != "images"]
-    remove = [c for c in removed if c in dataset.column_names]
-    return dataset.map(
-        apply,
-        with_indices=True,
-        remove_columns=remove or None,
-        num_proc=cfg.num_proc,
-        desc=f"Normalising ({fmt})",
-    )
-
-
-def _row_label_plain(label: str, index: int, sample_id: Any) -> str:
-    return f"{label}: row {index}" + (f" (id {sample_id!r})" if sample_id is not None else "")
+# --------------------------------------------------------------------------- media
 
 
 def _media_for(src: Source, fmt: str, cfg: DataConfig, vision: bool) -> tuple[Source, Media | None]:
@@ -129,9 +230,19 @@ def _media_for(src: Source, fmt: str, cfg: DataConfig, vision: bool) -> tuple[So
             folder = os.path.dirname(os.path.abspath(src.label))
         return src, Media(folder, cfg.video_fps, cfg.video_max_frames)
     text_cols = [c for c in READ_COLUMNS[fmt] + ("prompt",) if c in src.dataset.column_names]
-    if src.rows is not None:
-        rows = src.rows
-    else:
+    if may_mention_media(src.dataset, text_cols):
+        _raise_first_media_row(src, text_cols)
+    if present:
+        logger.warning("%s: dropping the %s column(s): the model is a text model (no text refers "
+                       "to them)", src.label, present)
+        src = src.with_dataset(src.dataset.remove_columns(present))
+    return src, None
+
+
+def _raise_first_media_row(src: Source, text_cols: list[str]) -> None:
+    """The python scan behind `may_mention_media`: the first row whose text refers to media."""
+    rows = src.python_rows()[0]
+    if rows is None:
         rows = [dict(zip(text_cols, v)) for v in zip(*src.dataset.select_columns(text_cols).to_dict().values())]
     for i, row in enumerate(rows):
         if mentions_media({c: row.get(c) for c in text_cols}):
@@ -141,11 +252,6 @@ def _media_for(src: Source, fmt: str, cfg: DataConfig, vision: bool) -> tuple[So
                 "(model.kind=causal_lm) that cannot see them; use a vision-language model (model=tiny_vlm, or "
                 "model.kind=image_text_to_text with a VLM) or remove the placeholders"
             )
-    if present:
-        logger.warning("%s: dropping the %s column(s): the model is a text model (no text refers "
-                       "to them)", src.label, present)
-        src = Source(src.label, src.dataset.remove_columns(present), src.rows, src.lines)
-    return src, None
 
 
 def _prepare(src: Source, fmt: str, cfg: DataConfig, limit: int | None,
@@ -153,20 +259,14 @@ def _prepare(src: Source, fmt: str, cfg: DataConfig, limit: int | None,
     """Keep the first `limit` rows, check them, normalise them."""
     if limit is not None and limit < len(src.dataset):
         # The first rows (not a sample) so that row numbers in error messages are still file rows.
-        src = Source(
-            src.label,
-            src.dataset.select(range(limit)),
-            src.rows[:limit] if src.rows is not None else None,
-            src.lines,
-        )
+        src = src.with_dataset(src.dataset.select(range(limit)))
     if fmt == "text" and cfg.system_prompt is not None:
         raise DataError(
             f"{src.label}: data.system_prompt needs conversational data, but the rows are plain 'text'; "
             "remove data.system_prompt or convert the data to messages"
         )
     src, media = _media_for(src, fmt, cfg, vision)
-    _check_rows(src, fmt, cfg.system_prompt, media)
-    return _normalise(src.dataset, fmt, cfg, src.label, media)
+    return _normalise(src, fmt, cfg, media)
 
 
 def _cast_images(dataset: datasets.Dataset | None) -> datasets.Dataset | None:
@@ -216,7 +316,7 @@ def load_stage_data(cfg: Any, stage: str, vision: bool = False) -> StageData:
             eval_ = _prepare(eval_src, eval_fmt, cfg, cfg.max_eval_samples, vision)
             eval_desc = f"eval: {eval_src.label}"
 
-    heldout = build_heldout(eval_, eval_fmt, cfg.num_proc)
+    heldout = build_heldout(eval_, eval_fmt, cfg.num_proc, code=_code_version())
     # Cast last: a map over decoded images would re-encode every one of them.
     train, eval_, heldout = _cast_images(train), _cast_images(eval_), _cast_images(heldout)
     source = f"{train_src.label} [{stage}, {fmt}] train {len(train)} rows; {eval_desc}" + (

@@ -103,6 +103,65 @@ def mentions_media(value: Any) -> bool:
     return False
 
 
+def may_mention_media(dataset, columns: list[str]) -> bool:
+    """False when no row of `columns` can refer to media (`mentions_media` is False for every
+    row), found with arrow's vectorised string search instead of a python pass; True when one
+    may (the caller then scans those rows in python to name the first). Arrow holds the strings
+    json parsed, so a row that mentions media is always found; columns of a type this does not
+    read count as "may"."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def is_text(kind) -> bool:
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+    def found(array: pa.ChunkedArray, pattern: str) -> bool:
+        # One RE2 search over each chunk's whole character buffer (viewed, not copied, as a
+        # single binary value) instead of one per string: a per-value search costs about 100 ns
+        # a row even on a short "role", and RE2 beats match_substring on long text. The buffer
+        # may hold bytes of rows outside a slice, and a match may straddle two rows: both only
+        # ever add a "may".
+        for chunk in array.chunks:
+            data = chunk.buffers()[2]
+            if data is None or data.size == 0:
+                continue
+            offsets = pa.array([0, data.size], pa.int64()).buffers()[1]
+            whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, data])
+            if pc.match_substring_regex(whole, pattern)[0].as_py():
+                return True
+        return False
+
+    # Whole columns (chunked arrays), one compute call per nested field: a cached dataset is
+    # stored in many small record batches, and a call per batch costs more than the search.
+    def may(array: pa.ChunkedArray) -> bool:
+        kind = array.type
+        if pa.types.is_null(kind) or pa.types.is_boolean(kind) or pa.types.is_integer(kind) \
+                or pa.types.is_floating(kind):
+            return False
+        if isinstance(kind, pa.BaseExtensionType):
+            # datasets' Json feature: the JSON text of values of mixed types. A placeholder or a
+            # part of type "image"/"video" has the word in it however the text escapes "<".
+            storage = pa.chunked_array([c.storage for c in array.chunks], type=kind.storage_type)
+            return found(storage, "image|video") if is_text(kind.storage_type) else may(storage)
+        if is_text(kind):
+            return found(array, f"{IMAGE_PLACEHOLDER}|{VIDEO_PLACEHOLDER}")
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            return may(pc.list_flatten(array))
+        if pa.types.is_struct(kind):
+            for index in range(kind.num_fields):
+                child = pc.struct_field(array, [index])
+                if kind.field(index).name == "type" and is_text(child.type) and \
+                        pc.any(pc.is_in(child, pa.array(["image", "video"]))).as_py():
+                    return True
+                if may(child):
+                    return True
+            return False
+        return True
+
+    # Every row of the underlying table: a superset of a selection's rows.
+    return any(may(dataset.data.column(column)) for column in columns)
+
+
 # --------------------------------------------------------------------------- paths and files
 
 
@@ -210,13 +269,16 @@ class Media:
 _ANSWER_FIELDS = ("completion", "chosen", "rejected")
 
 
-def attach_media(out: dict, row: Mapping, media: Media, decode: bool) -> dict:
+def attach_media(out: dict, row: Mapping, media: Media, decode: bool,
+                 check_images: bool | None = None) -> dict:
     """Turn a normalised row into its vision-language form: typed parts + an `images` list.
 
-    With decode=False (the check pass) files are opened and checked but videos are not sampled
-    into the output; with decode=True (the map pass) video frames become images.
+    With decode=False (the report of bad rows) files are opened and checked but videos are not
+    sampled into the output; with decode=True (the map pass) video frames become images.
+    `check_images` (default: not decode): open and fully decode every image file.
     """
-
+    if check_images is None:
+        check_images = not decode
 
     try:
         image_col, images = media_list(row, IMAGE_COLUMNS)
@@ -267,7 +329,7 @@ def attach_media(out: dict, row: Mapping, media: Media, decode: bool) -> dict:
     image_items = [resolved(i, image_col) for i in images]
     video_paths = [resolved(v, video_col) for v in videos]
     try:
-        if not decode:
+        if check_images:
             for item in image_items:
                 check_image(item, image_col)
         frames = []
@@ -310,6 +372,7 @@ __all__ = [
     "count_placeholders",
     "mentions_media",
     "image_feature",
+    "may_mention_media",
     "media_list",
     "png_bytes",
     "require_av",

@@ -11,7 +11,8 @@ import json
 import lzma
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,31 @@ COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 class Source:
     label: str  # names the file / hub id + split in every message
     dataset: datasets.Dataset
-    rows: list[dict] | None = None  # the rows as parsed by json (exact python values), JSON only
-    lines: list[int] | None = None  # 1-based line of each row, JSON Lines only
+    #: A JSON / JSON Lines file the rows came from. Python's json module parses it again only
+    #: to report bad rows: arrow's view of a row can differ (a key missing from one row is null,
+    #: numbers unified), and messages quote the rows as written, with their line.
+    json_file: str | None = None
+    renames: Mapping[str, str] = field(default_factory=dict)  # data.columns, applied to those rows
+    _parsed: tuple | None = field(default=None, repr=False, compare=False)
+
+    def python_rows(self) -> tuple[list[dict] | None, list[int] | None]:
+        """(rows as json parsed them, renamed, cut to the dataset's length; 1-based line of each
+        row for JSON Lines), or (None, None) for a source that is not a JSON file. Parsed on the
+        first call: a launch whose rows are all good never pays for it."""
+        if self.json_file is None:
+            return None, None
+        if self._parsed is None:
+            rows, lines = _parse_json_file(self.json_file, _file_type(self.json_file)[1])
+            if self.renames:
+                rows = [{self.renames.get(k, k): v for k, v in row.items()} for row in rows]
+            self._parsed = (rows, lines)
+        rows, lines = self._parsed
+        return rows[: len(self.dataset)], lines
+
+    def with_dataset(self, dataset: datasets.Dataset) -> Source:
+        """The same source (label, JSON file, renames) over `dataset`: the first rows of the
+        original, or the same rows with fewer columns."""
+        return dataclasses.replace(self, dataset=dataset)
 
 
 def _datasets():
@@ -102,6 +126,14 @@ def _parse_json_file(path: str, opener: Callable | None) -> tuple[list[dict], li
     return rows, lines
 
 
+def _check_json_file(path: str, opener: Callable | None) -> None:
+    """Raise the DataError that names the line of what is wrong with a JSON file (the file
+    datasets could not load), if python's json finds something."""
+    rows, _ = _parse_json_file(path, opener)
+    if not rows:
+        raise DataError(f"{path}: the dataset is empty (no rows)")
+
+
 def _csv_header(path: str, opener: Callable | None) -> list[str]:
     try:
         with (opener or open)(path, "rt", encoding="utf-8", newline="") as f:
@@ -151,22 +183,22 @@ def _load_path(path: str, split: str, cfg: DataConfig, *, is_eval: bool) -> Sour
                 f"{path}: unsupported file type; use .json, .jsonl, .parquet or .csv "
                 "(optionally compressed: .gz, .bz2, .xz)"
             )
-        rows = lines = None
         kwargs = {}
         if builder == "csv":
             # CSV holds only text, but pandas would read "2" as an int and an answer column of
             # numbers would fail the string checks: read every column as a string.
             kwargs["features"] = ds.Features({name: ds.Value("string") for name in _csv_header(path, opener)})
-        if builder == "json":
-            rows, lines = _parse_json_file(path, opener)
-            if not rows:
-                raise DataError(f"{path}: the dataset is empty (no rows)")
         try:
             # A single file is one split, which datasets calls "train" whatever it holds.
             dataset = ds.load_dataset(builder, data_files=path, split="train", **kwargs)
         except Exception as exc:
+            if builder == "json":
+                # datasets' parse errors name no line; python's json does (and raises it here).
+                _check_json_file(path, opener)
             raise _wrap_load_error(path, exc) from exc
-        return Source(path, dataset, rows, lines)
+        if builder == "json" and len(dataset) == 0:
+            raise DataError(f"{path}: the dataset is empty (no rows)")
+        return Source(path, dataset, json_file=path if builder == "json" else None)
 
     if local and os.path.isdir(path):
         saved = any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
@@ -242,8 +274,5 @@ def rename_columns(src: Source, columns: Mapping[str, str]) -> Source:
                 f"{src.label}: data.columns renames {old!r} to {new!r}, but a {new!r} column already exists; "
                 f"rename or drop that one too (columns: {names})"
             )
-    dataset = src.dataset.rename_columns(dict(columns))
-    rows = None
-    if src.rows is not None:
-        rows = [{columns.get(k, k): v for k, v in row.items()} for row in src.rows]
-    return Source(src.label, dataset, rows, src.lines)
+    return dataclasses.replace(src, dataset=src.dataset.rename_columns(dict(columns)),
+                               renames=dict(columns), _parsed=None)

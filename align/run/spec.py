@@ -508,6 +508,10 @@ def decide(cfg: DictConfig | Mapping, stage: str,
                   run_name=str(plain.get("name") or stage),
                   report_to=["wandb"] if _tracks(logger) else [])
     kwargs.update(dev.mixed_precision(trainer_set, facts))
+    if (data.num_proc is not None and "dataset_num_proc" not in trainer_set
+            and any(f.name == "dataset_num_proc" for f in dataclasses.fields(config_class))):
+        # One knob for the data's worker processes: align's checks and trl's tokenisation.
+        kwargs["dataset_num_proc"] = data.num_proc
     if peft_plan.optimizer_8bit:
         kwargs.setdefault("optim", "adamw_bnb_8bit")
     if stage == "grpo":
