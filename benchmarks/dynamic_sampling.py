@@ -28,13 +28,14 @@ import argparse
 import json
 import math
 import os
-import platform
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import describe, machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,19 +124,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    import torch
-    import trl
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+def machine_line() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, load {load:.1f} at the end; torch "
-            f"{torch.__version__}, trl {trl.__version__}, python {platform.python_version()}")
+    return f"{describe(machine(('torch', 'trl')))}; load {load:.1f} at the end"
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -193,7 +184,7 @@ def main() -> None:
                   f"{result['after']:.3f} in {result['train_s']:.0f} s of training", flush=True)
     rows = summarise(results)
     text = table(rows)
-    header = (f"{machine()}; {args.steps} GRPO steps, held-out every {args.eval_steps} "
+    header = (f"{machine_line()}; {args.steps} GRPO steps, held-out every {args.eval_steps} "
               f"steps ({time.strftime('%Y-%m-%d')})")
     (args.out / "dynamic_sampling.json").write_text(json.dumps(
         {"machine": header, "results": results, "summary": rows}, indent=1))

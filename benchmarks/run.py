@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -48,6 +47,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from machine import machine
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -358,26 +359,6 @@ def run_comparison(comp: Comparison, ctx: dict, reps: int, work: Path, timeout: 
 
 
 # ----------------------------------------------------------------------------- reporting
-
-def machine() -> dict:
-    import importlib.metadata as md
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = "-"
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "versions": versions}
 
 
 HEADERS = {

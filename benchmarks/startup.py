@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -42,6 +41,8 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+from machine import machine
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## startup"
@@ -119,27 +120,6 @@ def launch(side: str, data_file: Path, cache: Path, work: Path, trl: bool) -> di
     if proc.returncode != 0:
         raise SystemExit(f"{side} launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def machine() -> dict:
-    import importlib.metadata as md
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for name in ("trl", "transformers", "datasets", "pyarrow"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = "-"
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "versions": versions}
 
 
 def measure(rows: int, work: Path, trl: bool) -> dict:
@@ -250,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(opts.rows, opts.work.resolve(), opts.trl)
     result["label"], result["about"] = opts.label, opts.about
     raw = json.loads(opts.raw.read_text()) if opts.raw.exists() else {"runs": {}}
-    raw["machine"] = machine()
+    raw["machine"] = machine(("trl", "transformers", "datasets", "pyarrow"))
     raw["runs"][f"{opts.label} {opts.rows}"] = result
     opts.raw.write_text(json.dumps(raw, indent=1) + "\n")
     print(table({"this": result}))
