@@ -116,3 +116,29 @@ def test_startup_benchmark_writes_its_figures_and_section(tmp_path):
     assert "## other: kept" in text and text.count("## startup:") == 1
     assert "| tiny | 300 | cold |" in text and "| tiny | 300 | cached |" in text
     assert not (tmp_path / "work" / "cache-align-300").exists()  # the caches are removed
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_runs_the_plain_control_and_align_on_one_held_out_set(tmp_path):
+    """benchmarks/time_to_accuracy.py at its smallest: the hand-written trl pipeline (its own
+    tokenizer and model, SFT then GRPO) and align's entry point, both measured on the same
+    held-out problems, their clocks read (no timing assertions)."""
+    out = tmp_path / "tta"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/time_to_accuracy.py", "--quick", "--seeds", "0",
+         "--out", str(out)], check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    raw = json.loads((out / "time_to_accuracy.json").read_text())
+    control, align = raw["results"]
+    assert (control["side"], align["side"]) == ("plain trl", "align")
+    assert control["sft_steps"] == 4  # --quick cuts the control's warm-up
+    for r in (control, align):
+        assert [p[0] for p in r["curve"]] == [0, 2, 4]
+        seconds = [p[1] for p in r["curve"] if p[1] is not None]
+        assert seconds == sorted(seconds) and 0 < seconds[-1] <= r["total_s"] <= r["wall_s"]
+        assert r["after"] == r["curve"][-1][2]  # the last point is the final model
+        assert all(0.0 <= p[2] <= 1.0 for p in r["curve"])
+    # align's held-out problems are the control's: the tiny model after its warm-up answers
+    # about half of them, the control's 4-step model none
+    assert align["before"] >= 0.3 and control["before"] < 0.1
+    assert "| 0 | align |" in (out / "time_to_accuracy.md").read_text()
