@@ -97,7 +97,7 @@ def run_align(seed: int, out: Path, args: argparse.Namespace) -> dict:
     points, end = align_curve(run_dir / "grpo.log", launched)
     return {"seed": seed, "side": "align", "curve": [(0, None, metrics["heldout_before"]["accuracy"])]
             + points, "before": metrics["heldout_before"]["accuracy"],
-            "after": metrics["heldout_after"]["accuracy"], "total_s": round(end, 1),
+            "after": metrics["heldout_after"]["accuracy"], "total_s": round(end, 2),
             "wall_s": round(wall, 1)}
 
 

@@ -167,7 +167,7 @@ def main() -> None:
     result = {"seed": opts.seed, "sft_steps": sft_steps, "curve": curve,
               "before": start_acc, "after": curve[-1][3],
               "wall_s": round(time.perf_counter() - START, 1),
-              "clock_s": round(clock.now(), 1)}
+              "clock_s": round(clock.now(), 2)}
     (opts.out / "pipeline.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
 
