@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument("--grpo-steps", type=int, default=600)
     parser.add_argument("--sft-max-steps", type=int, default=1500)
     parser.add_argument("--eval-steps", type=int, default=50, help="held-out every N steps")
+    parser.add_argument("--save-sft", type=Path, default=None, help=(
+        "also save the SFT warm-up model and tokenizer here (e.g. to start align's GRPO from "
+        "it: python align/grpo.py model.name_or_path=DIR)"))
     opts = parser.parse_args()
     opts.out.mkdir(parents=True, exist_ok=True)
     clock, curve = Clock(), []
@@ -149,6 +152,9 @@ def main() -> None:
                                                 stop_at=0.5)])
     sft.train()
     sft_steps = sft.state.global_step
+    if opts.save_sft is not None:
+        sft.save_model(str(opts.save_sft))
+        tokenizer.save_pretrained(str(opts.save_sft))
 
     prompts = Dataset.from_list([{"prompt": user(a, b), "solution": str(a + b)} for a, b in train])
     began = time.perf_counter()
