@@ -71,16 +71,21 @@ def test_experiment_smoke_names_an_unknown_experiment(tmp_path):
     assert proc.returncode == 2 and "qwen_gsm8k: no such experiment" in proc.stderr
 
 
+def quick_seed0(name: str, out: Path) -> dict:
+    """benchmarks/<name>.py --quick --seeds 0, run from the repository as a user would; its JSON."""
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{name}.py", "--quick", "--seeds", "0", "--out", str(out)],
+        check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads((out / f"{name}.json").read_text())
+
+
 @pytest.mark.slow
 def test_dynamic_sampling_benchmark_runs_both_sides_and_times_them(tmp_path):
     """benchmarks/dynamic_sampling.py at its smallest: one seed, on and off, through the entry
     point as a user types it; the table, the JSON and the plot written."""
     out = tmp_path / "ds"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/dynamic_sampling.py", "--quick", "--seeds", "0",
-         "--out", str(out)], check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    raw = json.loads((out / "dynamic_sampling.json").read_text())
+    raw = quick_seed0("dynamic_sampling", out)
     off, on = raw["results"]
     assert (off["dynamic_sampling"], on["dynamic_sampling"]) == (False, True)
     assert off["generated_groups_mean"] == 1.0 and on["generated_groups_mean"] >= 1.0
@@ -124,11 +129,7 @@ def test_time_to_accuracy_runs_the_plain_control_and_align_on_one_held_out_set(t
     tokenizer and model, SFT then GRPO) and align's entry point, both measured on the same
     held-out problems, their clocks read (no timing assertions)."""
     out = tmp_path / "tta"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/time_to_accuracy.py", "--quick", "--seeds", "0",
-         "--out", str(out)], check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    raw = json.loads((out / "time_to_accuracy.json").read_text())
+    raw = quick_seed0("time_to_accuracy", out)
     control, align = raw["results"]
     assert (control["side"], align["side"]) == ("plain trl", "align")
     assert control["sft_steps"] == 4  # --quick cuts the control's warm-up
