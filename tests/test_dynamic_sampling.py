@@ -152,6 +152,13 @@ def test_join_pads_each_key_on_its_side(tmp_path, tiny_sft_path):
     assert joined["completion_mask"][0].tolist() == [1, 1, 0, 0]
     assert joined["advantages"].tolist() == [7.0] * 4 + [9.0] * 4
     assert int(joined["num_items_in_batch"]) == 4 * 2 + 4 * 4
+    # tool-call rollouts: tool result tokens (tool_mask 0) are left out of the loss normaliser,
+    # and padding counts as "not a tool token" the way trl pads it
+    narrow["tool_mask"] = torch.tensor([[1, 0]] * 8)
+    wide["tool_mask"] = torch.ones(8, 4, dtype=torch.long)
+    joined = trainer._join([narrow, wide], [(0, 1), (1, 0)])
+    assert joined["tool_mask"][0].tolist() == [1, 0, 1, 1]
+    assert int(joined["num_items_in_batch"]) == 4 * 1 + 4 * 4
     with pytest.raises(RuntimeError, match=r"cannot join trl's generation output key\(s\) "
                                            r"\['pixel_values'\]"):
         trainer._join([{**narrow, "pixel_values": torch.zeros(1)}], [(0, 0)])

@@ -155,7 +155,7 @@ class GRPOTrainer(TrlGRPOTrainer):
         size = self.num_generations
         joined = {}
         for key in outputs[0]:
-            if key in RECOMPUTED or outputs[0][key] is None:
+            if key in RECOMPUTED:
                 joined[key] = outputs[0][key]
                 continue
             tensors = [out[key] for out in outputs]
