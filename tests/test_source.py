@@ -191,3 +191,22 @@ def test_every_hub_model_the_configs_name_has_its_architecture_shipped():
         folder = source.shipped_architecture(name)
         assert folder is not None, f"{name}: add its config.json to align/models/architectures/"
         assert folder.name in (source.ARCHITECTURES / "README.md").read_text()
+
+
+def test_the_tiny_architecture_is_read_without_building_it(tmp_path, monkeypatch, tiny_base_path):
+    """Module-name checks (peft.target_modules) on the tiny model must not build it: on a fresh
+    machine that is a minute of SFT warm-up and its progress bars before a one-line error."""
+    from transformers import AutoConfig
+
+    from align.models.source import meta_model
+    from align.models.tiny import architecture_config
+
+    built = AutoConfig.from_pretrained(tiny_base_path).to_dict()
+    shape = architecture_config().to_dict()
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "tie_word_embeddings", "model_type"):
+        assert shape[key] == built[key], key
+    monkeypatch.setenv("ALIGN_CACHE", str(tmp_path / "cold"))
+    model = meta_model("tiny://sft")
+    assert sum(p.numel() for p in model.parameters()) == 563_328
+    assert not (tmp_path / "cold").exists()

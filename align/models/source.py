@@ -169,10 +169,13 @@ def meta_model(source: str, revision: str | None = None, trust_remote_code: bool
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from align.models.tiny import resolve_model_path
+    from align.models.tiny import TINY_SCHEME, TINY_VARIANTS, architecture_config, resolve_model_path
 
-    config = AutoConfig.from_pretrained(resolve_model_path(source), revision=revision,
-                                        trust_remote_code=trust_remote_code)
+    if source in [TINY_SCHEME + v for v in TINY_VARIANTS]:
+        config = architecture_config()  # a check must not build (and SFT-train) the tiny model
+    else:
+        config = AutoConfig.from_pretrained(resolve_model_path(source), revision=revision,
+                                            trust_remote_code=trust_remote_code)
     auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     with torch.device("meta"):
         return auto.from_config(config, trust_remote_code=trust_remote_code)

@@ -402,9 +402,20 @@ def _check_reload(path: pathlib.Path, reference) -> None:
     AutoModelForCausalLM.from_pretrained(path)
 
 
+def architecture_config(vocab_size: int = VOCAB_SIZE, **token_ids):
+    """The text variants' architecture ("base" and "sft" share it): what planning and module-name
+    checks read, without building the model."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=512,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=512, tie_word_embeddings=True,
+                       attention_bias=False, bos_token_id=None, **token_ids)
+
+
 def _build_base(out: pathlib.Path) -> None:
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer()
     eos_id, pad_id = tokenizer.convert_tokens_to_ids([EOS_TOKEN, PAD_TOKEN])
@@ -413,20 +424,7 @@ def _build_base(out: pathlib.Path) -> None:
     # ids happen to agree on most strings). For "llama" it honours tokenizer_class
     # "TokenizersBackend" and loads tokenizer.json exactly as saved. The architectures differ
     # only in Qwen2's q/k/v biases, which do not matter for a model this size.
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        attention_bias=False,
-        bos_token_id=None,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-    )
+    config = architecture_config(len(tokenizer), eos_token_id=eos_id, pad_token_id=pad_id)
     torch.manual_seed(SEED)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
