@@ -328,6 +328,8 @@ CONFIG_ERRORS = [
     ({"fn": "calculator", "timeout_s": 0}, ToolConfigError, "timeout_s must be a positive number of seconds, got 0"),
     ({"fn": "calculator", "timeout_s": True}, ToolConfigError, "timeout_s must be a positive number of seconds, got True"),
     ({"fn": "calculator", "timeout_s": "5"}, ToolConfigError, "timeout_s must be a positive number"),
+    ({"fn": "calculator", "timeout_s": float("inf")}, ToolConfigError, "timeout_s must be a positive number"),
+    ({"fn": "calculator", "timeout_s": float("nan")}, ToolConfigError, "timeout_s must be a positive number"),
     ({"fn": "calculator", "max_output_chars": "x"}, ToolConfigError, "max_output_chars must be a positive int, got 'x'"),
     ({"fn": "calculator", "max_output_chars": True}, ToolConfigError, "max_output_chars must be a positive int, got True"),
     ({"fn": "calculator", "max_output_chars": 10.5}, ToolConfigError, "max_output_chars must be a positive int"),

@@ -55,7 +55,7 @@ def _too_big() -> CalculatorError:
     return CalculatorError(f"result too large (more than {MAX_INT_BITS} bits, about 1200 digits)")
 
 
-def _power(base: int | float, exponent: int | float) -> int | float:
+def _power(base: float, exponent: float) -> int | float:
     if isinstance(base, int) and isinstance(exponent, int) and exponent > 0:
         # Bound the result's size before computing it: bits(base ** e) <= bits(base) * e.
         if abs(base) > 1 and (abs(base).bit_length() - 1) * exponent > MAX_INT_BITS:
@@ -68,12 +68,12 @@ def _power(base: int | float, exponent: int | float) -> int | float:
     return result
 
 
-def _binary(op: type, left: int | float, right: int | float) -> int | float:
+def _binary(op: type, left: float, right: float) -> int | float:
     if op is ast.Pow:
         return _power(left, right)
-    if op is ast.Mult and isinstance(left, int) and isinstance(right, int):
-        if left.bit_length() + right.bit_length() > MAX_INT_BITS + 1:
-            raise _too_big()
+    if (op is ast.Mult and isinstance(left, int) and isinstance(right, int)
+            and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1):
+        raise _too_big()
     if op is ast.Div and isinstance(left, int) and isinstance(right, int) and right and left % right == 0:
         return left // right  # exact: stay an int (no float rounding of large quotients)
     return _BINARY[op](left, right)
@@ -132,7 +132,7 @@ def evaluate(expression: str) -> int | float:
         raise CalculatorError("expression nested too deeply") from None
 
 
-def format_number(value: int | float) -> str:
+def format_number(value: float) -> str:
     return str(value) if isinstance(value, int) else format(value, ".12g")
 
 

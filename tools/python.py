@@ -32,7 +32,7 @@ def _limits(timeout_s: float, memory_mb: int, output_chars: int):  # -> rewards.
                   max_output_bytes=int(output_chars))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _self_test(isolation: str) -> None:
     from rewards.sandbox import SandboxError, run_python
 
@@ -90,7 +90,7 @@ def python(
         timeout_s: Wall-clock limit of the run, in seconds.
         memory_mb: Memory limit of the whole sandbox, in MiB.
         isolation: The sandbox: bwrap, rlimits or auto (see rewards.sandbox).
-        output_chars: Characters kept of stdout and of stderr, each.
+        output_chars: At most this many characters kept of stdout and of stderr, each.
     """
     from rewards.sandbox import run_python
 

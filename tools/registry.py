@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import json
 import keyword
+import math
 import re
 import threading
 import typing
@@ -139,7 +140,7 @@ def _doc_parts(doc: str) -> tuple[str, list[tuple[str | None, list[str]]]]:
             out[-1][1].append(line)  # the continuation of an entry (or a blank line after it)
         else:
             out.append(("", [line]))
-    head = re.split(r"^\s*(?:Args|Returns|Raises):\s*$", doc, maxsplit=1, flags=re.M)[0]
+    head = re.split(r"^\s*(?:Args|Returns|Raises):\s*$", doc, maxsplit=1, flags=re.MULTILINE)[0]
     return head.strip(), out
 
 
@@ -321,7 +322,8 @@ def _wrap(
 
 def _positive(name: str, key: str, value: Any, kind: type) -> None:
     ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else int)
-    if not ok or value <= 0 or value != value:
+    # Finite too: threading's join() refuses an infinite timeout, and a tool must end.
+    if not ok or not 0 < value < math.inf:
         what = "a positive number of seconds" if kind is float else "a positive int"
         raise ToolConfigError(f"tool {name!r}: {key} must be {what}, got {value!r}")
 
@@ -357,7 +359,7 @@ def build_tool(name: str, spec: Mapping[str, Any]) -> ToolFn:
     except ToolConfigError as e:
         raise type(e)(f"tool {name!r}: {e}") from e
     where = f"tool {name!r} ({spec['fn']})"
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
         raise ToolConfigError(f"{where} is async; build_tools wraps synchronous tools only")
     try:
         signature = inspect.signature(fn)
