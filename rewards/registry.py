@@ -95,12 +95,12 @@ def register(
     return decorator
 
 
-def _load_file(path_str: str) -> Any:
+def _load_file(
+    path_str: str, kind: str = "reward", import_error: type[Exception] = RewardImportError
+) -> Any:
     path = Path(path_str).expanduser().resolve()
     if not path.is_file():
-        raise RewardImportError(
-            f"reward file {path_str!r} does not exist (resolved to {path})"
-        )
+        raise import_error(f"{kind} file {path_str!r} does not exist (resolved to {path})")
     # A stable name per absolute path: loading the same file twice gives the same module (and the
     # same function objects), and pickle can find the function by reference in this process.
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
@@ -109,17 +109,53 @@ def _load_file(path_str: str) -> Any:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise RewardImportError(f"cannot load reward file {path} as a Python module")
+        raise import_error(f"cannot load {kind} file {path} as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[module_name]
-        raise RewardImportError(
-            f"reward file {path} failed to import: {type(e).__name__}: {e}"
+        raise import_error(
+            f"{kind} file {path} failed to import: {type(e).__name__}: {e}"
         ) from e
     return module
+
+
+def load_reference(
+    ref: str,
+    kind: str = "reward",
+    *,
+    config_error: type[Exception] = RewardConfigError,
+    import_error: type[Exception] = RewardImportError,
+) -> Any:
+    """The object an import reference names: ``"pkg.module:attr"`` or ``"path/to/file.py:attr"``
+    (a dotted ``attr`` is followed). Shared by every registry of pluggable things (rewards, tools,
+    environments): ``kind`` names the thing in error messages, which are raised as ``import_error``
+    (the module or attribute cannot be loaded) or ``config_error`` (the reference is malformed)."""
+    target, _, attr_path = ref.rpartition(":")
+    if not target or not attr_path:
+        raise config_error(f"{kind} reference {ref!r} must look like 'pkg.module:function'")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        module = _load_file(target, kind, import_error)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise import_error(
+                f"{kind} {ref!r}: cannot import module {target!r} ({type(e).__name__}: {e}). "
+                "Is the package installed (pip install -e .) or on PYTHONPATH?"
+            ) from e
+    obj: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            raise import_error(
+                f"{kind} {ref!r}: {getattr(obj, '__name__', target)!r} has no attribute {part!r}"
+                f"{_closest(part, names)}."
+            )
+        obj = getattr(obj, part)
+    return obj
 
 
 def resolve(ref: str) -> RewardFn:
@@ -141,30 +177,7 @@ def resolve(ref: str) -> RewardFn:
             f"{', '.join(sorted(REGISTRY))}. For your own function use 'pkg.module:function' "
             "or 'path/to/file.py:function'."
         )
-    target, attr_path = ref.rsplit(":", 1)
-    if not target or not attr_path:
-        raise RewardConfigError(
-            f"reward reference {ref!r} must look like 'pkg.module:function'"
-        )
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        module = _load_file(target)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise RewardImportError(
-                f"reward {ref!r}: cannot import module {target!r} ({type(e).__name__}: {e}). "
-                "Is the package installed (pip install -e .) or on PYTHONPATH?"
-            ) from e
-    obj: Any = module
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            raise RewardImportError(
-                f"reward {ref!r}: {getattr(obj, '__name__', target)!r} has no attribute {part!r}"
-                f"{_closest(part, names)}."
-            )
-        obj = getattr(obj, part)
+    obj = load_reference(ref)
     if not callable(obj):
         raise RewardConfigError(
             f"reward {ref!r} resolved to a {type(obj).__name__}, which is not callable"

@@ -1,14 +1,18 @@
-"""The library's layout: no import loops, nothing imports an entry script, rewards/ never imports
-align, and the layers of the design (entry scripts on top; run spec and job; data, models and
-measurement; small utilities at the bottom) are kept. Read from the source with ast, counting
+"""The library's layout: no import loops, nothing imports an entry script, rewards/ and tools/ never
+import align (tools/ may import rewards/, never the reverse), importing tools/ stays light, and the
+layers of the design (entry scripts on top; run spec and job; data, models and measurement; small
+utilities at the bottom) are kept. Read from the source with ast, counting
 imports inside functions too: a loop that only runs late is still a loop."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("align", "rewards", "tools")
 ENTRY_SCRIPTS = {"align.sft", "align.dpo", "align.grpo", "align.eval", "align.plan", "align.merge",
                  "align.compare", "align.plots", "align.doctor"}
 #: what each part of align may import (besides itself and the utilities)
@@ -25,7 +29,7 @@ LAYERS = {  # package -> packages it may import
 
 def modules() -> dict[str, Path]:
     found = {}
-    for root in ("align", "rewards"):
+    for root in PACKAGES:
         for path in sorted((REPO / root).rglob("*.py")):
             parts = list(path.relative_to(REPO).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -35,7 +39,7 @@ def modules() -> dict[str, Path]:
 
 
 def imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """Modules of align/rewards that `name` imports anywhere in its source (a package's
+    """Modules of align/rewards/tools that `name` imports anywhere in its source (a package's
     __init__ counts as imported with any of its submodules, as Python runs it first)."""
     out: set[str] = set()
     is_package = path.name == "__init__.py"
@@ -69,7 +73,8 @@ def graph() -> dict[str, set[str]]:
 
 def test_the_walk_sees_the_whole_library(graph):
     assert {"align.run.spec", "align.data.load", "align.models.factory", "align.measure.heldout",
-            "rewards.code", "rewards.sandbox"} <= set(graph)
+            "rewards.code", "rewards.sandbox", "tools.registry", "tools.calculator",
+            "tools.python"} <= set(graph)
     assert len([m for m in graph if m.startswith("align.")]) >= 35
 
 
@@ -79,7 +84,8 @@ def test_no_import_loops(graph):
     def visit(node, stack):
         state[node] = "open"
         for nxt in sorted(graph[node]):
-            if nxt.startswith("align") and not (nxt == "align" or node.startswith(nxt + ".")):
+            # A package's __init__ importing its modules, which import the package, is no loop.
+            if nxt.split(".")[0] in PACKAGES and not (nxt in PACKAGES or node.startswith(nxt + ".")):
                 if state.get(nxt) == "open":
                     loops.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
                 elif nxt not in state:
@@ -101,6 +107,27 @@ def test_rewards_never_imports_align(graph):
     bad = {m: sorted(i for i in graph[m] if i.startswith("align"))
            for m in graph if m.startswith("rewards")}
     assert not {m: i for m, i in bad.items() if i}
+
+
+def test_tools_never_imports_align(graph):
+    bad = {m: sorted(i for i in graph[m] if i.startswith("align"))
+           for m in graph if m.startswith("tools")}
+    assert not {m: i for m, i in bad.items() if i}
+
+
+def test_rewards_never_imports_tools(graph):
+    bad = {m: sorted(i for i in graph[m] if i.split(".")[0] == "tools")
+           for m in graph if m.startswith("rewards")}
+    assert not {m: i for m, i in bad.items() if i}
+
+
+def test_importing_tools_is_light():
+    code = (
+        "import sys, tools; "
+        "heavy = [m for m in ('torch', 'trl', 'transformers', 'align') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_layers(graph):
