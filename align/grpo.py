@@ -9,6 +9,9 @@
 Rollouts use HF generate by default; `trainer.use_vllm=true trainer.vllm_mode=colocate|server`
 switches to vLLM (the `vllm` extra). Rewards come from the `rewards:` section: registered
 names or import paths, each with a weight; dataset columns reach them as keyword arguments.
+Tools the policy may call come from the `tools:` section (`tools=calculator`, or
+`+tools.mine.fn=my_pkg.tools:fn`), a multi-turn environment from `environment=pkg.mod:Env`
+(docs/agents.md); `experiment=tiny_tools` is the tool-use task on the tiny model.
 """
 
 from omegaconf import DictConfig
@@ -28,9 +31,13 @@ def run(cfg: DictConfig) -> dict:
     job.begin()
     model, tokenizer, peft_config = build_model(spec.model, spec.peft)
     job.measure("before", model, tokenizer, data.heldout)
+    environment = spec.environment
     trainer = GRPOTrainer(model=model, reward_funcs=list(spec.rewards), args=job.args,
                           train_dataset=data.train, eval_dataset=job.trl_eval_dataset(data),
                           processing_class=tokenizer, peft_config=peft_config,
+                          tools=list(spec.tools) or None,
+                          environment_factory=dict(environment) if hasattr(environment, "keys")
+                          else environment,
                           callbacks=job.callbacks(tokenizer, data.heldout))
     job.train(trainer)
     job.measure("after", trainer.model, tokenizer, data.heldout)

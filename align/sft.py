@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 def run(cfg: DictConfig) -> dict:
     from align.data import load_stage_data
+    from align.data.load import check_tool_turns_masked
     from align.models import build_model
     from align.run.job import Job
 
@@ -22,6 +23,7 @@ def run(cfg: DictConfig) -> dict:
 
     spec = job.spec
     data = load_stage_data(spec.data, "sft", vision=spec.model.is_vision)
+    check_tool_turns_masked(data.train, spec.data.path, spec.trainer.assistant_only_loss)
     job.begin()
     model, tokenizer, peft_config = build_model(spec.model, spec.peft)
     job.measure("before", model, tokenizer, data.heldout)

@@ -214,21 +214,26 @@ def _equal(gold: str, answer: str) -> bool:
     return _verify(gold, answer)
 
 
-def score_answer(gold: Any, text: str) -> float | None:
+def score_answer(gold: Any, text: str, literal: bool = False) -> float | None:
     """1.0/0.0 for one completion text against one gold; ``None`` if the gold is unparseable.
-    1.0 only if the completion gives an answer and every answer it gives equals the gold."""
+    1.0 only if the completion gives an answer and every answer it gives equals the gold.
+    ``literal``: a plain-number gold is only matched by a plain number, never by an expression
+    that evaluates to it (see :func:`accuracy`)."""
     gold_str = _gold_text(gold)
     if not gold_str:
         return None
     if not _PLAIN_NUMBER.fullmatch(gold_str) and not _parse(gold_str):
         return None  # checked before the answer so an unparseable gold is None for every completion
     answers = extract_answers(text)
+    if literal and _PLAIN_NUMBER.fullmatch(gold_str) and not all(
+            _PLAIN_NUMBER.fullmatch(a) for a in answers):
+        return 0.0
     return float(bool(answers) and all(_equal(gold_str, a) for a in answers))
 
 
 @register("accuracy")
 def accuracy(
-    completions: Sequence[Any], solution: Sequence[Any], **kwargs: Any
+    completions: Sequence[Any], solution: Sequence[Any], literal: bool = False, **kwargs: Any
 ) -> list[float | None]:
     """1.0 if the completion's final answer equals the ``solution`` column, else 0.0.
 
@@ -236,8 +241,14 @@ def accuracy(
     12"), else the last number; several different answers (a hedge) score 0 (module docstring).
     Equality is math-verify's (``1/2`` == ``0.5`` == ``\\frac{1}{2}``), with a numeric fast path for
     plain numbers. A gold that math-verify cannot parse gives ``None`` (not applicable).
+
+    ``literal=True`` (arithmetic tasks): when the gold is a plain number, so must the answer be.
+    math-verify evaluates expressions, so without it ``\\boxed{917*707}`` scores 1 against 648319:
+    a policy would be paid for restating the question instead of computing the answer.
     """
+    if not isinstance(literal, bool):
+        raise TypeError(f"accuracy: literal must be true or false, got {literal!r}")
     return [
-        score_answer(gold, completion_text(c))
+        score_answer(gold, completion_text(c), literal)
         for c, gold in zip(completions, solution, strict=True)
     ]

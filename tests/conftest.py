@@ -31,3 +31,10 @@ def seven_b(tmp_path_factory):
                 num_attention_heads=32, num_key_value_heads=32,
                 vocab_size=32000).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tools_path():
+    from align.models.tiny import tiny_tools_path
+
+    return tiny_tools_path()

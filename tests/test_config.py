@@ -18,8 +18,8 @@ from align.secrets import redact
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("sft", "dpo", "grpo")
-# Groups a stage does not use (rewards is GRPO's); their files are composed into grpo.
-GROUP_STAGES = {"rewards": ("grpo",)}
+# Groups a stage does not use (rewards and tools are GRPO's); their files are composed into grpo.
+GROUP_STAGES = {"rewards": ("grpo",), "tools": ("grpo",)}
 # Files meant to be used together with another choice.
 COMPANIONS = {("rewards", "math"): ["trainer=grpo_gpu"]}
 
@@ -44,11 +44,11 @@ def group_files():
 def test_walk_finds_every_group_file():
     files = group_files()
     groups = {g for g, _ in files}
-    assert groups == {"model", "peft", "data", "trainer", "rewards", "logger", "experiment",
-                      "hydra/sweeper", "hydra/launcher"}
+    assert groups == {"model", "peft", "data", "trainer", "rewards", "tools", "logger",
+                      "experiment", "hydra/sweeper", "hydra/launcher"}
     # A fixed count, so that a walk that silently finds fewer files fails: update it when
     # adding a config file.
-    assert len(files) == 40
+    assert len(files) == 47
     # minus the top-level sft/dpo/grpo/eval/run
     assert len(files) == len(list(CONF_DIR.rglob("*.yaml"))) - 5
 
@@ -189,7 +189,7 @@ def test_redact_removes_secrets(monkeypatch):
             compose_stage(stage, [f"{group}={choice}", *extra]), resolve=True)
         assert redact(plain) == plain, f"{group}={choice}"
         checked += 1
-    assert checked == len(group_files()) == 40
+    assert checked == len(group_files()) == 47
 
 
 def test_cli_bad_data_row_names_file_row_field_and_leaves_nothing(tmp_path):

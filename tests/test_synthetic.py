@@ -117,4 +117,4 @@ def test_unknown_param_is_rejected():
 
 
 def test_task_names():
-    assert SYNTHETIC_TASKS == ("arithmetic", "shapes")
+    assert SYNTHETIC_TASKS == ("arithmetic", "multiplication", "shapes")

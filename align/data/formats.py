@@ -103,12 +103,19 @@ def _check_messages(value: Any, name: str, *, expected: str) -> list[dict]:
                 f"message {j}: unknown role {role!r}; expected one of {', '.join(ROLES)}",
             )
         content = message.get("content")
+        calls = message.get("tool_calls")
+        if calls is not None:
+            _check_tool_calls(calls, name, j, role)
+        if role == "tool" and not (j and (value[j - 1].get("tool_calls")
+                                          or value[j - 1].get("role") == "tool")):
+            raise RowError(name, f"message {j} (tool) answers no tool call: a tool turn follows "
+                                 "an assistant turn with tool_calls (or another tool turn)")
         if content is None:
-            if role == "assistant" and message.get("tool_calls"):
+            if role == "assistant" and calls:
                 continue  # an assistant turn that only calls tools has no content
             raise RowError(name, f"message {j} ({role}) has no 'content'")
         if isinstance(content, str):
-            if not content.strip() and role != "system":
+            if not content.strip() and role not in ("system", "tool") and not calls:
                 raise RowError(name, f"message {j} ({role}) has empty content")
         elif not (isinstance(content, list) and all(isinstance(p, dict) for p in content)):
             # A list of typed parts ({type: text|image, ...}) is how multimodal content is written.
@@ -117,6 +124,40 @@ def _check_messages(value: Any, name: str, *, expected: str) -> list[dict]:
                 f"message {j} ({role}): content must be a string or a list of parts, got {type_name(content)}",
             )
     return value
+
+
+def _check_tool_calls(calls: Any, name: str, j: int, role: str) -> None:
+    """An assistant turn's tool calls, in the chat-template shape (OpenAI's, as transformers and
+    trl use it): ``[{"type": "function", "function": {"name": ..., "arguments": {...}}}]``;
+    arguments may also be a JSON object as a string."""
+    import json
+
+    where = f"message {j} ({role})"
+    if role != "assistant":
+        raise RowError(name, f"{where} has tool_calls; only assistant turns call tools")
+    if not isinstance(calls, list) or not calls:
+        raise RowError(name, f"{where}: tool_calls must be a non-empty list, got {type_name(calls)}")
+    for k, call in enumerate(calls):
+        shape = ('expected {"type": "function", "function": {"name": ..., "arguments": '
+                 '{...}}}')
+        if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+            raise RowError(name, f"{where}: tool call {k}: {shape}, got {call!r:.120}")
+        if call.get("type", "function") != "function":
+            raise RowError(name, f"{where}: tool call {k}: type {call.get('type')!r}; only "
+                                 "'function' calls are supported")
+        function = call["function"]
+        if not isinstance(function.get("name"), str) or not function["name"].strip():
+            raise RowError(name, f"{where}: tool call {k} has no function name")
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                raise RowError(name, f"{where}: tool call {k} ({function['name']}): arguments "
+                                     f"are not valid JSON ({exc.msg})") from None
+        if not isinstance(arguments, dict):
+            raise RowError(name, f"{where}: tool call {k} ({function['name']}): arguments must "
+                                 f"be an object of parameter values, got {type_name(arguments)}")
 
 
 def _text_or_messages(row: Mapping, name: str) -> Any:

@@ -324,3 +324,23 @@ def load_stage_data(cfg: Any, stage: str, vision: bool = False) -> StageData:
     )
     logger.info("data: %s", source)
     return StageData(train=train, eval=eval_, heldout=heldout, source=source, format=fmt)
+
+
+#: Rows scanned for tool turns before SFT (a tool-use set has them in most rows).
+TOOL_TURN_SCAN_ROWS = 10_000
+
+
+def check_tool_turns_masked(dataset: datasets.Dataset | None, label: str,
+                            assistant_only_loss: bool) -> None:
+    """SFT on conversations with tool turns must train on the assistant's turns only: otherwise
+    the model learns to write the tools' answers itself (trl trains every token of `messages`
+    unless `assistant_only_loss`). Scans the first TOOL_TURN_SCAN_ROWS rows."""
+    if assistant_only_loss or dataset is None or "messages" not in dataset.column_names:
+        return
+    head = dataset.select_columns(["messages"]).select(range(min(len(dataset),
+                                                                 TOOL_TURN_SCAN_ROWS)))
+    for i, messages in enumerate(head["messages"]):
+        if any(m.get("role") == "tool" for m in messages):
+            raise DataError(f"{label}: row {i} has a tool turn, and SFT would train on it as if "
+                            "the model wrote the tool's answer: set trainer.assistant_only_loss="
+                            "true (the chat template needs {% generation %} markers)")

@@ -5,6 +5,15 @@ digits of ``a+b`` and nothing else. Every pair is enumerated once and shuffled w
 first ``n_eval`` pairs are the held-out ``"eval"`` split, the rest ``"train"`` (optionally capped at
 ``n_train``), so the two splits never share a problem.
 
+Supported task: ``"multiplication"`` -- ``a*b=`` with ``min_operand <= a, b <= max_operand``
+(100-999 by default: three digits, which the tiny model cannot multiply in its head), the tool-use
+task. ``n_eval`` (200) held-out and ``n_train`` (20,000) training problems are drawn without
+replacement from all pairs with ``seed``. Its ``"sft"`` kind is tool-use traces when ``tool`` names
+a tool (``calculator``, the default): ``messages`` (the user's problem, an assistant turn calling
+``tool(expression="a*b")``, the tool's answer, the assistant repeating it) and a ``tools`` column
+(the tool's JSON schema, as trl's SFT passes it to the chat template); ``tool: null`` gives plain
+prompt/completion answers (the no-tool control).
+
 Supported task: ``"shapes"`` (for vision-language models; needs Pillow, the ``vision`` extra) --
 a 56x56 picture of 1-4 circles or squares of one colour on a 2x2 grid, with the question "How
 many shapes are there?" (answer: the digit) or "What colour are the shapes?" (answer: red, green,
@@ -39,7 +48,7 @@ if (
 ):  # datasets is imported lazily so that importing this module stays cheap
     import datasets
 
-SYNTHETIC_TASKS = ("arithmetic", "shapes")
+SYNTHETIC_TASKS = ("arithmetic", "multiplication", "shapes")
 SYNTHETIC_KINDS = ("sft", "preference", "prompt")
 SYNTHETIC_SPLITS = ("train", "eval")
 
@@ -131,6 +140,92 @@ def _arithmetic_rows(kind: str, pairs: list[tuple[int, int]], seed: int) -> list
     return rows
 
 
+#: The calculator tool's JSON schema, as ``transformers.utils.get_json_schema`` gives it for the
+#: registered ``calculator`` tool (tests check they agree); kept here as data so building the
+#: traces needs neither the tools package nor transformers.
+CALCULATOR_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression exactly and return its value.\n\n"
+                       "Supports numbers, + - * / // % ** and parentheses; no variables or "
+                       "functions.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "expression": {
+                    "type": "string",
+                    "description": "The arithmetic expression, e.g. \"(3 + 4) * 12 / 7\".",
+                }
+            },
+            "required": ["expression"],
+        },
+        "return": {"type": "string"},
+    },
+}
+
+
+def multiplication_prompt(a: int, b: int) -> str:
+    """The user-turn text of the problem ``a*b``."""
+    return f"{a}*{b}="
+
+
+def multiplication_pairs(split: str, seed: int = 0, n_eval: int = 200, n_train: int | None = 20000,
+                         min_operand: int = 100, max_operand: int = 999) -> list[tuple[int, int]]:
+    """The ``(a, b)`` pairs of one split: drawn without replacement from every pair, so the splits
+    never share a problem; the eval split does not depend on ``n_train``."""
+    if split not in SYNTHETIC_SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SYNTHETIC_SPLITS)}")
+    if not 0 <= min_operand <= max_operand:
+        raise ValueError(f"need 0 <= min_operand <= max_operand, got {min_operand}, {max_operand}")
+    side = max_operand - min_operand + 1
+    total = side * side
+    n_train = total - n_eval if n_train is None else n_train
+    if n_eval < 0 or n_train < 0 or n_eval + n_train > total:
+        raise ValueError(f"n_eval={n_eval} + n_train={n_train} must be at most the {total} pairs "
+                         f"of operands in [{min_operand}, {max_operand}]")
+    rng = random.Random(f"multiplication-{seed}")
+    # eval first, then train, from one stream of distinct indices
+    indices = rng.sample(range(total), n_eval + n_train)
+    chosen = indices[:n_eval] if split == "eval" else indices[n_eval:]
+    return [(min_operand + i // side, min_operand + i % side) for i in chosen]
+
+
+def tool_trace(a: int, b: int, tool: str) -> list[dict]:
+    """The conversation of one solved problem with ``tool`` called on ``a*b``."""
+    expression, answer = f"{a}*{b}", str(a * b)
+    call = {"type": "function", "function": {"name": tool, "arguments": {"expression": expression}}}
+    return [
+        {"role": "user", "content": multiplication_prompt(a, b)},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "name": tool, "content": answer},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def _multiplication_rows(kind: str, split: str, tool: str | None = "calculator",
+                         **params) -> list[dict]:
+    import json
+
+    if kind == "preference":
+        raise ValueError("the multiplication task has no preference kind (it is the tool-use task "
+                         "for GRPO); use the arithmetic task for DPO")
+    if tool is not None and tool != "calculator":
+        raise ValueError(f"tool must be 'calculator' or null, got {tool!r}")
+    rows = []
+    tools = json.dumps([CALCULATOR_SCHEMA])
+    for a, b in multiplication_pairs(split, **params):
+        prompt, answer = multiplication_prompt(a, b), str(a * b)
+        user = [{"role": "user", "content": prompt}]
+        if kind == "prompt":
+            rows.append({"prompt": user, "solution": answer})
+        elif tool is None:
+            rows.append({"prompt": user, "completion": [{"role": "assistant", "content": answer}]})
+        else:
+            rows.append({"messages": tool_trace(a, b, tool), "tools": tools})
+    return rows
+
+
 def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Dataset:
     """Build one split of an embedded synthetic task as a ``datasets.Dataset``.
 
@@ -154,6 +249,8 @@ def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Data
             f"unknown split {split!r}; valid splits: {', '.join(SYNTHETIC_SPLITS)}"
         )
     allowed = {"seed", "n_eval", "n_train", "max_operand"}
+    if task == "multiplication":
+        allowed = {"seed", "n_eval", "n_train", "min_operand", "max_operand", "tool"}
     if task == "shapes":
         allowed = {"seed", "n_eval", "n_train", "questions"}
     unknown = set(params) - allowed
@@ -166,6 +263,8 @@ def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Data
 
     if task == "shapes":
         return datasets.Dataset.from_list(_shapes_rows(kind, split, **params))
+    if task == "multiplication":
+        return datasets.Dataset.from_list(_multiplication_rows(kind, split, **params))
     pairs = arithmetic_pairs(split, **params)
     rows = _arithmetic_rows(kind, pairs, params.get("seed", 0))
     if not rows:  # from_list cannot infer columns from nothing

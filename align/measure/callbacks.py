@@ -49,11 +49,15 @@ class HeldoutCallback(TrainerCallback):
         # training seconds of this launch so far: time-to-accuracy curves compare runs by it
         train_s = round(began - self.started - self.measuring, 2)
         figures, rows = evaluate_with_samples(model, self.tokenizer, self.dataset,
-                                              self.reward_funcs, self.job.spec.heldout)
+                                              self.reward_funcs, self.job.spec.heldout,
+                                              *self.job.tool_measurement())
         self.measuring += time.perf_counter() - began
         names = [fn.__name__ for fn in self.reward_funcs]
         logged = {f"heldout/{n}": figures[n] for n in names}
         logged["heldout/completion_tokens_mean"] = figures["completion_tokens_mean"]
+        for key in ("tool_call_rate", "tool_failure_rate"):
+            if key in figures:
+                logged[f"heldout/{key}"] = figures[key]
         self.curve.append({"step": state.global_step, "train_s": train_s,
                            **{n: figures[n] for n in names}})
         state.log_history.append({**logged, "step": state.global_step})
@@ -63,7 +67,7 @@ class HeldoutCallback(TrainerCallback):
 
             table = wandb.Table(columns=["step", "prompt", "completion", "solution", *names])
             for row in rows[: self.job.spec.heldout.log_samples]:
-                table.add_data(state.global_step, str(row["prompt"]), row["completion"],
+                table.add_data(state.global_step, str(row["prompt"]), str(row["completion"]),
                                None if row["solution"] is None else str(row["solution"]),
                                *[row.get(n) for n in names])
             # transformers' W&B callback plots against train/global_step; log on the same axis.

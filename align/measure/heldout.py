@@ -50,17 +50,23 @@ def check_heldout_config(cfg: HeldoutConfig) -> list[str]:
     return errors
 
 
-def evaluate(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig) -> dict[str, float]:
+def evaluate(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig,
+             tools: tuple = (), max_tool_iterations: int | None = None) -> dict[str, float]:
     """Mean of each reward over greedy completions of `dataset` (a prompt dataset).
 
     Rewards that return None for a sample (not applicable) leave it out of that mean; the
-    number of scored samples per reward is reported as `<name>/n`.
+    number of scored samples per reward is reported as `<name>/n`. With `tools` (GRPO's), the
+    completions are multi-turn: the tools run as in training (align.measure.agent), and the
+    figures add `tool_call_rate` (samples that called a tool), `tool_calls_mean` and
+    `tool_failure_rate` (calls that failed: unknown tool, bad arguments, the tool raised).
     """
-    return evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg)[0]
+    return evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg, tools,
+                                 max_tool_iterations)[0]
 
 
-def evaluate_with_samples(model, tokenizer, dataset, reward_funcs,
-                          cfg: HeldoutConfig) -> tuple[dict[str, float], list[dict]]:
+def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig,
+                          tools: tuple = (), max_tool_iterations: int | None = None
+                          ) -> tuple[dict[str, float], list[dict]]:
     """`evaluate`, plus one row per prompt: prompt, completion, solution, each reward."""
     from align.measure.generation import generate_completions
 
@@ -68,12 +74,27 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs,
         dataset = dataset.select(range(cfg.max_samples))
     started = time.perf_counter()
     images = list(dataset["images"]) if "images" in dataset.column_names else None
-    completions = generate_completions(
-        model, tokenizer, list(dataset["prompt"]), max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size, images=images,
-    )
-    columns = {k: list(dataset[k]) for k in dataset.column_names if k != "prompt"}
     metrics: dict[str, float] = {}
+    lengths = None
+    if tools:
+        from align.measure.agent import generate_with_tools
+
+        rollouts = generate_with_tools(model, tokenizer, list(dataset["prompt"]), tools,
+                                       max_new_tokens=cfg.max_new_tokens,
+                                       batch_size=cfg.batch_size,
+                                       max_iterations=max_tool_iterations)
+        completions = rollouts.completions
+        lengths = [len(ids) for ids in rollouts.completion_ids]
+        calls = sum(rollouts.calls)
+        metrics["tool_call_rate"] = sum(1 for c in rollouts.calls if c) / max(len(completions), 1)
+        metrics["tool_calls_mean"] = calls / max(len(completions), 1)
+        metrics["tool_failure_rate"] = sum(rollouts.failures) / calls if calls else 0.0
+    else:
+        completions = generate_completions(
+            model, tokenizer, list(dataset["prompt"]), max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size, images=images,
+        )
+    columns = {k: list(dataset[k]) for k in dataset.column_names if k != "prompt"}
     rows = [{"prompt": p, "completion": c, "solution": s}
             for p, c, s in zip(dataset["prompt"], completions,
                                columns.get("solution", [None] * len(completions)))]
@@ -89,7 +110,9 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs,
         for row, score in zip(rows, scores):
             row[name] = score
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM's processor holds one
-    lengths = [len(text_tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions]
+    if lengths is None:
+        lengths = [len(text_tokenizer(c, add_special_tokens=False)["input_ids"])
+                   for c in completions]
     metrics["completion_tokens_mean"] = sum(lengths) / max(len(lengths), 1)
     metrics["samples"] = len(completions)
     log.info("held-out evaluation of %d prompts took %.1fs", len(completions),

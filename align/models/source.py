@@ -57,11 +57,17 @@ def resolve_source(name_or_path: str, *, revision: str | None = None,
     `build=False` a tiny model's name is only checked and returned as it is: the checks of a
     run's config build nothing), or the hub id itself once the hub or its cache has `file` in
     it. Raises ConfigError naming `where` and the fix otherwise."""
-    from align.models.tiny import TINY_SCHEME, TINY_VARIANTS, VLM_VARIANTS, resolve_model_path
+    from align.models.tiny import (
+        TINY_SCHEME,
+        TINY_VARIANTS,
+        TOOLS_VARIANTS,
+        VLM_VARIANTS,
+        resolve_model_path,
+    )
 
     name = str(name_or_path)
     if name.startswith(TINY_SCHEME):
-        variants = (*TINY_VARIANTS, *VLM_VARIANTS)
+        variants = (*TINY_VARIANTS, *VLM_VARIANTS, *TOOLS_VARIANTS)
         if not build and name[len(TINY_SCHEME):] in variants:
             return name
         try:
@@ -169,10 +175,19 @@ def meta_model(source: str, revision: str | None = None, trust_remote_code: bool
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    from align.models.tiny import TINY_SCHEME, TINY_VARIANTS, architecture_config, resolve_model_path
+    from align.models.tiny import (
+        TINY_SCHEME,
+        TINY_VARIANTS,
+        TOOLS_VARIANTS,
+        TOOLS_VOCAB_SIZE,
+        architecture_config,
+        resolve_model_path,
+    )
 
     if source in [TINY_SCHEME + v for v in TINY_VARIANTS]:
         config = architecture_config()  # a check must not build (and SFT-train) the tiny model
+    elif source in [TINY_SCHEME + v for v in TOOLS_VARIANTS]:
+        config = architecture_config(TOOLS_VOCAB_SIZE + 2)  # + the two tool-call tags
     else:
         config = AutoConfig.from_pretrained(resolve_model_path(source), revision=revision,
                                             trust_remote_code=trust_remote_code)

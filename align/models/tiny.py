@@ -123,12 +123,14 @@ def tiny_model_path(variant: str) -> pathlib.Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``"tiny://base"`` / ``"tiny://sft"`` / ``"tiny://vlm"`` -> the built directory; anything
-    else unchanged."""
+    """``"tiny://base"`` / ``"tiny://sft"`` / ``"tiny://vlm"`` / ``"tiny://tools"`` -> the built
+    directory; anything else unchanged."""
     if isinstance(name_or_path, str) and name_or_path.startswith(TINY_SCHEME):
         variant = name_or_path[len(TINY_SCHEME) :]
         if variant in VLM_VARIANTS:
             return str(tiny_vlm_path(variant))
+        if variant in TOOLS_VARIANTS:
+            return str(tiny_tools_path(variant))
         return str(tiny_model_path(variant))
     return name_or_path
 
@@ -266,6 +268,184 @@ def _build_vlm(out: pathlib.Path) -> None:
                 sum(p.numel() for p in model.parameters()))
 
 
+# --------------------------------------------------------------------------- tiny tool-use model
+
+#: Bump whenever the tool-use recipe below changes; independent of BUILD_VERSION.
+TOOLS_BUILD_VERSION = "v1"
+TOOLS_VARIANTS = ("tools",)
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+TOOLS_VOCAB_SIZE = 320
+TOOLS_TARGET_ACCURACY = 0.5
+TOOLS_EVAL_EVERY = 10  # accuracy jumps from 0 to ~0.8 within 20 steps (measured)
+TOOLS_TRAIN_ROWS = 10000  # ~150 steps of traces; the warm-up stops near step 80
+TOOLS_MAX_STEPS = 1500
+TOOLS_MAX_LENGTH = 80
+#: tokens of a whole tool-using completion: call (13) + tool turn (~11) + answer (7)
+TOOLS_MAX_NEW_TOKENS = 40
+
+# ChatML with tool calls, compact so that a 0.5M-parameter model learns them on CPU: the tools are
+# listed by name in a system turn (real models' templates render the whole JSON schema), a call is
+# `<tool_call>NAME key=value ...</tool_call>` (string values without spaces: the tiny task's
+# arithmetic expressions), the tool's answer is a `tool` turn. Assistant turns sit in
+# {% generation %} (trl's assistant_only_loss trains on them, never on tool turns), and the
+# template is prefix-preserving, which trl's multi-turn GRPO relies on.
+TOOLS_CHAT_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\ntools:' }}"
+    "{%- for tool in tools %}"
+    "{{- ' ' + (tool.function.name if tool.function is defined else tool.name) }}"
+    "{%- endfor %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- generation %}{{- message['content'] or '' }}"
+    "{%- for call in message['tool_calls'] or [] %}"
+    "{%- set fn = call['function'] if call['function'] is defined else call %}"
+    "{{- '<tool_call>' + fn['name'] }}"
+    "{%- for key, value in fn['arguments'].items() %}{{- ' ' + key + '=' + (value | string) }}"
+    "{%- endfor %}{{- '</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>' }}{%- endgeneration %}{{- '\\n' }}"
+    "{%- else %}{{- message['content'] + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+#: transformers' response template for TOOLS_CHAT_TEMPLATE: how trl's parse_response turns a
+#: generated reply back into {content, tool_calls}; saved with the tokenizer.
+TOOLS_RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {
+            "open_pattern": r"<tool_call>(?P<name>\w+)",
+            "close_pattern": r"</tool_call>\s*",
+            "repeats": True,
+            "content": "xml-inline",
+            "content_args": {"tag_pattern": r"\s*(?P<key>\w+)=(?P<value>[^\s<]*)",
+                             "value_parser": {"name": "text"}},
+            "transform": {"type": "function",
+                          "function": {"name": "{name}", "arguments": "{content}"}},
+        },
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
+
+
+def tiny_tools_path(variant: str = "tools") -> pathlib.Path:
+    """The directory of the tiny tool-use model, built on first use (a few minutes on 2 cores):
+    the tiny architecture with a tokenizer that knows tool calls, after an SFT warm-up on
+    calculator traces of the multiplication task, stopped once greedy held-out accuracy *with the
+    calculator* reaches TOOLS_TARGET_ACCURACY (``warmup.json`` records the curve)."""
+    if variant not in TOOLS_VARIANTS:
+        raise ValueError(f"unknown tiny tool-use variant {variant!r}; available: "
+                         f"{', '.join(TOOLS_VARIANTS)}")
+    root = cache_root() / "tiny" / f"tools-{TOOLS_BUILD_VERSION}"
+    final = root / variant
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+
+    from filelock import FileLock
+
+    with FileLock(str(root / "build.lock")):
+        if not final.is_dir():
+            _build_into(root, variant)
+    return final
+
+
+def build_tools_tokenizer():
+    """The tiny tokenizer trained with tool-use traces too (so `calculator` and `expression` are
+    single tokens), plus the call tags as tokens, the tool-call template and response template."""
+    from align.data.synthetic import multiplication_pairs, multiplication_prompt
+
+    corpus = [
+        f"{IM_START}system\ntools: calculator{EOS_TOKEN}\n{IM_START}user\n"
+        f"{multiplication_prompt(a, b)}{EOS_TOKEN}\n{IM_START}assistant\n{TOOL_CALL_OPEN}calculator "
+        f"expression={a}*{b}{TOOL_CALL_CLOSE}{EOS_TOKEN}\n{IM_START}tool\n{a * b}{EOS_TOKEN}\n"
+        for a, b in multiplication_pairs("train", seed=SEED, n_train=2000)
+    ]
+    tokenizer = build_tokenizer(corpus, TOOLS_VOCAB_SIZE)
+    tokenizer.add_tokens([TOOL_CALL_OPEN, TOOL_CALL_CLOSE])
+    tokenizer.chat_template = TOOLS_CHAT_TEMPLATE
+    tokenizer.response_template = TOOLS_RESPONSE_TEMPLATE
+    return tokenizer
+
+
+def _build_tools(out: pathlib.Path) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM, TrainerCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from align.data.synthetic import build_synthetic
+    from align.measure.agent import generate_with_tools
+    from tools import build_tools
+
+    set_seed(SEED)
+    tokenizer = build_tools_tokenizer()
+    eos_id, pad_id = tokenizer.convert_tokens_to_ids([EOS_TOKEN, PAD_TOKEN])
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(architecture_config(len(tokenizer), eos_token_id=eos_id,
+                                                 pad_token_id=pad_id))
+    model.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=eos_id,
+                                               pad_token_id=pad_id, do_sample=False)
+    train = build_synthetic("multiplication", "sft", "train", seed=SEED,
+                            n_train=TOOLS_TRAIN_ROWS)
+    evalset = build_synthetic("multiplication", "prompt", "eval", seed=SEED)
+    prompts, solutions = list(evalset["prompt"]), list(evalset["solution"])
+    calculator = build_tools({"calculator": {"fn": "calculator"}})
+    curve: list[dict] = []
+
+    class StopAtAccuracy(TrainerCallback):
+        """Greedy held-out accuracy with the calculator every TOOLS_EVAL_EVERY steps."""
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            rollouts = generate_with_tools(model, tokenizer, prompts, calculator,
+                                           max_new_tokens=TOOLS_MAX_NEW_TOKENS, batch_size=200)
+            final = [c[-1].get("content", "") if c else "" for c in rollouts.completions]
+            accuracy = sum(f == s for f, s in zip(final, solutions)) / len(solutions)
+            called = sum(1 for n in rollouts.calls if n) / len(solutions)
+            curve.append({"step": state.global_step, "accuracy": accuracy,
+                          "tool_call_rate": called, "loss": round(float(logs["loss"]), 4)})
+            logger.info("tiny tool-use warm-up: step %d, loss %.4f, held-out accuracy %.3f "
+                        "(called the tool: %.3f)", state.global_step, logs["loss"], accuracy,
+                        called)
+            if accuracy >= TOOLS_TARGET_ACCURACY:
+                control.should_training_stop = True
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="align-tiny-tools-") as trainer_dir:
+        args = SFTConfig(
+            output_dir=trainer_dir, max_steps=TOOLS_MAX_STEPS,
+            per_device_train_batch_size=SFT_BATCH_SIZE, learning_rate=SFT_LEARNING_RATE,
+            lr_scheduler_type="linear", warmup_steps=SFT_WARMUP_STEPS,
+            assistant_only_loss=True, max_length=TOOLS_MAX_LENGTH, logging_steps=TOOLS_EVAL_EVERY,
+            save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=SEED,
+            data_seed=SEED, disable_tqdm=True, dataloader_num_workers=0,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train,
+                             processing_class=tokenizer, callbacks=[StopAtAccuracy()])
+        trainer.train()
+    reached = bool(curve) and curve[-1]["accuracy"] >= TOOLS_TARGET_ACCURACY
+    if not reached:
+        logger.warning("tiny tool-use warm-up stopped at the %d-step cap below the target "
+                       "accuracy %.2f", trainer.state.global_step, TOOLS_TARGET_ACCURACY)
+    trainer.model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _check_reload(out, tokenizer)
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(out).response_template != TOOLS_RESPONSE_TEMPLATE:
+        raise RuntimeError(f"the response template saved at {out} changed on reload")
+    summary = {"build_version": TOOLS_BUILD_VERSION, "seed": SEED,
+               "steps": trainer.state.global_step, "target_accuracy": TOOLS_TARGET_ACCURACY,
+               "reached_target": reached,
+               "final_accuracy": curve[-1]["accuracy"] if curve else None,
+               "seconds": round(time.perf_counter() - start, 1), "curve": curve}
+    (out / "warmup.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def _build_into(root: pathlib.Path, variant: str) -> None:
     import numpy as np
     import torch
@@ -287,6 +467,8 @@ def _build_into(root: pathlib.Path, variant: str) -> None:
                 _build_base(tmp)
             elif variant == "vlm":
                 _build_vlm(tmp)
+            elif variant == "tools":
+                _build_tools(tmp)
             else:
                 _build_sft(root / "base", tmp)
         os.replace(tmp, final)
@@ -319,8 +501,9 @@ def _tokenizer_corpus() -> list[str]:
     return rows
 
 
-def build_tokenizer():
-    """Train the tiny byte-level BPE tokenizer and wrap it as a ``PreTrainedTokenizerFast``."""
+def build_tokenizer(extra_corpus: list[str] | None = None, vocab_size: int = VOCAB_SIZE):
+    """Train the tiny byte-level BPE tokenizer and wrap it as a ``PreTrainedTokenizerFast``
+    (``extra_corpus``/``vocab_size``: the tool-use variant's, which learns its call syntax)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -336,12 +519,12 @@ def build_tokenizer():
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=[PAD_TOKEN, IM_START, EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tok.train_from_iterator(_tokenizer_corpus() + list(extra_corpus or []), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD_TOKEN,

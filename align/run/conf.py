@@ -3,7 +3,7 @@ every rank of a launch agrees on.
 
 How config keys are checked. Hydra puts the root of the composed config in struct mode, so a
 misspelled top-level key fails inside Hydra. The sections (`model`, `peft`, `data`, `trainer`,
-`rewards`, `logger`, `heldout`, `doctor`) are left open on purpose (see `align_sections`
+`rewards`, `tools`, `logger`, `heldout`, `doctor`) are left open on purpose (see `align_sections`
 below): any field of trl's SFTConfig/DPOConfig/GRPOConfig or of peft's adapter configs can then be set
 from the command line without a `+`, and align itself checks every key of every section
 against its schema (align.run.spec) before anything heavy is loaded, naming the closest valid
@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 #: The open sections of every stage config (see the module docstring).
-SECTIONS = ("model", "peft", "data", "trainer", "rewards", "logger", "heldout", "doctor")
+SECTIONS = ("model", "peft", "data", "trainer", "rewards", "tools", "logger", "heldout",
+            "doctor")
 
 
 def run_id() -> str:

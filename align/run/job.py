@@ -158,6 +158,12 @@ class Job:
         return callbacks
 
     # ------------------------------------------------------------------ held-out data
+    def tool_measurement(self) -> tuple[tuple, int | None]:
+        """(tools, max rounds) for held-out generation: GRPO's tools run as in its rollouts.
+        An environment's tools live on per-rollout instances (trl resets one per prompt), so
+        held-out generation does not call them: measure such a policy with its own eval."""
+        return self.spec.tools, self.spec.trainer_kwargs.get("max_tool_calling_iterations")
+
     def measure(self, when: str, model, tokenizer, dataset, pairs=None) -> dict | None:
         """Held-out figures (main process only); logged under heldout_<when>. With `pairs`
         (held-out prompt/chosen/rejected rows) also the preference figures of
@@ -174,7 +180,8 @@ class Job:
         if funcs:
             from align.measure.heldout import evaluate
 
-            figures.update(evaluate(model, tokenizer, dataset, funcs, heldout))
+            figures.update(evaluate(model, tokenizer, dataset, funcs, heldout,
+                                    *self.tool_measurement()))
         if pairs is not None and {"chosen", "rejected"} <= set(pairs.column_names):
             from align.measure.metrics import preference_accuracy, preference_margins
 

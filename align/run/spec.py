@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 STAGES = ("sft", "dpo", "grpo")
 TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
-TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks", "objective") + SECTIONS
+TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks", "objective",
+             "environment") + SECTIONS
 #: Sections that must hold something (GRPO's rewards are checked on their own).
 REQUIRED_SECTIONS = ("model", "peft", "data", "trainer", "logger", "heldout")
 
@@ -100,6 +101,10 @@ class Decisions:
     rewards: tuple
     #: what held-out measurement scores with: heldout.rewards, else the training rewards
     heldout_rewards: tuple
+    #: GRPO's tools (the `tools:` section built by the tools registry: named, bounded, checked)
+    tools: tuple
+    #: GRPO's `environment`: None, a factory, or {name: factory} (trl's environment_factory)
+    environment: Any
     heldout: HeldoutConfig
     #: the run doctor's switch and thresholds (align.measure.doctor)
     doctor: DoctorConfig
@@ -209,6 +214,54 @@ def check_trainer_keys(section: Mapping, stage: str) -> list[str]:
             errors.append(f"config key 'trainer.{key}' is set by align: use "
                           f"{OWNED_BY_ALIGN[key]} instead")
     return errors
+
+
+def build_tool_specs(specs: Any, stage: str) -> tuple[tuple, list[str]]:
+    """The `tools:` section, built by the tools registry (references, keys, values, schemas)."""
+    if not specs:
+        return (), []
+    if stage != "grpo":
+        return (), [f"'tools' applies to GRPO (the policy calls them in its rollouts); remove it "
+                    f"from this {stage} config (tool-call traces train with SFT as data: "
+                    "`messages` with tool_calls and a `tools` column)"]
+    if not isinstance(specs, Mapping):
+        return (), [f"'tools' must map tool names to {{fn, kwargs, timeout_s, max_output_chars}}, "
+                    f"got {type(specs).__name__}"]
+    from tools import build_tools
+
+    try:
+        return tuple(build_tools(specs)), []
+    except (ValueError, ImportError, TypeError) as exc:
+        return (), [f"tools: {' '.join(str(exc).split())}"]
+
+
+def build_environment(ref: Any, stage: str) -> tuple[Any, list[str]]:
+    """`environment`: an import path, or {name: import path} (the dataset's `environment` column
+    picks one per row), resolved and checked (a callable `reset`, documented tool methods)."""
+    if ref is None:
+        return None, []
+    if stage != "grpo":
+        return None, [f"'environment' applies to GRPO only; remove it from this {stage} config"]
+    from tools import check_environment, resolve_environment
+
+    refs = ref if isinstance(ref, Mapping) else {None: ref}
+    factories, errors = {}, []
+    for name, one in refs.items():
+        where = "environment" if name is None else f"environment.{name}"
+        if not isinstance(one, str) or not one:
+            errors.append(f"{where}={one!r}: an import path such as 'my_pkg.envs:MyEnv' or "
+                          "'path/to/envs.py:MyEnv'")
+            continue
+        try:
+            factory = resolve_environment(one)
+            check_environment(factory, one)
+        except (ValueError, ImportError, TypeError) as exc:
+            errors.append(f"{where}: {' '.join(str(exc).split())}")
+            continue
+        factories[name] = factory
+    if errors:
+        return None, errors
+    return (factories[None] if None in factories else MappingProxyType(factories)), []
 
 
 def check_reward_specs(specs: Any, where: str, required: bool) -> list[str]:
@@ -460,6 +513,10 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     elif not e and heldout is not None and heldout.rewards is not None:
         # held-out measurement scores with the training rewards (their own objects)
         heldout_rewards, _ = build_reward_specs(plain.get("rewards"), "rewards", required=False)
+    tools, e = build_tool_specs(plain.get("tools"), stage)
+    errors += e
+    environment, e = build_environment(plain.get("environment"), stage)
+    errors += e
     raise_if(_without_echoes(errors, cfg))
 
     # Pass 2: the libraries' classes and the device.
@@ -550,7 +607,8 @@ def decide(cfg: DictConfig | Mapping, stage: str,
         model=_decide_model(model, source, bool(checkpointing), facts), model_asked=model,
         peft=peft_plan, data=data, trainer_set=MappingProxyType(trainer_set),
         trainer_kwargs=MappingProxyType(kwargs), rewards=rewards,
-        heldout_rewards=heldout_rewards, heldout=heldout, doctor=doctor, logger=logger,
+        heldout_rewards=heldout_rewards, tools=tools, environment=environment,
+        heldout=heldout, doctor=doctor, logger=logger,
         callbacks=tuple(import_object(str(r), "callbacks") for r in plain.get("callbacks") or []),
         objective=plain.get("objective"), device=facts, config=MappingProxyType(redact(plain)))
 

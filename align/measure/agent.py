@@ -1,0 +1,147 @@
+"""Greedy generation with tool calls, for held-out measurement of tool-using policies.
+
+The loop is trl's (``GRPOTrainer._tool_call_loop``) run greedily outside a trainer: render the
+prompt with the tools, generate, parse the reply with the tokenizer's response template
+(``trl.chat_template_utils.parse_response``), run the calls, append the tool turns' tokens as trl
+does (``GRPOTrainer._get_tool_suffix_ids``: the ids are concatenated, never re-tokenised) and
+generate again, until the reply calls no tool, ``max_iterations`` rounds ran or the token budget
+``max_new_tokens`` (the whole multi-turn completion, as trl's ``max_completion_length``) is spent.
+A tool that raises, or a call to a tool that does not exist, gives the model ``{"error": ...}``
+as trl does, and is counted.
+
+Completions come back as trl gives them to rewards: a list of messages (assistant, tool,
+assistant ...), so the same reward functions score training and held-out samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+
+@dataclass
+class ToolRollouts:
+    """What :func:`generate_with_tools` produced: one message list per prompt, and counts."""
+
+    completions: list[list[dict]]
+    completion_ids: list[list[int]]
+    #: per prompt: tool calls made, and how many of them failed (raised, unknown tool, bad args)
+    calls: list[int] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)
+    #: tool name -> failed calls
+    failures_by_tool: dict[str, int] = field(default_factory=dict)
+
+
+def _suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
+    """The tokens trl appends after a tool turn (its own function, on a stand-in trainer)."""
+    from trl import GRPOTrainer
+
+    stand_in = SimpleNamespace(processing_class=tokenizer, _tokenizer=tokenizer,
+                               chat_template=None, chat_template_kwargs={}, _is_vlm=False)
+    return GRPOTrainer._get_tool_suffix_ids(stand_in, tool_messages)
+
+
+def run_tool_calls(calls: Sequence[dict],
+                   tools_by_name: dict[str, Callable]) -> tuple[list[dict], list[str]]:
+    """Run one reply's tool calls as trl does: each gives a ``tool`` message; a tool that raises
+    (or is unknown) gives ``{"error": ...}``. Returns the messages and the names that failed."""
+    messages, failed = [], []
+    for call in calls:
+        function = call.get("function", {}) if call.get("type") == "function" else {}
+        name = function.get("name", call.get("name", "unknown"))
+        try:
+            if call.get("type") != "function":
+                raise ValueError(f"Unsupported tool call type: {call.get('type')}")
+            if name not in tools_by_name:
+                raise ValueError(f"Tool {name} not found.")
+            result = tools_by_name[name](**function.get("arguments", {}))
+        except Exception as exc:  # what the model sees, as in trl's loop
+            failed.append(name)
+            result = {"error": str(exc)}
+        messages.append({"role": "tool", "name": name,
+                         "content": result if isinstance(result, list) else str(result)})
+    return messages, failed
+
+
+def _greedy(model, tokenizer, sequences: list[list[int]], budgets: list[int],
+            batch_size: int) -> list[list[int]]:
+    """Greedy continuation of each id sequence, at most ``budgets[i]`` new tokens, cut after the
+    first end-of-turn token (kept, as trl keeps it)."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_id = tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    out: list[list[int]] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start:start + batch_size]
+        budget = budgets[start:start + batch_size]
+        width = max(len(s) for s in batch)
+        ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=device)
+        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(budget),
+                                   do_sample=False, temperature=None, top_p=None, top_k=None,
+                                   pad_token_id=pad_id, eos_token_id=eos_id)[:, width:].tolist()
+        for row, limit in zip(generated, budget):
+            row = row[:limit]
+            if eos_id in row:
+                row = row[:row.index(eos_id) + 1]
+            out.append(row)
+    return out
+
+
+def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequence[Callable],
+                        max_new_tokens: int, batch_size: int = 64,
+                        max_iterations: int | None = None) -> ToolRollouts:
+    """Greedy multi-turn completions of chat ``prompts`` with ``tools`` (callables, as trl takes
+    them). ``max_iterations``: tool rounds per prompt (None: until the budget ends them)."""
+    import torch
+    from trl.chat_template_utils import parse_response
+
+    tools = list(tools)
+    by_name = {t.__name__: t for t in tools}
+    prompt_ids = [list(tokenizer.apply_chat_template(p, tools=tools or None, tokenize=True,
+                                                     add_generation_prompt=True, return_dict=False))
+                  for p in prompts]
+    n = len(prompts)
+    completion_ids: list[list[int]] = [[] for _ in range(n)]
+    completions: list[list[dict]] = [[] for _ in range(n)]
+    calls, failures, by_tool = [0] * n, [0] * n, {}
+    active = list(range(n))
+    rounds = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            while active:
+                contexts = [prompt_ids[i] + completion_ids[i] for i in active]
+                budgets = [max_new_tokens - len(completion_ids[i]) for i in active]
+                replies = _greedy(model, tokenizer, contexts, budgets, batch_size)
+                still = []
+                for i, context, reply in zip(active, contexts, replies):
+                    completion_ids[i] += reply
+                    message = parse_response(tokenizer, reply, prefix=context, tools=tools) \
+                        if reply else {}
+                    if message:
+                        completions[i].append(message)
+                    requested = message.get("tool_calls") if message else None
+                    if not requested or (max_iterations is not None and rounds >= max_iterations):
+                        continue
+                    tool_messages, failed = run_tool_calls(requested, by_name)
+                    suffix = _suffix_ids(tokenizer, tool_messages)
+                    if len(completion_ids[i]) + len(suffix) > max_new_tokens:
+                        continue  # trl drops a tool result that does not fit, and stops there
+                    calls[i] += len(requested)
+                    failures[i] += len(failed)
+                    for name in failed:
+                        by_tool[name] = by_tool.get(name, 0) + 1
+                    completions[i] += tool_messages
+                    completion_ids[i] += suffix
+                    if len(completion_ids[i]) < max_new_tokens:
+                        still.append(i)
+                active = still
+                rounds += 1
+    finally:
+        model.train(was_training)
+    return ToolRollouts(completions, completion_ids, calls, failures, by_tool)
