@@ -14,6 +14,12 @@ GRPO training). The summary holds each reward's mean, the accuracy (share of sam
 unbiased estimator (align.measure.metrics.pass_at_k), completion length statistics and the truncation
 rate (completions that reached `eval.max_new_tokens`).
 
+Tools: with a `tools:` section (or a run folder trained with one) every sample is multi-turn: the
+model's tool calls run as in GRPO's rollouts (align.measure.agent; eval.backend=hf), and the
+summary adds the share of samples that called a tool, calls per sample and failed calls (per
+tool): `python align/eval.py run_dir=outputs/tiny_tools/<run id>`, or compare a candidate with and
+without them (`tools=calculator` / `tools=none`).
+
 Models: a hub id or local folder with a full model, `tiny://base|sft`, or a folder holding a
 PEFT adapter (adapter_config.json: its base model is loaded and the adapter applied).
 
@@ -50,7 +56,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("hf", "vllm")
 #: the training sections come in empty with `align_sections` (align.run.conf.SECTIONS)
 TOP_LEVEL = ("name", "seed", "output_dir", "run_dir", "stage", "model", "data", "rewards",
-             "eval", "peft", "trainer", "logger", "heldout", "doctor")
+             "tools", "eval", "peft", "trainer", "logger", "heldout", "doctor")
 
 
 @dataclass
@@ -109,6 +115,9 @@ class EvalJob:
     seed: int
     out_dir: Path
     source: dict  # what was evaluated (for the summary)
+    #: the `tools:` section built (a run folder's own): multi-turn samples that call them
+    tools: tuple = ()
+    max_tool_iterations: int | None = None
 
 
 def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJob:
@@ -121,7 +130,7 @@ def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJ
     """
     from align.data import DataConfig
     from align.models import ModelConfig, check_model_config
-    from align.run.spec import check_reward_specs, plain_config
+    from align.run.spec import build_tool_specs, check_reward_specs, plain_config
 
     plain = plain_config(cfg)
     errors = [e.replace("'<root>.", "'") for e in
@@ -130,6 +139,8 @@ def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJ
     stage = str(plain.get("stage") or "grpo")
     model_node, data_node = plain.get("model"), plain.get("data")
     rewards = plain.get("rewards") or {}
+    tools_node = plain.get("tools") or {}
+    iterations = None
     if plain.get("run_dir"):
         # A run folder: evaluate its final/ with the data and rewards it was trained and
         # measured with.
@@ -144,6 +155,8 @@ def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJ
                                      command_line_overrides() if overrides is None else overrides)
         rewards = (run_cfg.get("heldout") or {}).get("rewards") or run_cfg.get("rewards") or {}
         stage = run_cfg.get("stage") or stage
+        tools_node = tools_node or run_cfg.get("tools") or {}
+        iterations = (run_cfg.get("trainer") or {}).get("max_tool_calling_iterations")
         source["run_dir"] = str(run_dir)
     model, e = check_dataclass(model_node, ModelConfig, "model")
     errors += e or check_model_config(model)
@@ -152,6 +165,11 @@ def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJ
     ev, e = check_dataclass(plain.get("eval"), EvalConfig, "eval")
     errors += e or check_eval_config(ev)
     errors += check_reward_specs(rewards, "rewards", required=True)
+    tools, e = build_tool_specs(tools_node, "grpo")
+    errors += e
+    if tools and ev is not None and ev.backend != "hf":
+        errors.append(f"tools: evaluation with tools runs on eval.backend=hf (the tool loop), "
+                      f"not {ev.backend}")
     if stage not in ("sft", "dpo", "grpo"):
         errors.append(f"stage={stage!r}: the data layout to read, one of sft, dpo, grpo")
     if not plain.get("output_dir"):
@@ -180,7 +198,7 @@ def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJ
         model, name_or_path=resolve_source(model.name_or_path, revision=model.revision)))
     return EvalJob(model=model, data=data, rewards=rewards, eval=ev, stage=stage,
                    seed=int(plain.get("seed", 42)), out_dir=Path(plain["output_dir"]),
-                   source=source)
+                   source=source, tools=tools, max_tool_iterations=iterations)
 
 
 def command_line_overrides() -> list[str]:
@@ -360,9 +378,30 @@ def correct_reward_name(ev: EvalConfig, names: list[str]) -> str:
     return "accuracy" if "accuracy" in names else names[0]
 
 
+def generate_with_tools_hf(model, tokenizer, prompts: list, ev: EvalConfig, seed: int,
+                          tools: tuple, max_iterations: int | None):
+    """n multi-turn samples per prompt, the tools called as in GRPO's rollouts
+    (align.measure.agent); returns (samples, token counts, per-sample tool counts)."""
+    from align.measure.agent import generate_with_tools
+
+    repeated = [p for p in prompts for _ in range(ev.n)]
+    out = generate_with_tools(model, tokenizer, repeated, tools, ev.max_new_tokens,
+                              ev.batch_size, max_iterations, ev.temperature, seed)
+
+    def grouped(values):
+        return [values[i * ev.n:(i + 1) * ev.n] for i in range(len(prompts))]
+
+    return (grouped(out.completions), [len(ids) for ids in out.completion_ids],
+            {"calls": out.calls, "failures": out.failures, "by_tool": out.failures_by_tool})
+
+
 def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
-          ev: EvalConfig) -> tuple[dict, list[dict]]:
-    """(summary, one row per sample) for n completions per prompt of `dataset`."""
+          ev: EvalConfig, lengths: list[int] | None = None,
+          tool_counts: dict | None = None) -> tuple[dict, list[dict]]:
+    """(summary, one row per sample) for n completions per prompt of `dataset`. With tools the
+    completions are message lists, `lengths` their token counts and `tool_counts` the calls and
+    failures per sample (the summary adds tool_call_rate, tool_calls_mean, tool_failure_rate and
+    the failures per tool)."""
     from align.measure.metrics import length_stats, mean, mean_pass_at_k
 
     n_prompts = len(samples)
@@ -375,7 +414,8 @@ def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
               for fn in reward_funcs}
     target = correct_reward_name(ev, names)
     text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM's processor holds one
-    lengths = [len(text_tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat]
+    if lengths is None:
+        lengths = [len(text_tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat]
     rows = []
     for i, completion in enumerate(flat):
         value = scores[target][i]
@@ -387,6 +427,9 @@ def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
             "rewards": {name: scores[name][i] for name in names},
             "correct": value is not None and value >= ev.correct_threshold,
         })
+        if tool_counts is not None:
+            rows[-1]["tool_calls"] = tool_counts["calls"][i]
+            rows[-1]["tool_failures"] = tool_counts["failures"][i]
     summary: dict = {"prompts": n_prompts, "samples_per_prompt": ev.n, "rewards": {}}
     for name in names:
         value, scored = mean(scores[name])
@@ -400,6 +443,12 @@ def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
     for k in sorted(set(ev.k)):
         summary[f"pass@{k}"] = mean_pass_at_k(correct_counts, ev.n, k)
     summary.update(length_stats(lengths, ev.max_new_tokens))
+    if tool_counts is not None:
+        calls = sum(tool_counts["calls"])
+        summary["tool_call_rate"] = sum(1 for c in tool_counts["calls"] if c) / max(len(flat), 1)
+        summary["tool_calls_mean"] = calls / max(len(flat), 1)
+        summary["tool_failure_rate"] = sum(tool_counts["failures"]) / calls if calls else 0.0
+        summary["tool_failures_by_tool"] = dict(tool_counts["by_tool"])
     return summary, rows
 
 
@@ -429,11 +478,17 @@ def run(cfg: DictConfig) -> dict:
         # vLLM loads the weights itself: an HF copy would only take memory it needs
         tokenizer = load_processing_class(job.model)
         samples = generate_vllm(job.model, tokenizer, prompts, ev, job.seed)
+        lengths = counts = None
     else:
         model, tokenizer = load_for_eval(job.model)
         images = list(heldout["images"]) if "images" in heldout.column_names else None
-        samples = generate_hf(model, tokenizer, prompts, ev, job.seed, images)
-    summary, rows = score(samples, heldout, reward_funcs, tokenizer, ev)
+        if job.tools:
+            samples, lengths, counts = generate_with_tools_hf(
+                model, tokenizer, prompts, ev, job.seed, job.tools, job.max_tool_iterations)
+        else:
+            samples, lengths, counts = generate_hf(model, tokenizer, prompts, ev, job.seed,
+                                                   images), None, None
+    summary, rows = score(samples, heldout, reward_funcs, tokenizer, ev, lengths, counts)
     summary = {**job.source, "stage": job.stage, "backend": ev.backend,
                "temperature": ev.temperature, "max_new_tokens": ev.max_new_tokens,
                "seed": job.seed, **summary,
@@ -455,6 +510,11 @@ def summary_lines(summary: dict) -> list[str]:
              f"({summary['correct_reward']} >= threshold)"]
     lines += [f"{k}: {v:.3f}" for k, v in summary.items() if k.startswith("pass@")]
     lines += [f"reward {k}: {v:.3f}" for k, v in summary["rewards"].items() if "/" not in k]
+    if "tool_call_rate" in summary:
+        lines.append(f"tool calls: {summary['tool_call_rate']:.1%} of samples called a tool, "
+                     f"{summary['tool_calls_mean']:.2f} calls per sample, "
+                     f"{summary['tool_failure_rate']:.1%} of calls failed "
+                     f"{summary['tool_failures_by_tool'] or ''}".rstrip())
     lines.append(f"completion tokens: mean {summary['completion_tokens_mean']:.1f}, max "
                  f"{summary.get('completion_tokens_max', 0):.0f}, truncated "
                  f"{summary.get('truncated_rate', 0):.1%}")

@@ -228,6 +228,7 @@ def roles(completions, **kwargs):
 '''
 
 
+@pytest.mark.slow
 def test_tiny_tools_experiment_as_the_readme_runs_it(tmp_path):
     """The command as users type it, from another folder: trains with the tool and measures
     held-out accuracy with it."""
@@ -312,6 +313,7 @@ def test_tool_and_environment_files_are_checked_at_setup(tmp_path):
     assert good.trainer_kwargs["max_tool_calling_iterations"] == 3
 
 
+@pytest.mark.slow
 def test_a_bad_tool_exits_2_in_one_line_and_writes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
@@ -349,3 +351,28 @@ def test_sft_on_tool_traces_must_mask_the_tool_turns(tmp_path):
     assert not (tmp_path / "run").exists()
     metrics = sft.run(cfg("trainer.assistant_only_loss=true"))
     assert metrics["train"]["train_loss"] < 2.0  # the warmed-up model already knows the traces
+
+
+def test_eval_compares_a_candidate_with_and_without_its_tools(tmp_path):
+    """align/eval.py runs the tool loop on held-out prompts: pass@k, tool-call counts, failures
+    per tool; the same model without the tool answers nothing."""
+    from align import eval as evaluation
+
+    def summary(*extra):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("eval", overrides=[
+                f"output_dir={tmp_path / str(len(extra))}", "model=tiny_tools",
+                "data=multiplication", "rewards=multiplication", "eval.max_samples=24",
+                "eval.max_new_tokens=40", "eval.n=4", "eval.k=[1,4]", "eval.temperature=0.7",
+                *extra])
+        return evaluation.run(cfg)
+
+    with_tool = summary("tools=calculator")
+    without = summary()
+    assert with_tool["tool_call_rate"] >= 0.8 and with_tool["pass@4"] >= with_tool["pass@1"] > 0.2
+    assert isinstance(with_tool["tool_failures_by_tool"], dict)
+    assert without["accuracy"] == 0.0 and "tool_call_rate" not in without
+    rows = [json.loads(line) for line in
+            (tmp_path / "1" / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 * 4 and all(isinstance(r["completion"], list) for r in rows)
+    assert sum(r["tool_calls"] for r in rows) >= 0.8 * len(rows)

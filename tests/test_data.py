@@ -577,6 +577,13 @@ def test_loader_error_is_wrapped_with_file_name(tmp_path):
 
 OK_MSG = {"messages": [user("q"), assistant("a")]}
 OK_PREF = {"prompt": "q", "chosen": "a", "rejected": "b"}
+def TOOL_CALL(name, arguments="{}"):  # noqa: N802 (a row builder, read like a constant)
+    return {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": name, "arguments": arguments}}]}
+
+
+TOOL_ANSWER = {"role": "tool", "name": "calc", "content": "6"}
+
 MALFORMED = [
     ("sft", [OK_MSG, {"messages": None}], 1, "messages", "missing or null"),
     ("sft", [OK_MSG, {"other": 1}], 1, "messages", "missing or null"),
@@ -732,6 +739,21 @@ MALFORMED = [
         "prompt",
         "ends with an assistant turn",
     ),
+    # tool-use traces: each call's shape, and every tool turn answers a call
+    ("sft", [OK_MSG, {"messages": [user("q"), TOOL_CALL(None), TOOL_ANSWER, assistant("6")]}],
+     1, "messages", "tool call 0 has no function name"),
+    ("sft", [{"messages": [user("q"), TOOL_CALL("calc", "{not json"), TOOL_ANSWER,
+                           assistant("6")]}], 0, "messages", "arguments are not valid JSON"),
+    ("sft", [{"messages": [user("q"), TOOL_CALL("calc", [1, 2]), TOOL_ANSWER,
+                           assistant("6")]}], 0, "messages", "arguments must be an object"),
+    ("sft", [{"messages": [user("q"), {"role": "assistant", "content": "",
+                                       "tool_calls": [{"name": "calc"}]}], "x": 1}],
+     0, "messages", 'expected {"type": "function"'),
+    ("sft", [{"messages": [user("q"), TOOL_ANSWER, assistant("6")]}], 0, "messages",
+     "answers no tool call"),
+    ("sft", [{"messages": [{"role": "user", "content": "q", "tool_calls": [
+        {"type": "function", "function": {"name": "calc", "arguments": {}}}]},
+        assistant("6")]}], 0, "messages", "only assistant turns call tools"),
 ]
 
 
@@ -867,3 +889,14 @@ def test_importing_the_module_does_not_import_datasets():
 
     code = "import sys, align.data; assert 'datasets' not in sys.modules and 'trl' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tool_use_traces_load_and_keep_their_tools_column(tmp_path):
+    """An assistant turn that only calls a tool (empty content), the tool's turn, the answer, and
+    a `tools` column of schemas: accepted as they are, JSON-string arguments too."""
+    rows = [{"messages": [user("2*3="), TOOL_CALL("calc", '{"expression": "2*3"}'), TOOL_ANSWER,
+                          assistant("6")], "tools": '[{"type": "function", "function": '
+                                                    '{"name": "calc"}}]'}] * 3
+    data = load(write(tmp_path, rows), "sft")
+    assert set(data.train.column_names) == {"messages", "tools"}
+    assert data.train[0]["messages"][2]["content"] == "6"

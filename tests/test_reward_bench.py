@@ -162,3 +162,26 @@ def test_word_ids_stand_in_for_tokens() -> None:
     vocabulary: dict[str, int] = {}
     assert word_ids("a b  a\nc", vocabulary) == [0, 1, 0, 2]
     assert word_ids("c a", vocabulary) == [2, 0] and word_ids("", vocabulary) == []
+
+
+def test_bench_scores_multi_turn_tool_completions(tmp_path: Path) -> None:
+    """Logged tool-calling completions (assistant call, tool answer, assistant answer): the final
+    assistant turn is the answer; a number in the tool's turn never counts, and a rollout cut off
+    after its call scores 0 even though the tool's answer was right."""
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+        "name": "calculator", "arguments": {"expression": "917*707"}}}]}
+    tool = {"role": "tool", "name": "calculator", "content": "648319"}
+    rows = [{"prompt": [{"role": "user", "content": "917*707="}], "solution": "648319",
+             "completion": completion} for completion in (
+        [call, tool, {"role": "assistant", "content": "648319"}],  # right
+        [call, tool, {"role": "assistant", "content": "648391"}],  # miscopied
+        [call, tool],                                              # cut off after the call
+        [{"role": "assistant", "content": "\\boxed{917*707}"}],    # the question restated
+    )]
+    (tmp_path / "logged.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "rewards", "score", "logged.jsonl", "rewards=arithmetic"],
+        cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    scored = read_jsonl(tmp_path / "logged.scored.jsonl")
+    assert [r["rewards/accuracy"] for r in scored] == [1.0, 0.0, 0.0, 0.0]

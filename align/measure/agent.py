@@ -64,10 +64,10 @@ def run_tool_calls(calls: Sequence[dict],
     return messages, failed
 
 
-def _greedy(model, tokenizer, sequences: list[list[int]], budgets: list[int],
-            batch_size: int) -> list[list[int]]:
-    """Greedy continuation of each id sequence, at most ``budgets[i]`` new tokens, cut after the
-    first end-of-turn token (kept, as trl keeps it)."""
+def _continue(model, tokenizer, sequences: list[list[int]], budgets: list[int],
+              batch_size: int, temperature: float = 0.0) -> list[list[int]]:
+    """Continuation of each id sequence (greedy, or sampled at ``temperature``), at most
+    ``budgets[i]`` new tokens, cut after the first end-of-turn token (kept, as trl keeps it)."""
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -80,9 +80,11 @@ def _greedy(model, tokenizer, sequences: list[list[int]], budgets: list[int],
         width = max(len(s) for s in batch)
         ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in batch], device=device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=device)
+        sampling = ({"do_sample": True, "temperature": temperature} if temperature > 0 else
+                    {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
         generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(budget),
-                                   do_sample=False, temperature=None, top_p=None, top_k=None,
-                                   pad_token_id=pad_id, eos_token_id=eos_id)[:, width:].tolist()
+                                   pad_token_id=pad_id, eos_token_id=eos_id,
+                                   **sampling)[:, width:].tolist()
         for row, limit in zip(generated, budget):
             row = row[:limit]
             if eos_id in row:
@@ -93,9 +95,14 @@ def _greedy(model, tokenizer, sequences: list[list[int]], budgets: list[int],
 
 def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequence[Callable],
                         max_new_tokens: int, batch_size: int = 64,
-                        max_iterations: int | None = None) -> ToolRollouts:
-    """Greedy multi-turn completions of chat ``prompts`` with ``tools`` (callables, as trl takes
-    them). ``max_iterations``: tool rounds per prompt (None: until the budget ends them)."""
+                        max_iterations: int | None = None, temperature: float = 0.0,
+                        seed: int | None = None) -> ToolRollouts:
+    """Multi-turn completions of chat ``prompts`` with ``tools`` (callables, as trl takes them):
+    greedy, or sampled at ``temperature`` (seeded in a forked RNG with ``seed``, so the caller's
+    RNG is untouched). ``max_iterations``: tool rounds per prompt (None: until the budget ends
+    them)."""
+    import contextlib
+
     import torch
     from trl.chat_template_utils import parse_response
 
@@ -112,12 +119,17 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
     rounds = 0
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
+    rng = contextlib.nullcontext() if seed is None else torch.random.fork_rng(
+        devices=[device] if device.type == "cuda" else [])
     try:
-        with torch.no_grad():
+        with rng, torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
             while active:
                 contexts = [prompt_ids[i] + completion_ids[i] for i in active]
                 budgets = [max_new_tokens - len(completion_ids[i]) for i in active]
-                replies = _greedy(model, tokenizer, contexts, budgets, batch_size)
+                replies = _continue(model, tokenizer, contexts, budgets, batch_size, temperature)
                 still = []
                 for i, context, reply in zip(active, contexts, replies):
                     completion_ids[i] += reply
