@@ -122,6 +122,21 @@ def _load_file(
     return module
 
 
+def check_spec_keys(spec: Any, where: str, keys: Sequence[str],
+                    error: type[Exception] = RewardConfigError) -> None:
+    """One config entry of a registry of pluggable things (``{fn, ...}``): a mapping, with only
+    ``keys`` (the closest named on a typo), and ``fn``. Raises ``error`` naming ``where``."""
+    if not isinstance(spec, Mapping):
+        raise error(f"{where}: expected a mapping with keys {list(keys)}, got "
+                    f"{type(spec).__name__}")
+    unknown = [k for k in spec if k not in keys]
+    if unknown:
+        hints = "".join(_closest(str(k), keys) for k in unknown)
+        raise error(f"{where}: unknown keys {unknown}{hints}. Allowed keys: {list(keys)}.")
+    if "fn" not in spec:
+        raise error(f"{where}: missing 'fn' (a registered name or 'pkg.module:function')")
+
+
 def load_reference(
     ref: str,
     kind: str = "reward",
@@ -489,20 +504,7 @@ def build_rewards(
     funcs: list[BoundReward] = []
     weights: list[float] = []
     for name, spec in specs.items():
-        if not isinstance(spec, Mapping):
-            raise RewardConfigError(
-                f"reward {name!r}: expected a mapping with keys {list(SPEC_KEYS)}, got {type(spec).__name__}"
-            )
-        unknown = [k for k in spec if k not in SPEC_KEYS]
-        if unknown:
-            hints = "".join(_closest(str(k), SPEC_KEYS) for k in unknown)
-            raise RewardConfigError(
-                f"reward {name!r}: unknown keys {unknown}{hints}. Allowed keys: {list(SPEC_KEYS)}."
-            )
-        if "fn" not in spec:
-            raise RewardConfigError(
-                f"reward {name!r}: missing 'fn' (a registered name or 'pkg.module:function')"
-            )
+        check_spec_keys(spec, f"reward {name!r}", SPEC_KEYS, RewardConfigError)
         weight = spec.get("weight", 1.0)
         if (
             isinstance(weight, bool)

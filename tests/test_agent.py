@@ -4,7 +4,6 @@ tool-use model."""
 
 import inspect
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,8 +86,9 @@ def test_tiny_tool_model_speaks_trls_tool_protocol(tiny_tools_path):
     assert trained == (f"<tool_call>calculator expression={row['messages'][0]['content'][:-1]}"
                        f"</tool_call><|im_end|>{answer}<|im_end|>")
     # the schema used for SFT traces is what transformers builds from the registered tool
-    import tools
     from transformers.utils import get_json_schema
+
+    import tools
 
     assert get_json_schema(tools.build_tools({"calculator": {"fn": "calculator"}})[0]) \
         == CALCULATOR_SCHEMA
@@ -376,3 +376,43 @@ def test_eval_compares_a_candidate_with_and_without_its_tools(tmp_path):
             (tmp_path / "1" / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 24 * 4 and all(isinstance(r["completion"], list) for r in rows)
     assert sum(r["tool_calls"] for r in rows) >= 0.8 * len(rows)
+
+
+def test_held_out_tool_loop_budget_rounds_and_failures(tiny_tools_path):
+    """align's held-out loop follows trl's rules: no tool round past max_iterations, a tool
+    answer that does not fit the token budget is dropped (the rollout ends at its call), and a
+    tool that raises or does not exist answers {"error": ...}, counted per tool."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align.measure.agent import generate_with_tools, run_tool_calls
+
+    tok = AutoTokenizer.from_pretrained(tiny_tools_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_tools_path)
+    prompts = [[{"role": "user", "content": "123*456="}], [{"role": "user", "content": "700*800="}]]
+
+    def calculator(expression: str) -> str:
+        """Fails on purpose.
+
+        Args:
+            expression: ignored.
+        """
+        raise RuntimeError("the calculator is broken")
+
+    again = generate_with_tools(model, tok, prompts, [calculator], max_new_tokens=120)
+    assert min(again.calls) >= 2  # told the tool failed, the model calls again
+    full = generate_with_tools(model, tok, prompts, [calculator], 120, max_iterations=1)
+    assert full.calls == [1, 1] and full.failures == [1, 1]
+    assert full.failures_by_tool == {"calculator": 2}
+    assert [m["role"] for m in full.completions[0]][:2] == ["assistant", "tool"]
+    assert "the calculator is broken" in full.completions[0][1]["content"]
+    no_rounds = generate_with_tools(model, tok, prompts, [calculator], 120, max_iterations=0)
+    assert no_rounds.calls == [0, 0] and [len(c) for c in no_rounds.completions] == [1, 1]
+    call_tokens = len(no_rounds.completion_ids[0])
+    tight = generate_with_tools(model, tok, prompts[:1], [calculator], call_tokens + 2)
+    # the call ran (and counts), but its answer did not fit: the rollout ends at the call
+    assert tight.calls == [1] and [m["role"] for m in tight.completions[0]] == ["assistant"]
+    assert tight.completion_ids[0] == no_rounds.completion_ids[0]
+    messages, failed = run_tool_calls(
+        [{"type": "function", "function": {"name": "search", "arguments": {}}},
+         {"type": "other"}], {})
+    assert failed == ["search", "unknown"] and "Tool search not found" in messages[0]["content"]

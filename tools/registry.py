@@ -38,7 +38,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from rewards.registry import _closest, _plain, load_reference
+from rewards.registry import _closest, _plain, check_spec_keys, load_reference
 
 ToolFn = Callable[..., Any]
 
@@ -335,16 +335,7 @@ def build_tool(name: str, spec: Mapping[str, Any]) -> ToolFn:
             f"tool name {name!r} is not a valid identifier; the model calls the tool by this name "
             "(letters, digits and _, not starting with a digit)"
         )
-    if not isinstance(spec, Mapping):
-        raise ToolConfigError(
-            f"tool {name!r}: expected a mapping with keys {list(SPEC_KEYS)}, got {type(spec).__name__}"
-        )
-    unknown = [k for k in spec if k not in SPEC_KEYS]
-    if unknown:
-        hints = "".join(_closest(str(k), SPEC_KEYS) for k in unknown)
-        raise ToolConfigError(f"tool {name!r}: unknown keys {unknown}{hints}. Allowed keys: {list(SPEC_KEYS)}.")
-    if "fn" not in spec:
-        raise ToolConfigError(f"tool {name!r}: missing 'fn' (a registered name or 'pkg.module:function')")
+    check_spec_keys(spec, f"tool {name!r}", SPEC_KEYS, ToolConfigError)
     timeout_s = spec.get("timeout_s", DEFAULT_TIMEOUT_S)
     _positive(name, "timeout_s", timeout_s, float)
     max_output_chars = spec.get("max_output_chars", DEFAULT_MAX_OUTPUT_CHARS)

@@ -141,13 +141,13 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
                     if not requested or (max_iterations is not None and rounds >= max_iterations):
                         continue
                     tool_messages, failed = run_tool_calls(requested, by_name)
-                    suffix = _suffix_ids(tokenizer, tool_messages)
-                    if len(completion_ids[i]) + len(suffix) > max_new_tokens:
-                        continue  # trl drops a tool result that does not fit, and stops there
-                    calls[i] += len(requested)
+                    calls[i] += len(requested)  # counted as trl counts: every call made
                     failures[i] += len(failed)
                     for name in failed:
                         by_tool[name] = by_tool.get(name, 0) + 1
+                    suffix = _suffix_ids(tokenizer, tool_messages)
+                    if len(completion_ids[i]) + len(suffix) > max_new_tokens:
+                        continue  # trl drops a tool result that does not fit, and stops there
                     completions[i] += tool_messages
                     completion_ids[i] += suffix
                     if len(completion_ids[i]) < max_new_tokens:

@@ -173,7 +173,12 @@ def tiny_vlm_path(variant: str = "vlm") -> pathlib.Path:
     """The directory of the tiny vision-language model, built on first use (a few seconds)."""
     if variant not in VLM_VARIANTS:
         raise ValueError(f"unknown tiny VLM variant {variant!r}; available: {', '.join(VLM_VARIANTS)}")
-    root = cache_root() / "tiny" / f"vlm-{VLM_BUILD_VERSION}"
+    return _built(cache_root() / "tiny" / f"vlm-{VLM_BUILD_VERSION}", variant)
+
+
+def _built(root: pathlib.Path, variant: str) -> pathlib.Path:
+    """``root/variant``, built under the folder's lock unless it is there already (a variant
+    with a cache folder and version of its own, built from nothing else)."""
     final = root / variant
     if final.is_dir():
         return final
@@ -339,18 +344,7 @@ def tiny_tools_path(variant: str = "tools") -> pathlib.Path:
     if variant not in TOOLS_VARIANTS:
         raise ValueError(f"unknown tiny tool-use variant {variant!r}; available: "
                          f"{', '.join(TOOLS_VARIANTS)}")
-    root = cache_root() / "tiny" / f"tools-{TOOLS_BUILD_VERSION}"
-    final = root / variant
-    if final.is_dir():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-
-    from filelock import FileLock
-
-    with FileLock(str(root / "build.lock")):
-        if not final.is_dir():
-            _build_into(root, variant)
-    return final
+    return _built(cache_root() / "tiny" / f"tools-{TOOLS_BUILD_VERSION}", variant)
 
 
 def build_tools_tokenizer():
