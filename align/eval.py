@@ -15,7 +15,7 @@ unbiased estimator (align.measure.metrics.pass_at_k), completion length statisti
 rate (completions that reached `eval.max_new_tokens`).
 
 Tools: with a `tools:` section (or a run folder trained with one) every sample is multi-turn: the
-model's tool calls run as in GRPO's rollouts (align.measure.agent; eval.backend=hf), and the
+model's tool calls run as in GRPO's rollouts (align.measure.agent; either backend), and the
 summary adds the share of samples that called a tool, calls per sample and failed calls (per
 tool): `python align/eval.py run_dir=outputs/tiny_tools/<run id>`, or compare a candidate with and
 without them (`tools=calculator` / `tools=none`).
@@ -167,9 +167,6 @@ def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJ
     errors += check_reward_specs(rewards, "rewards", required=True)
     tools, e = build_tool_specs(tools_node, "grpo")
     errors += e
-    if tools and ev is not None and ev.backend != "hf":
-        errors.append(f"tools: evaluation with tools runs on eval.backend=hf (the tool loop), "
-                      f"not {ev.backend}")
     if stage not in ("sft", "dpo", "grpo"):
         errors.append(f"stage={stage!r}: the data layout to read, one of sft, dpo, grpo")
     if not plain.get("output_dir"):
@@ -323,10 +320,27 @@ def generate_vllm(model_cfg, tokenizer, prompts: list, ev: EvalConfig,
     adapter is served on its base model (enable_lora, max_lora_rank = r rounded up to vLLM's
     ranks). `ev.vllm_kwargs` go to vllm.LLM last, so they override any of these.
     """
+    from align.measure.generation import _render
+
+    llm, lora_request, params = vllm_engine(model_cfg, ev, seed)
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    token_prompts = [
+        {"prompt_token_ids": text_tokenizer(_render(tokenizer, p),
+                                            add_special_tokens=isinstance(p, str))["input_ids"]}
+        for p in prompts]
+    outputs = llm.generate(token_prompts, [params(ev.n, ev.max_new_tokens, seed + i * ev.n)
+                                           for i in range(len(prompts))],
+                           lora_request=lora_request)
+    return [[text_tokenizer.decode(o.token_ids, skip_special_tokens=True).strip()
+             for o in out.outputs] for out in outputs]
+
+
+def vllm_engine(model_cfg, ev: EvalConfig, seed: int):
+    """(vllm.LLM, its LoRA request or None, params(n, max_tokens, seed) -> SamplingParams), set
+    up as `generate_vllm` describes."""
     from transformers import GenerationConfig
     from vllm import LLM, SamplingParams
 
-    from align.measure.generation import _render
     from align.models.factory import decide_for_device, resolve_path, torch_dtype
 
     model_cfg = decide_for_device(model_cfg)  # dtype "auto": what this machine computes in
@@ -354,22 +368,34 @@ def generate_vllm(model_cfg, tokenizer, prompts: list, ev: EvalConfig,
         generation = GenerationConfig.from_pretrained(base)
     except OSError:  # no generation_config.json: HF generate falls back to its defaults
         generation = GenerationConfig()
-    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    token_prompts = [
-        {"prompt_token_ids": text_tokenizer(_render(tokenizer, p),
-                                            add_special_tokens=isinstance(p, str))["input_ids"]}
-        for p in prompts]
-    params = [SamplingParams(
-        n=ev.n, temperature=ev.temperature, max_tokens=ev.max_new_tokens, seed=seed + i * ev.n,
-        top_k=50 if generation.top_k is None else generation.top_k,
-        top_p=1.0 if generation.top_p is None else generation.top_p,
-        min_p=generation.min_p or 0.0,
-        repetition_penalty=generation.repetition_penalty or 1.0)
-        for i in range(len(prompts))]
-    llm = LLM(**llm_kwargs)
-    outputs = llm.generate(token_prompts, params, lora_request=lora_request)
-    return [[text_tokenizer.decode(o.token_ids, skip_special_tokens=True).strip()
-             for o in out.outputs] for out in outputs]
+
+    def params(n: int, max_tokens: int, request_seed: int):
+        return SamplingParams(
+            n=n, temperature=ev.temperature, max_tokens=max_tokens, seed=request_seed,
+            top_k=50 if generation.top_k is None else generation.top_k,
+            top_p=1.0 if generation.top_p is None else generation.top_p,
+            min_p=generation.min_p or 0.0,
+            repetition_penalty=generation.repetition_penalty or 1.0)
+
+    return LLM(**llm_kwargs), lora_request, params
+
+
+def vllm_continuation(model_cfg, ev: EvalConfig, seed: int):
+    """The tool loop's generation step on vLLM (align.measure.agent): each id sequence continued
+    as one request, at most its budget of tokens; vLLM returns the ids up to and including the
+    end-of-turn token, as HF's continuation does. Each round's requests get their own seeds."""
+    llm, lora_request, params = vllm_engine(model_cfg, ev, seed)
+    calls = [0]
+
+    def continue_ids(sequences: list[list[int]], budgets: list[int]) -> list[list[int]]:
+        first = seed + calls[0] * 1_000_003  # a new stream of seeds per round
+        calls[0] += 1
+        outputs = llm.generate([{"prompt_token_ids": ids} for ids in sequences],
+                               [params(1, budget, first + i) for i, budget in enumerate(budgets)],
+                               lora_request=lora_request)
+        return [list(out.outputs[0].token_ids) for out in outputs]
+
+    return continue_ids
 
 
 def correct_reward_name(ev: EvalConfig, names: list[str]) -> str:
@@ -378,15 +404,16 @@ def correct_reward_name(ev: EvalConfig, names: list[str]) -> str:
     return "accuracy" if "accuracy" in names else names[0]
 
 
-def generate_with_tools_hf(model, tokenizer, prompts: list, ev: EvalConfig, seed: int,
-                          tools: tuple, max_iterations: int | None):
+def generate_with_tools_any(model, tokenizer, prompts: list, ev: EvalConfig, seed: int,
+                           tools: tuple, max_iterations: int | None, continuation=None):
     """n multi-turn samples per prompt, the tools called as in GRPO's rollouts
-    (align.measure.agent); returns (samples, token counts, per-sample tool counts)."""
+    (align.measure.agent), generated by HF (`model`) or vLLM (`continuation`, see
+    `vllm_continuation`); returns (samples, token counts, per-sample tool counts)."""
     from align.measure.agent import generate_with_tools
 
     repeated = [p for p in prompts for _ in range(ev.n)]
     out = generate_with_tools(model, tokenizer, repeated, tools, ev.max_new_tokens,
-                              ev.batch_size, max_iterations, ev.temperature, seed)
+                              ev.batch_size, max_iterations, ev.temperature, seed, continuation)
 
     def grouped(values):
         return [values[i * ev.n:(i + 1) * ev.n] for i in range(len(prompts))]
@@ -477,13 +504,18 @@ def run(cfg: DictConfig) -> dict:
 
         # vLLM loads the weights itself: an HF copy would only take memory it needs
         tokenizer = load_processing_class(job.model)
-        samples = generate_vllm(job.model, tokenizer, prompts, ev, job.seed)
-        lengths = counts = None
+        if job.tools:
+            samples, lengths, counts = generate_with_tools_any(
+                None, tokenizer, prompts, ev, job.seed, job.tools, job.max_tool_iterations,
+                vllm_continuation(job.model, ev, job.seed))
+        else:
+            samples = generate_vllm(job.model, tokenizer, prompts, ev, job.seed)
+            lengths = counts = None
     else:
         model, tokenizer = load_for_eval(job.model)
         images = list(heldout["images"]) if "images" in heldout.column_names else None
         if job.tools:
-            samples, lengths, counts = generate_with_tools_hf(
+            samples, lengths, counts = generate_with_tools_any(
                 model, tokenizer, prompts, ev, job.seed, job.tools, job.max_tool_iterations)
         else:
             samples, lengths, counts = generate_hf(model, tokenizer, prompts, ev, job.seed,

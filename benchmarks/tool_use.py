@@ -12,7 +12,10 @@ the seed varies GRPO's sampling and data order.
 
 From each run's metrics.json: held-out accuracy before and after (greedy, 200 prompts, the tool
 run with the same tool as in training), the share of held-out prompts whose answer called the
-tool, the share of calls that failed, and the periodic held-out points.
+tool, the share of calls that failed, and the periodic held-out points. Then `align/eval.py`
+(greedy, the same 200 prompts, the calculator) on the warm-up model and on each run's final
+model, read sample by sample: the share of *well-formed* calls (the calculator called with exactly
+the problem, `expression=a*b`) and of answers that repeat the tool's result.
 
 Writes tool_use.json, tool_use.md (the table, machine and versions) and tool_use.png (held-out
 accuracy over GRPO steps) into --out.
@@ -66,16 +69,45 @@ def run_one(seed: int, tool: bool, args: argparse.Namespace) -> dict:
                                                   for p in metrics["heldout_during"]]}
 
 
+def call_quality(label: str, model_args: list[str], args: argparse.Namespace) -> dict:
+    """Greedy held-out samples with the calculator (align/eval.py), read call by call."""
+    out = args.out / "eval" / label
+    if not (args.reuse and (out / "completions.jsonl").is_file()):
+        cmd = [sys.executable, str(REPO / "align" / "eval.py"), *model_args,
+               "eval.max_new_tokens=40", f"output_dir={out}", f"hydra.run.dir={out}",
+               *(["eval.max_samples=16"] if args.quick else [])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=args.out)
+        if proc.returncode != 0:
+            raise SystemExit(f"eval {label} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    well_formed = copied = 0
+    for row in rows:
+        problem = row["prompt"][-1]["content"].rstrip("=")
+        turns = row["completion"]
+        calls = (turns[0].get("tool_calls") or []) if turns else []
+        if len(calls) == 1 and calls[0]["function"]["arguments"] == {"expression": problem}:
+            well_formed += 1
+        tool = [m for m in turns if m["role"] == "tool"]
+        if tool and turns[-1]["role"] == "assistant" and turns[-1]["content"] == tool[0]["content"]:
+            copied += 1
+    return {"well_formed_calls": well_formed / len(rows), "answer_is_tool_result": copied / len(rows),
+            "accuracy": sum(r["correct"] for r in rows) / len(rows)}
+
+
 def table(results: list[dict]) -> str:
     def rate(pair):
         return "-" if pair[0] is None else f"{pair[0]:.3f} -> {pair[1]:.3f}"
 
+    def quality(r, key):
+        return "-" if "calls" not in r else f"{r['calls'][0][key]:.3f} -> {r['calls'][1][key]:.3f}"
+
     lines = ["| seed | run | held-out accuracy before | after | prompts answered with a tool "
-             "call (before -> after) | failed calls (before -> after) | training s |",
-             "|---|---|---|---|---|---|---|"]
+             "call | well-formed calls (`expression=a*b`) | answer = the tool's result | "
+             "failed calls | training s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['seed']} | {'calculator' if r['tool'] else 'no tool (control)'} | "
                      f"{r['before']:.3f} | {r['after']:.3f} | {rate(r['tool_call_rate'])} | "
+                     f"{quality(r, 'well_formed_calls')} | {quality(r, 'answer_is_tool_result')} | "
                      f"{rate(r['tool_failure_rate'])} | {r['train_s']:.0f} |")
     return "\n".join(lines)
 
@@ -123,9 +155,15 @@ def main() -> None:
         args.extra = ["trainer.per_device_train_batch_size=16", "trainer.num_generations=4",
                       "heldout.max_samples=16", "data.max_samples=256"]
     results = []
+    warm_up = call_quality("warm-up", ["model=tiny_tools", "data=multiplication",
+                                       "rewards=multiplication", "tools=calculator"], args)
     for seed in (int(s) for s in args.seeds.split(",")):
         for tool in (True, False):
             result = run_one(seed, tool, args)
+            if tool:
+                run_dir = args.out / "runs" / f"seed{seed}-tool"
+                result["calls"] = [warm_up, call_quality(f"seed{seed}", [f"run_dir={run_dir}"],
+                                                         args)]
             results.append(result)
             print(f"seed {seed} {'tool' if tool else 'control'}: {result['before']:.3f} -> "
                   f"{result['after']:.3f}", flush=True)

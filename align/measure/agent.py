@@ -96,11 +96,12 @@ def _continue(model, tokenizer, sequences: list[list[int]], budgets: list[int],
 def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequence[Callable],
                         max_new_tokens: int, batch_size: int = 64,
                         max_iterations: int | None = None, temperature: float = 0.0,
-                        seed: int | None = None) -> ToolRollouts:
+                        seed: int | None = None, continuation=None) -> ToolRollouts:
     """Multi-turn completions of chat ``prompts`` with ``tools`` (callables, as trl takes them):
     greedy, or sampled at ``temperature`` (seeded in a forked RNG with ``seed``, so the caller's
     RNG is untouched). ``max_iterations``: tool rounds per prompt (None: until the budget ends
-    them)."""
+    them). ``continuation(sequences, budgets) -> ids``: another generation backend for the
+    steps (vLLM: align.eval.vllm_continuation); ``model`` is then unused."""
     import contextlib
 
     import torch
@@ -117,9 +118,15 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
     calls, failures, by_tool = [0] * n, [0] * n, {}
     active = list(range(n))
     rounds = 0
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    if continuation is None:
+        def continuation(sequences, budgets):
+            return _continue(model, tokenizer, sequences, budgets, batch_size, temperature)
+
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+    else:  # the backend owns its model and its seeds
+        was_training, device, seed = None, None, None
     rng = contextlib.nullcontext() if seed is None else torch.random.fork_rng(
         devices=[device] if device.type == "cuda" else [])
     try:
@@ -129,7 +136,7 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
             while active:
                 contexts = [prompt_ids[i] + completion_ids[i] for i in active]
                 budgets = [max_new_tokens - len(completion_ids[i]) for i in active]
-                replies = _continue(model, tokenizer, contexts, budgets, batch_size, temperature)
+                replies = continuation(contexts, budgets)
                 still = []
                 for i, context, reply in zip(active, contexts, replies):
                     completion_ids[i] += reply
@@ -155,5 +162,6 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
                 active = still
                 rounds += 1
     finally:
-        model.train(was_training)
+        if was_training is not None:
+            model.train(was_training)
     return ToolRollouts(completions, completion_ids, calls, failures, by_tool)
