@@ -38,7 +38,7 @@ def command(tmp_path, *overrides):
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
     return subprocess.run([sys.executable, script, *overrides], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env=env)
+                          timeout=600, cwd=tmp_path, env=env, check=False)
 
 
 def write_jsonl(path, rows):
@@ -154,8 +154,7 @@ def test_a_number_label_is_not_read_as_a_boolean(tmp_path):
     ("trainer.desirable_weight=-1", "trainer.desirable_weight=-1: must be a positive number"),
     ("trainer.undesirable_weight=0", "trainer.undesirable_weight=0: must be a positive number"),
     ("trainer.beta=0", "trainer.beta=0: must be a positive number"),
-    ("trainer.loss_type=nonsense", "trainer.loss_type='nonsense': choose from kto, "
-                                   "apo_zero_unpaired"),
+    ("trainer.loss_type=nonsense", "'nonsense': choose from kto, apo_zero_unpaired"),
     ("trainer.per_device_train_batch_size=1", "needs trainer.per_device_train_batch_size >= 2"),
     ("trainer.train_sampling_strategy=random", "needs trainer.train_sampling_strategy=sequential"),
     ("trainer.desirable_wieght=1", "Did you mean: desirable_weight"),
@@ -176,3 +175,12 @@ def test_apo_zero_unpaired_needs_no_kl_batch():
                                 "trainer.per_device_train_batch_size=1",
                                 "trainer.train_sampling_strategy=random"), "kto")
     assert job.args.loss_type == "apo_zero_unpaired"
+
+
+def test_kto_reads_unpaired_rows_first_then_pairs():
+    from align.data import detect_format
+
+    assert detect_format(["prompt", "completion", "label"], "kto") == "unpaired"
+    assert detect_format(["prompt", "chosen", "rejected"], "kto") == "preference"
+    with pytest.raises(DataError, match="kto accepts: prompt \\+ completion"):
+        detect_format(["prompt", "completion"], "kto", "f.jsonl")
