@@ -167,8 +167,8 @@ def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJ
     errors += check_reward_specs(rewards, "rewards", required=True)
     tools, e = build_tool_specs(tools_node, "grpo")
     errors += e
-    if stage not in ("sft", "dpo", "grpo"):
-        errors.append(f"stage={stage!r}: the data layout to read, one of sft, dpo, grpo")
+    if stage not in ("sft", "dpo", "kto", "grpo"):
+        errors.append(f"stage={stage!r}: the data layout to read, one of sft, dpo, kto, grpo")
     if not plain.get("output_dir"):
         errors.append("config key 'output_dir' is empty: give the folder for the results")
     raise_if(errors)

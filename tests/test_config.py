@@ -17,7 +17,7 @@ from align.run.spec import decide, parse_spec
 from align.secrets import redact
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("sft", "dpo", "grpo")
+STAGES = ("sft", "dpo", "kto", "grpo")
 # Groups a stage does not use (rewards and tools are GRPO's); their files are composed into grpo.
 GROUP_STAGES = {"rewards": ("grpo",), "tools": ("grpo",)}
 # Files meant to be used together with another choice.
@@ -48,9 +48,9 @@ def test_walk_finds_every_group_file():
                       "experiment", "hydra/sweeper", "hydra/launcher"}
     # A fixed count, so that a walk that silently finds fewer files fails: update it when
     # adding a config file.
-    assert len(files) == 47
-    # minus the top-level sft/dpo/grpo/eval/run
-    assert len(files) == len(list(CONF_DIR.rglob("*.yaml"))) - 5
+    assert len(files) == 48
+    # minus the top-level sft/dpo/kto/grpo/eval/run
+    assert len(files) == len(list(CONF_DIR.rglob("*.yaml"))) - 6
 
 
 @pytest.mark.parametrize("group,choice", group_files())
@@ -189,7 +189,7 @@ def test_redact_removes_secrets(monkeypatch):
             compose_stage(stage, [f"{group}={choice}", *extra]), resolve=True)
         assert redact(plain) == plain, f"{group}={choice}"
         checked += 1
-    assert checked == len(group_files()) == 47
+    assert checked == len(group_files()) == 48
 
 
 def test_cli_bad_data_row_names_file_row_field_and_leaves_nothing(tmp_path):

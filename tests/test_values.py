@@ -21,7 +21,7 @@ def _source(module) -> str:
 
 
 def test_loss_types_are_the_ones_trl_s_loss_code_dispatches_on():
-    from trl.trainer import dpo_trainer, grpo_trainer, sft_trainer
+    from trl.trainer import dpo_trainer, grpo_trainer, kto_trainer, sft_trainer
 
     dpo = set(re.findall(r'elif loss_type == "(\w+)"|if loss_type == "(\w+)"', _source(dpo_trainer)))
     dpo = {a or b for a, b in dpo}
@@ -34,11 +34,13 @@ def test_loss_types_are_the_ones_trl_s_loss_code_dispatches_on():
     assert set(LOSS_TYPES["dpo"]) == dpo
     assert set(LOSS_TYPES["grpo"]) == grpo
     assert set(LOSS_TYPES["sft"]) == sft
+    kto = set(re.findall(r'self\.loss_type == "(\w+)"', _source(kto_trainer)))
+    assert set(LOSS_TYPES["kto"]) == kto
     div = re.search(r"f_divergence_loss_types = \{([^}]+)\}", _source(dpo_trainer)).group(1)
     assert set(F_DIVERGENCE_LOSSES) == set(re.findall(r'"(\w+)"', div))
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo", "grpo"])
+@pytest.mark.parametrize("stage", ["sft", "dpo", "kto", "grpo"])
 def test_every_known_loss_passes_and_a_wrong_one_is_named(stage):
     module, name = TRL_CONFIGS[stage]
     fields = dataclass_schema(module, name)

@@ -20,6 +20,10 @@ forced with `data.format`:
   dpo   preference         `chosen` + `rejected` (+ `prompt`; without it the prompt is the
                            shared start of chosen and rejected, as trl extracts it) -> explicit
                                                                                   prompt/chosen/rejected
+  kto   unpaired           `prompt` + `completion` (strings or message lists) + `label`
+                           (a boolean: true desirable, false undesirable; "true" is an error) -> as is
+        preference         as for dpo, then unpacked into unpaired rows (chosen -> label true,
+                           rejected -> label false, the two labels interleaved: see unpack_pairs)
   grpo  prompt             `prompt` (+ any other columns: they reach reward functions as keyword
                            arguments, so they are kept untouched)
 
@@ -79,7 +83,7 @@ from align.data.config import (
 )
 from align.data.formats import detect_format
 from align.data.heldout import build_heldout, message_text
-from align.data.load import load_stage_data
+from align.data.load import load_stage_data, unpack_pairs
 
 __all__ = [
     "FORMATS",
@@ -92,4 +96,5 @@ __all__ = [
     "detect_format",
     "load_stage_data",
     "message_text",
+    "unpack_pairs",
 ]

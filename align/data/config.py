@@ -13,18 +13,21 @@ from align.errors import AlignError
 if TYPE_CHECKING:
     import datasets
 
-STAGES = ("sft", "dpo", "grpo")
+STAGES = ("sft", "dpo", "kto", "grpo")
 
 
 #: Formats each stage accepts, in detection order.
 STAGE_FORMATS = {
     "sft": ("messages", "sharegpt", "prompt_completion", "alpaca", "text"),
     "dpo": ("preference",),
+    # KTO trains on unpaired rows; preference pairs are unpacked into them (align.data.load),
+    # so that every DPO data set trains KTO as it is.
+    "kto": ("unpaired", "preference"),
     "grpo": ("prompt",),
 }
 
 
-FORMATS = ("auto",) + tuple(f for fs in STAGE_FORMATS.values() for f in fs)
+FORMATS = ("auto",) + tuple(dict.fromkeys(f for fs in STAGE_FORMATS.values() for f in fs))
 
 
 #: Columns a format needs: detection picks the first format of the stage whose columns are all present.
@@ -35,6 +38,7 @@ FORMAT_COLUMNS = {
     "alpaca": ("instruction", "output"),
     "text": ("text",),
     "preference": ("chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
     "prompt": ("prompt",),
 }
 
@@ -46,6 +50,8 @@ FORMAT_HELP = {
     "alpaca": "instruction + output (+ input), Alpaca",
     "text": "text",
     "preference": "chosen + rejected (+ prompt; without it the prompt is their shared start)",
+    "unpaired": "prompt + completion (strings or message lists) + label (true: desirable, "
+                "false: undesirable)",
     "prompt": "prompt (string or message list) + any extra columns",
 }
 

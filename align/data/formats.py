@@ -344,6 +344,20 @@ def _norm_preference(row: Mapping, system_prompt: str | None) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+def _norm_unpaired(row: Mapping, system_prompt: str | None) -> dict:
+    """KTO's row: a prompt/completion (as SFT's) and whether the completion is desirable."""
+    label = row.get("label")
+    if label is None:
+        raise RowError("label", "missing or null; expected true (desirable) or false (undesirable)")
+    if not isinstance(label, bool):
+        # Not coerced: "false" is truthy, and 0/1 or "yes"/"no" columns are often something
+        # else (a score, a rating) that a threshold should turn into labels, not align.
+        kind = "the string" if isinstance(label, str) else f"{type_name(label)}"
+        raise RowError("label", f"{kind} {label!r}; expected the boolean true or false "
+                                "(a JSON boolean, not a string or a number)")
+    return {**_norm_prompt_completion(row, system_prompt), "label": label}
+
+
 def _norm_prompt(row: Mapping, system_prompt: str | None) -> dict:
     prompt = _text_or_messages(row, "prompt")
     if isinstance(prompt, str):
@@ -359,6 +373,7 @@ NORMALISERS: dict[str, Callable[[Mapping, str | None], dict]] = {
     "alpaca": _norm_alpaca,
     "text": _norm_text,
     "preference": _norm_preference,
+    "unpaired": _norm_unpaired,
     "prompt": _norm_prompt,
 }
 

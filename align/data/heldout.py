@@ -49,6 +49,10 @@ def _heldout_batch(batch: dict, *, answer: str | None, keep_solution: bool, code
     return {} if keep_solution else {"solution": [_final_assistant_text(v) for v in batch[answer]]}
 
 
+def _is_desirable(batch: dict) -> list[bool]:
+    return list(batch["label"])
+
+
 def _has_prompt(batch: dict) -> list[bool]:
     return [len(p) > 0 for p in batch["prompt"]]
 
@@ -58,19 +62,23 @@ def build_heldout(eval_dataset: datasets.Dataset | None, fmt: str, num_proc: int
     """The eval split in RL prompt form: `prompt`, `solution` and the other columns.
 
     An existing `solution` column (synthetic tasks have one: the exact answer) is kept; otherwise the
-    solution is the final assistant text of the reference answer (SFT) or of `chosen` (DPO).
+    solution is the final assistant text of the reference answer (SFT), of `chosen` (DPO) or of
+    a desirable completion (KTO's unpaired rows: those labelled false are no answer to score).
     """
     if eval_dataset is None or fmt == "text":
         return None
     if fmt == "prompt":
         return eval_dataset
+    if fmt == "unpaired":
+        eval_dataset = eval_dataset.filter(_is_desirable, batched=True, desc="Desirable rows")
+        eval_dataset = eval_dataset.remove_columns("label")
     names = eval_dataset.column_names
     keep_solution = "solution" in names
     conversations = fmt in ("messages", "sharegpt")
     if conversations:
         answer, removed = None, ["messages"]
     else:
-        answer = "completion" if fmt in ("prompt_completion", "alpaca") else "chosen"
+        answer = "completion" if fmt in ("prompt_completion", "alpaca", "unpaired") else "chosen"
         removed = [c for c in ("completion", "chosen", "rejected") if c in names]
     num_proc = num_proc if num_proc and num_proc > 1 else None
     heldout = eval_dataset.map(

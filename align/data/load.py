@@ -166,6 +166,32 @@ def _normalise(src: Source, fmt: str, cfg: DataConfig, media: Media | None) -> d
     return out
 
 
+def _unpack_batch(batch: dict, *, code: str) -> dict:
+    """datasets' batched map function (module-level: cached like `_normalise_batch`): n
+    preference pairs -> 2n unpaired rows, chosen -> label true, rejected -> label false, the
+    other columns repeated. trl's `unpair_preference_dataset` puts every chosen row before every
+    rejected one; KTO samples in order, so its batches would each hold one label. Here the
+    first half alternates chosen_0, rejected_1, chosen_2 ... and the second half takes the other
+    answers, so a batch mixes both labels and neighbours never share a prompt (trl's KL estimate
+    pairs each prompt with its neighbour's completion)."""
+    n = len(batch["chosen"])
+    order = [(i, (i + half) % 2 == 0) for half in (0, 1) for i in range(n)]
+    out = {k: [v[i] for i, _ in order] for k, v in batch.items() if k not in ("chosen", "rejected")}
+    out["completion"] = [batch["chosen" if good else "rejected"][i] for i, good in order]
+    out["label"] = [good for _, good in order]
+    return out
+
+
+def unpack_pairs(dataset: datasets.Dataset | None, num_proc: int | None = None):
+    """Preference pairs (prompt/chosen/rejected, normalised) as KTO's unpaired rows."""
+    if dataset is None:
+        return None
+    return dataset.map(_unpack_batch, batched=True, fn_kwargs={"code": _code_version()},
+                       remove_columns=["chosen", "rejected"],
+                       num_proc=num_proc if num_proc and num_proc > 1 else None,
+                       desc="Unpacking pairs for KTO")
+
+
 def _warn_same(label: str, dataset: datasets.Dataset) -> None:
     import pyarrow.compute as pc
 
@@ -278,7 +304,8 @@ def _cast_images(dataset: datasets.Dataset | None) -> datasets.Dataset | None:
 
 
 def load_stage_data(cfg: Any, stage: str, vision: bool = False) -> StageData:
-    """Load, check and normalise the train (and eval) data of one stage ("sft", "dpo" or "grpo").
+    """Load, check and normalise the train (and eval) data of one stage ("sft", "dpo", "kto" or
+    "grpo"). For KTO, preference pairs are unpacked into unpaired rows (`unpack_pairs`).
 
     `cfg` is a DataConfig, a mapping or a DictConfig with DataConfig's keys. `vision`: the model
     is a vision-language model (`model.kind=image_text_to_text`), so images/videos are kept and
@@ -317,11 +344,20 @@ def load_stage_data(cfg: Any, stage: str, vision: bool = False) -> StageData:
             eval_desc = f"eval: {eval_src.label}"
 
     heldout = build_heldout(eval_, eval_fmt, cfg.num_proc, code=_code_version())
+    note = ""
+    if stage == "kto":  # after the held-out prompts, which take one row per pair
+        if fmt == "preference":
+            pairs, train = len(train), unpack_pairs(train, cfg.num_proc)
+            note = (f" (preference pairs unpacked: {pairs} pairs -> {len(train)} unpaired rows, "
+                    "chosen label true, rejected label false)")
+        else:
+            note = " (unpaired rows as given)"
+        if eval_fmt == "preference":
+            eval_ = unpack_pairs(eval_, cfg.num_proc)
     # Cast last: a map over decoded images would re-encode every one of them.
     train, eval_, heldout = _cast_images(train), _cast_images(eval_), _cast_images(heldout)
-    source = f"{train_src.label} [{stage}, {fmt}] train {len(train)} rows; {eval_desc}" + (
-        f", {len(eval_)} rows" if eval_ is not None else ""
-    )
+    source = f"{train_src.label} [{stage}, {fmt}] train {len(train)} rows{note}; " \
+        f"{eval_desc}" + (f", {len(eval_)} rows" if eval_ is not None else "")
     logger.info("data: %s", source)
     return StageData(train=train, eval=eval_, heldout=heldout, source=source, format=fmt)
 

@@ -21,8 +21,8 @@ from align.data.config import DataConfig, DataError
 if TYPE_CHECKING:
     import datasets
 
-#: The synthetic dataset kind each stage trains on.
-SYNTHETIC_KIND = {"sft": "sft", "dpo": "preference", "grpo": "prompt"}
+#: The synthetic dataset kind each stage trains on (KTO: the pairs, unpacked by align.data.load).
+SYNTHETIC_KIND = {"sft": "sft", "dpo": "preference", "kto": "preference", "grpo": "prompt"}
 
 
 DATA_FILE_TYPES = {

@@ -207,7 +207,8 @@ def plan_job(job: JobShape, shape: ModelShape, setup: Setup, card_gib: float | N
     # Activations for one micro-batch.
     b = job.batch_size
     s = prompt_len + job.max_completion_length if job.stage == "grpo" else job.max_length
-    seqs = 2 * b if job.stage == "dpo" else b  # DPO runs chosen and rejected together
+    # DPO runs chosen and rejected together; KTO each completion and its KL neighbour's
+    seqs = 2 * b if job.stage in ("dpo", "kto") else b
     tokens = seqs * s
     full = activation_bytes(shape, tokens, w, checkpointing=False)
     ckpt = activation_bytes(shape, tokens, w, checkpointing=True)
@@ -219,7 +220,7 @@ def plan_job(job: JobShape, shape: ModelShape, setup: Setup, card_gib: float | N
 
     if job.reference_model:
         parts["reference model"] = P * w / (setup.gpus * setup.nodes if setup.zero == 3 else 1)
-    elif method != "none" and job.stage in ("dpo", "grpo"):
+    elif method != "none" and job.stage in ("dpo", "kto", "grpo"):
         notes.append("reference model: the base with the adapter disabled (no copy)")
 
     if job.stage == "grpo":

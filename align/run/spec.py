@@ -51,8 +51,9 @@ from align.secrets import redact
 
 log = logging.getLogger(__name__)
 
-STAGES = ("sft", "dpo", "grpo")
-TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
+STAGES = ("sft", "dpo", "kto", "grpo")
+TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "kto": "KTOConfig",
+               "grpo": "GRPOConfig"}
 TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks", "objective",
              "environment") + SECTIONS
 #: Sections that must hold something (GRPO's rewards are checked on their own).
@@ -121,7 +122,7 @@ class Decisions:
 class RunSpec(Decisions):
     """One training run of one stage, checked: what every step after `parse_spec` reads."""
 
-    #: trl's SFTConfig / DPOConfig / GRPOConfig, built from trainer_kwargs and checked
+    #: trl's SFTConfig / DPOConfig / KTOConfig / GRPOConfig, built from trainer_kwargs and checked
     trainer: Any
 
 
@@ -434,7 +435,7 @@ def job_shape(stage: str, model: ModelConfig, peft: PeftPlan, trainer: TrainerVa
             steps = trainer.get("steps_per_generation") or trainer.get("gradient_accumulation_steps")
             generation = batch * int(steps or 1)
     reference = method == "none" and (
-        (stage == "dpo" and not trainer.get("precompute_ref_log_probs"))
+        (stage in ("dpo", "kto") and not trainer.get("precompute_ref_log_probs"))
         or (stage == "grpo" and float(trainer.get("beta") or 0) > 0))
     return JobShape(
         stage=stage, dtype=model.dtype, checkpointing=model.gradient_checkpointing,

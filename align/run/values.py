@@ -27,6 +27,7 @@ LOSS_TYPES = {
     "sft": ("nll", "dft"),
     "dpo": ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
             "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"),
+    "kto": ("kto", "apo_zero_unpaired"),
     "grpo": ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"),
 }
 #: DPO losses that work with an f-divergence other than reverse KL (DPOTrainer's own list).
@@ -83,6 +84,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 #: Stage-specific ranges (override RULES).
 STAGE_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "dpo": {"beta": (_positive, "a positive number (0 would make the loss ignore the policy)")},
+    "kto": {"beta": (_positive, "a positive number (0 would make the loss ignore the policy)"),
+            # The weights balance desirable against undesirable rows; 0 drops a label's rows
+            # from the loss and a negative one pushes them the wrong way.
+            "desirable_weight": (_positive, "a positive number (weighs the label-true rows)"),
+            "undesirable_weight": (_positive, "a positive number (weighs the label-false rows)")},
     "grpo": {"beta": (_non_negative, "a number >= 0 (0: no KL term, no reference model)")},
 }
 PEFT_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -245,7 +251,7 @@ def check_trainer(section: Mapping, stage: str, fields: Mapping[str, dict],
 
 def check_trainer_combinations(args: Any, stage: str) -> list[str]:
     """Combinations trl's trainers reject in their constructors, read from the built trl
-    config `args` (DPOTrainer / GRPOTrainer __init__ in trl 1.16)."""
+    config `args` (DPOTrainer / KTOTrainer / GRPOTrainer __init__ in trl 1.16)."""
     errors = []
     if stage == "dpo":
         losses = list(args.loss_type)
@@ -259,6 +265,19 @@ def check_trainer_combinations(args: Any, stage: str) -> list[str]:
         if "exo_pair" in losses and args.label_smoothing == 0:
             errors.append("trainer.loss_type=exo_pair needs trainer.label_smoothing > 0 "
                           "(e.g. 1e-3)")
+    if stage == "kto" and args.loss_type != "apo_zero_unpaired":
+        # trl estimates KTO's KL term from each row's neighbour in the batch, in order.
+        if args.per_device_train_batch_size < 2:
+            errors.append(f"trainer.loss_type={args.loss_type} needs "
+                          "trainer.per_device_train_batch_size >= 2 (its KL term pairs each "
+                          "prompt with another row's completion of the same batch)")
+        if args.train_sampling_strategy != "sequential":
+            errors.append(f"trainer.loss_type={args.loss_type} needs "
+                          "trainer.train_sampling_strategy=sequential (its KL pairs are built "
+                          "from neighbouring rows)")
+    if stage == "kto" and args.sync_ref_model and args.precompute_ref_log_probs:
+        errors.append("trainer.sync_ref_model=true updates the reference that "
+                      "trainer.precompute_ref_log_probs=true computes once: set only one")
     if stage == "grpo":
         loss, level = args.loss_type, args.importance_sampling_level
         if loss == "luspo" and level != "sequence":
