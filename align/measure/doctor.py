@@ -33,7 +33,7 @@ What is checked (trl 1.16's metric names; the thresholds are the fields of Docto
   entropy_collapse          GRPO: `entropy` at <= `entropy_floor` (median of `window` logged steps)
                             and <= `entropy_fraction` x its mean over the first `window`
   kl_high                   GRPO with beta > 0: `kl` at >= `kl_max` (median of `window`)
-  chosen_likelihood_falling DPO: `rewards/chosen` (beta x the log-ratio of the chosen answers
+  chosen_likelihood_falling DPO, KTO: `rewards/chosen` (beta x the log-ratio of the chosen answers
                             to the reference model) below 0 at every one of `window` logged
                             steps, averaging <= -`chosen_reward_drop`: the chosen answers are
                             getting less likely, not only the rejected ones
@@ -368,7 +368,7 @@ def _kl_high(history, cfg):
 def _chosen_likelihood_falling(history, cfg):
     points = series(history, "rewards/chosen")
     if not points:
-        return None, "no rewards/chosen logged (not DPO)"
+        return None, "no rewards/chosen logged (not DPO or KTO)"
     episode = latest_episode(points, cfg.window, lambda vs: max(vs) < 0
                              and _mean(vs) <= -cfg.chosen_reward_drop)
     if not episode:
@@ -382,8 +382,9 @@ def _chosen_likelihood_falling(history, cfg):
                    f"rewards/rejected {_fmt(rejected or 0)}; logps/chosen "
                    f"{_fmt(logps[0]) if logps else '?'} at the start, "
                    f"{_fmt(logps[-1]) if logps else '?'} at the end)",
-                   "add an SFT term (trainer.loss_type=[sigmoid,sft]), or lower "
-                   "trainer.learning_rate / raise trainer.beta",
+                   "DPO: add an SFT term (trainer.loss_type=[sigmoid,sft]); KTO: raise "
+                   "trainer.desirable_weight; either: lower trainer.learning_rate / raise "
+                   "trainer.beta",
                    {"metric": "rewards/chosen", "mean": _mean(values),
                     "rewards_rejected_mean": rejected,
                     "logps_chosen_first": logps[0] if logps else None,
