@@ -143,3 +143,20 @@ def test_time_to_accuracy_runs_the_plain_control_and_align_on_one_held_out_set(t
     # about half of them, the control's 4-step model none
     assert align["before"] >= 0.3 and control["before"] < 0.1
     assert "| 0 | align |" in (out / "time_to_accuracy.md").read_text()
+
+
+@pytest.mark.slow
+def test_tool_use_benchmark_runs_the_tool_and_its_control(tmp_path):
+    """benchmarks/tool_use.py at its smallest: one seed, with and without the calculator, the
+    call quality read from align/eval.py's samples; the table, the JSON and the plot written."""
+    out = tmp_path / "tu"
+    raw = quick_seed0("tool_use", out)
+    tool, control = raw["results"]
+    assert (tool["tool"], control["tool"]) == (True, False)
+    assert [p[0] for p in tool["curve"]] == [0, 2, 4]
+    assert tool["before"] >= 0.3 and control["before"] == control["after"] == 0.0
+    assert tool["tool_call_rate"][0] >= 0.9 and control["tool_call_rate"] == [None, None]
+    before, after = tool["calls"]
+    assert before["well_formed_calls"] >= 0.5 and 0 <= after["answer_is_tool_result"] <= 1
+    assert (out / "tool_use.png").stat().st_size > 10_000
+    assert "| 0 | calculator |" in (out / "tool_use.md").read_text()
