@@ -220,10 +220,12 @@ import json, os
 
 
 def roles(completions, **kwargs):
-    """Records the roles of each completion it is given."""
+    """Records the roles of each completion it is given, and the environments trl passes."""
+    envs = [type(e).__name__ for e in kwargs.get("environments") or []]
     with open(os.environ["ALIGN_TEST_REWARD_LOG"], "a") as f:
-        for c in completions:
-            f.write(json.dumps([m["role"] for m in c]) + "\\n")
+        for i, c in enumerate(completions):
+            f.write(json.dumps({"roles": [m["role"] for m in c],
+                                "environment": envs[i] if envs else None}) + "\\n")
     return [0.0] * len(completions)
 '''
 
@@ -267,12 +269,19 @@ def test_environment_and_trajectory_reward_from_files_outside_the_repo(tmp_path,
     monkeypatch.setenv("ALIGN_TEST_REWARD_LOG", str(reward_log))
     cfg = compose_grpo(tmp_path / "run", "experiment=tiny_tools", "tools=none", *FAST,
                        f"environment={user / 'envs.py'}:Calc",
-                       f"+rewards.roles.fn={user / 'traj.py'}:roles", "heldout.enabled=false")
-    grpo.run(cfg)
+                       f"+rewards.roles.fn={user / 'traj.py'}:roles")
+    metrics = grpo.run(cfg)
     resets = [json.loads(line) for line in env_log.read_text().splitlines()]
     assert len(resets) >= 2 * 16 and all("solution" in r["reset"] for r in resets[1:])
-    trajectories = [json.loads(line) for line in reward_log.read_text().splitlines()]
+    calls = [json.loads(line) for line in reward_log.read_text().splitlines()]
+    trained = [c for c in calls if c["environment"] == "Calc"]  # trl passes environments=
+    assert len(trained) == 2 * 16, calls[:3]
+    trajectories = [c["roles"] for c in calls]
     assert trajectories.count(["assistant", "tool", "assistant"]) >= 8, trajectories[:5]
+    # held-out measurement runs the environment as training does: its method is the tool, its
+    # get_reward a figure under the class name
+    before = metrics["heldout_before"]
+    assert before["tool_call_rate"] >= 0.9 and 0.3 <= before["accuracy"] and 0 <= before["Calc"]
     history = [json.loads(line) for line in
                (tmp_path / "run" / "log_history.jsonl").read_text().splitlines()]
     assert any("rewards/Calc/mean" in h for h in history)  # get_reward: the env's own reward
@@ -351,6 +360,23 @@ def test_sft_on_tool_traces_must_mask_the_tool_turns(tmp_path):
     assert not (tmp_path / "run").exists()
     metrics = sft.run(cfg("trainer.assistant_only_loss=true"))
     assert metrics["train"]["train_loss"] < 2.0  # the warmed-up model already knows the traces
+
+
+def test_eval_runs_an_environment_per_sample(tmp_path, monkeypatch):
+    from align import eval as evaluation
+
+    envs = write(tmp_path, "envs.py", ENV_FILE)
+    monkeypatch.setenv("ALIGN_TEST_ENV_LOG", str(tmp_path / "env.jsonl"))
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=[
+            f"output_dir={tmp_path / 'out'}", "model=tiny_tools", "data=multiplication",
+            "rewards=multiplication", f"environment={envs}:Calc", "eval.max_samples=16",
+            "eval.max_new_tokens=40"])
+    summary = evaluation.run(cfg)
+    assert summary["tool_call_rate"] >= 0.9 and summary["accuracy"] > 0.2
+    assert summary["rewards"]["Calc"] == 1.0  # get_reward: exactly one call per sample
+    resets = (tmp_path / "env.jsonl").read_text().splitlines()
+    assert len(resets) == 16  # one instance, one reset per sample
 
 
 def test_eval_compares_a_candidate_with_and_without_its_tools(tmp_path):

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import bz2
 import csv
+import dataclasses
 import gzip
 import json
 import lzma
 import os
 from collections.abc import Callable, Mapping
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

@@ -7,7 +7,9 @@ does (``GRPOTrainer._get_tool_suffix_ids``: the ids are concatenated, never re-t
 generate again, until the reply calls no tool, ``max_iterations`` rounds ran or the token budget
 ``max_new_tokens`` (the whole multi-turn completion, as trl's ``max_completion_length``) is spent.
 A tool that raises, or a call to a tool that does not exist, gives the model ``{"error": ...}``
-as trl does, and is counted.
+as trl does, and is counted. Environments (trl's ``environment_factory``) as trl runs them: one
+instance per prompt, ``reset(**row)`` (its text appended to the last user turn), its public
+methods added to the prompt's tools, ``get_reward()`` read when the rollout ends.
 
 Completions come back as trl gives them to rewards: a list of messages (assistant, tool,
 assistant ...), so the same reward functions score training and held-out samples.
@@ -31,6 +33,37 @@ class ToolRollouts:
     failures: list[int] = field(default_factory=list)
     #: tool name -> failed calls
     failures_by_tool: dict[str, int] = field(default_factory=dict)
+    #: per prompt: (its environment's class name, get_reward()), or None (no environment, or no
+    #: get_reward)
+    environment_rewards: list = field(default_factory=list)
+
+
+def environment_tools(instance) -> list[Callable]:
+    """An environment instance's tools: its public methods but reset and get_reward (trl's rule,
+    read on the class so that properties are not evaluated)."""
+    import inspect
+
+    return [getattr(instance, name) for name, _ in inspect.getmembers(type(instance),
+                                                                      inspect.isfunction)
+            if name not in ("reset", "get_reward") and not name.startswith("_")]
+
+
+def reset_environments(environment, rows: list[dict], prompts: list[list[dict]]):
+    """(instances, prompts with each reset's observation appended) for `environment`: a factory,
+    or {name: factory} with each row's `environment` column choosing (not passed to reset)."""
+    instances, out = [], []
+    for row, prompt in zip(rows, prompts, strict=True):
+        if hasattr(environment, "keys"):
+            instance = environment[row["environment"]]()
+            kwargs = {k: v for k, v in row.items() if k != "environment"}
+        else:
+            instance, kwargs = environment(), row
+        observation = instance.reset(**kwargs)
+        if isinstance(observation, str):
+            prompt = prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + observation}]
+        instances.append(instance)
+        out.append(prompt)
+    return instances, out
 
 
 def _suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
@@ -70,7 +103,8 @@ def _continue(model, tokenizer, sequences: list[list[int]], budgets: list[int],
     ``budgets[i]`` new tokens, cut after the first end-of-turn token (kept, as trl keeps it)."""
     import torch
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+              else tokenizer.eos_token_id)
     eos_id = tokenizer.eos_token_id
     device = next(model.parameters()).device
     out: list[list[int]] = []
@@ -96,23 +130,27 @@ def _continue(model, tokenizer, sequences: list[list[int]], budgets: list[int],
 def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequence[Callable],
                         max_new_tokens: int, batch_size: int = 64,
                         max_iterations: int | None = None, temperature: float = 0.0,
-                        seed: int | None = None, continuation=None) -> ToolRollouts:
+                        seed: int | None = None, continuation=None, environment=None,
+                        rows: list[dict] | None = None) -> ToolRollouts:
     """Multi-turn completions of chat ``prompts`` with ``tools`` (callables, as trl takes them):
     greedy, or sampled at ``temperature`` (seeded in a forked RNG with ``seed``, so the caller's
     RNG is untouched). ``max_iterations``: tool rounds per prompt (None: until the budget ends
     them). ``continuation(sequences, budgets) -> ids``: another generation backend for the
-    steps (vLLM: align.eval.vllm_continuation); ``model`` is then unused."""
+    steps (vLLM: align.eval.vllm_continuation); ``model`` is then unused. ``environment``: a
+    factory or {name: factory}, reset with each prompt's dataset ``rows`` (see the module doc)."""
     import contextlib
 
     import torch
     from trl.chat_template_utils import parse_response
 
-    tools = list(tools)
-    by_name = {t.__name__: t for t in tools}
-    prompt_ids = [list(tokenizer.apply_chat_template(p, tools=tools or None, tokenize=True,
-                                                     add_generation_prompt=True, return_dict=False))
-                  for p in prompts]
     n = len(prompts)
+    instances = [None] * n
+    if environment is not None:
+        instances, prompts = reset_environments(environment, rows, prompts)
+    tool_lists = [list(tools) + (environment_tools(e) if e is not None else []) for e in instances]
+    prompt_ids = [list(tokenizer.apply_chat_template(p, tools=t or None, tokenize=True,
+                                                     add_generation_prompt=True, return_dict=False))
+                  for p, t in zip(prompts, tool_lists)]
     completion_ids: list[list[int]] = [[] for _ in range(n)]
     completions: list[list[dict]] = [[] for _ in range(n)]
     calls, failures, by_tool = [0] * n, [0] * n, {}
@@ -140,14 +178,15 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
                 still = []
                 for i, context, reply in zip(active, contexts, replies):
                     completion_ids[i] += reply
-                    message = parse_response(tokenizer, reply, prefix=context, tools=tools) \
-                        if reply else {}
+                    message = parse_response(tokenizer, reply, prefix=context,
+                                             tools=tool_lists[i]) if reply else {}
                     if message:
                         completions[i].append(message)
                     requested = message.get("tool_calls") if message else None
                     if not requested or (max_iterations is not None and rounds >= max_iterations):
                         continue
-                    tool_messages, failed = run_tool_calls(requested, by_name)
+                    tool_messages, failed = run_tool_calls(
+                        requested, {t.__name__: t for t in tool_lists[i]})
                     calls[i] += len(requested)  # counted as trl counts: every call made
                     failures[i] += len(failed)
                     for name in failed:
@@ -164,4 +203,16 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
     finally:
         if was_training is not None:
             model.train(was_training)
-    return ToolRollouts(completions, completion_ids, calls, failures, by_tool)
+    rewards = [(type(e).__name__, e.get_reward()) if e is not None and hasattr(e, "get_reward")
+               else None for e in instances]
+    return ToolRollouts(completions, completion_ids, calls, failures, by_tool, rewards)
+
+
+def environment_reward_figures(rollouts: ToolRollouts) -> dict[str, float]:
+    """The mean of each environment class's get_reward() over its prompts, named after the class
+    (as trl logs it); none without an environment or get_reward."""
+    by_class: dict[str, list[float]] = {}
+    for scored in rollouts.environment_rewards:
+        if scored is not None and scored[1] is not None:
+            by_class.setdefault(scored[0], []).append(float(scored[1]))
+    return {name: sum(values) / len(values) for name, values in by_class.items()}

@@ -51,22 +51,25 @@ def check_heldout_config(cfg: HeldoutConfig) -> list[str]:
 
 
 def evaluate(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig,
-             tools: tuple = (), max_tool_iterations: int | None = None) -> dict[str, float]:
+             tools: tuple = (), max_tool_iterations: int | None = None,
+             environment=None) -> dict[str, float]:
     """Mean of each reward over greedy completions of `dataset` (a prompt dataset).
 
     Rewards that return None for a sample (not applicable) leave it out of that mean; the
     number of scored samples per reward is reported as `<name>/n`. With `tools` (GRPO's), the
     completions are multi-turn: the tools run as in training (align.measure.agent), and the
     figures add `tool_call_rate` (samples that called a tool), `tool_calls_mean` and
-    `tool_failure_rate` (calls that failed: unknown tool, bad arguments, the tool raised).
+    `tool_failure_rate` (calls that failed: unknown tool, bad arguments, the tool raised). With
+    an `environment` (GRPO's), each prompt gets its own instance as in training, its methods
+    as tools, and its `get_reward()` is one more figure, named after its class as trl names it.
     """
     return evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg, tools,
-                                 max_tool_iterations)[0]
+                                 max_tool_iterations, environment)[0]
 
 
 def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig,
-                          tools: tuple = (), max_tool_iterations: int | None = None
-                          ) -> tuple[dict[str, float], list[dict]]:
+                          tools: tuple = (), max_tool_iterations: int | None = None,
+                          environment=None) -> tuple[dict[str, float], list[dict]]:
     """`evaluate`, plus one row per prompt: prompt, completion, solution, each reward."""
     from align.measure.generation import generate_completions
 
@@ -76,13 +79,15 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutC
     images = list(dataset["images"]) if "images" in dataset.column_names else None
     metrics: dict[str, float] = {}
     lengths = None
-    if tools:
-        from align.measure.agent import generate_with_tools
+    if tools or environment is not None:
+        from align.measure.agent import environment_reward_figures, generate_with_tools
 
         rollouts = generate_with_tools(model, tokenizer, list(dataset["prompt"]), tools,
                                        max_new_tokens=cfg.max_new_tokens,
                                        batch_size=cfg.batch_size,
-                                       max_iterations=max_tool_iterations)
+                                       max_iterations=max_tool_iterations,
+                                       environment=environment, rows=list(dataset))
+        metrics.update(environment_reward_figures(rollouts))
         completions = rollouts.completions
         lengths = [len(ids) for ids in rollouts.completion_ids]
         calls = sum(rollouts.calls)

@@ -158,11 +158,11 @@ class Job:
         return callbacks
 
     # ------------------------------------------------------------------ held-out data
-    def tool_measurement(self) -> tuple[tuple, int | None]:
-        """(tools, max rounds) for held-out generation: GRPO's tools run as in its rollouts.
-        An environment's tools live on per-rollout instances (trl resets one per prompt), so
-        held-out generation does not call them: measure such a policy with its own eval."""
-        return self.spec.tools, self.spec.trainer_kwargs.get("max_tool_calling_iterations")
+    def tool_measurement(self) -> tuple[tuple, int | None, object]:
+        """(tools, max rounds, environment) for held-out generation: GRPO's tools and
+        environment run as in its rollouts (align.measure.agent)."""
+        return (self.spec.tools, self.spec.trainer_kwargs.get("max_tool_calling_iterations"),
+                self.spec.environment)
 
     def measure(self, when: str, model, tokenizer, dataset, pairs=None) -> dict | None:
         """Held-out figures (main process only); logged under heldout_<when>. With `pairs`
