@@ -1,0 +1,88 @@
+"""Rejection sampling and preference pairs from scored samples (align.data.select)."""
+
+import math
+
+import pytest
+
+from align.data.select import preference_pairs, rejection_sample, reward_histogram
+
+
+def group(prompt, *scored, **columns):
+    return [{"prompt": prompt, "completion": c, "reward": r, "rewards": {"acc": r},
+             "sample_index": i, **columns} for i, (c, r) in enumerate(scored)]
+
+
+def test_rejection_keeps_the_best_above_threshold_and_carries_columns():
+    rows, counts = rejection_sample(
+        [group("1+1=", ("3", 0.0), ("2", 1.0), ("2 ", 1.0), ("two", 0.5), solution="2")],
+        threshold=0.5, max_per_prompt=2)
+    assert rows == [{"prompt": "1+1=", "completion": "2", "reward": 1.0, "solution": "2"},
+                    {"prompt": "1+1=", "completion": "two", "reward": 0.5, "solution": "2"}]
+    assert counts["exact_duplicates"] == 1 and counts["below_threshold"] == 1
+    assert counts["kept"] == 2 and counts["prompts_kept"] == 1
+
+
+def test_rejection_drops_near_duplicates_and_counts_each_reason():
+    long = "The answer is 12345 because we add the digits carefully."
+    rows, counts = rejection_sample(
+        [group("p", (long, 1.0), (long.replace("carefully", "carefuly"), 1.0),
+               ("Completely different reasoning gives 12345.", 1.0), ("x", None),
+               ("y", math.nan)),
+         group("q", ("a", 0.0))],
+        threshold=1.0, max_per_prompt=1)
+    assert [r["completion"] for r in rows] == [long]
+    assert counts == {"prompts": 2, "prompts_kept": 1, "kept": 1, "unscored": 2,
+                      "below_threshold": 1, "exact_duplicates": 0, "near_duplicates": 1,
+                      "over_limit": 1}
+    # with near-duplicate detection off, the typo'd copy is the second best and fills the slot
+    rows, counts = rejection_sample([group("p", (long, 1.0),
+                                           (long.replace("carefully", "carefuly"), 1.0))],
+                                    threshold=1.0, max_per_prompt=2, near_duplicate=None)
+    assert len(rows) == 2 and counts["near_duplicates"] == 0
+
+
+def test_rejection_works_on_message_completions():
+    msg = lambda t: [{"role": "assistant", "content": t}]  # noqa: E731
+    rows, counts = rejection_sample([group("p", (msg("Hi"), 1.0), (msg(" hi "), 1.0))],
+                                    threshold=0, max_per_prompt=5)
+    assert rows[0]["completion"] == msg("Hi") and counts["exact_duplicates"] == 1
+
+
+def test_pairs_take_best_and_worst_and_drop_what_teaches_nothing():
+    groups = [
+        group("a", ("4", 0.0), ("5", 1.0), ("6", 0.2), solution="5"),  # pair 5 > 4
+        group("b", ("x", 1.0), ("y", 1.0)),                             # all equal
+        group("c", ("x", 1.0)),                                         # one sample
+        group("d", ("x", None), ("y", 0.0), ("z", None)),               # one scored
+        group("e", ("ok", 0.6), ("meh", 0.5)),                          # margin 0.1 < 0.3
+        group("f", ("Same", 1.0), ("same", 0.0)),                       # same text
+    ]
+    rows, counts = preference_pairs(groups, min_margin=0.3)
+    assert rows == [{"prompt": "a", "chosen": "5", "rejected": "4", "chosen_reward": 1.0,
+                     "rejected_reward": 0.0, "solution": "5"}]
+    assert counts == {"prompts": 6, "pairs": 1, "too_few_scored": 2, "all_equal": 1,
+                      "below_margin": 1, "same_text": 1}
+
+
+def test_pairs_ties_take_the_first_drawn():
+    rows, _ = preference_pairs([group("p", ("a", 0.0), ("b", 1.0), ("c", 1.0), ("d", 0.0))])
+    assert (rows[0]["chosen"], rows[0]["rejected"]) == ("b", "a")
+
+
+@pytest.mark.parametrize("call", [
+    lambda: rejection_sample([], threshold=0, max_per_prompt=0),
+    lambda: rejection_sample([], threshold=0, near_duplicate=1.5),
+    lambda: preference_pairs([], min_margin=-1),
+    lambda: reward_histogram([], bins=0),
+])
+def test_bad_settings_raise(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_histogram():
+    h = reward_histogram([0.0, 1.0, 1.0, None, 0.5], bins=2)
+    assert h["n"] == 4 and h["unscored"] == 1 and h["counts"] == [1, 3]
+    assert h["edges"] == [0.0, 0.5, 1.0] and h["mean"] == 0.625
+    assert reward_histogram([1.0, 1.0])["counts"] == [2]
+    assert reward_histogram([None])["counts"] == [] and reward_histogram([None])["unscored"] == 1
