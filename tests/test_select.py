@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from align.data.select import preference_pairs, rejection_sample, reward_histogram
+from align.data.select import preference_pairs, rejection_sample, reward_histogram, score_groups
 
 
 def group(prompt, *scored, **columns):
@@ -86,3 +86,21 @@ def test_histogram():
     assert h["edges"] == [0.0, 0.5, 1.0] and h["mean"] == 0.625
     assert reward_histogram([1.0, 1.0])["counts"] == [2]
     assert reward_histogram([None])["counts"] == [] and reward_histogram([None])["unscored"] == 1
+
+
+def test_score_groups_calls_rewards_as_trl_does_and_weights_them():
+    from rewards.registry import build_rewards
+
+    funcs, weights = build_rewards({"acc": {"fn": "accuracy", "weight": 2.0},
+                                    "short": {"fn": "length_band", "kwargs": {"max_len": 4}}})
+    rows = [{"prompt": "2+2=", "solution": "4"}, {"prompt": "1+2=", "solution": "3"}]
+    groups = score_groups(rows, [["4", "5"], ["3"]], funcs, weights)
+    assert [len(g) for g in groups] == [2, 1]
+    first = groups[0][0]
+    assert first["solution"] == "4" and first["prompt_index"] == 0 and first["sample_index"] == 0
+    assert first["rewards"]["acc"] == 1.0 and groups[0][1]["rewards"]["acc"] == 0.0
+    assert first["reward"] == pytest.approx(2.0 + first["rewards"]["short"])
+    rows_out, _ = preference_pairs(groups)
+    assert rows_out[0]["chosen"] == "4" and rows_out[0]["solution"] == "4"
+    with pytest.raises(ValueError, match="2 weights for 1 rewards"):
+        score_groups(rows, [["4"], ["3"]], funcs[:1], weights)

@@ -173,5 +173,46 @@ def reward_histogram(values: Iterable[float | None], bins: int = 10) -> dict[str
             "edges": edges, "counts": hist}
 
 
+def score_groups(rows: Sequence[Mapping], completions: Sequence[Sequence[Any]],
+                 reward_funcs: Sequence[Any], weights: Sequence[float] | None = None,
+                 ) -> list[list[dict]]:
+    """Score every completion of every row and return the groups the functions above take.
+
+    ``rows[i]`` is a prompt's row (``prompt`` plus the columns its rewards read, e.g.
+    ``solution``) and ``completions[i]`` the samples drawn for it. Each reward is called once
+    over all samples, the way trl calls it (``completions=``, ``prompts=``, each column as a
+    keyword list), so a reward behaves here as in GRPO. ``reward`` is the weighted sum of the
+    rewards that scored the sample, as trl combines them (a reward's None is left out; all None
+    gives None).
+    """
+    if len(rows) != len(completions):
+        raise ValueError(f"{len(completions)} completion lists for {len(rows)} rows")
+    weights = list(weights) if weights is not None else [1.0] * len(reward_funcs)
+    if len(weights) != len(reward_funcs):
+        raise ValueError(f"{len(weights)} weights for {len(reward_funcs)} rewards")
+    flat = [(i, j, row, c) for i, (row, samples) in enumerate(zip(rows, completions))
+            for j, c in enumerate(samples)]
+    names = sorted({k for row in rows for k in row if k not in SAMPLE_KEYS})
+    columns = {k: [row.get(k) for _, _, row, _ in flat] for k in names}
+    prompts = [row["prompt"] for _, _, row, _ in flat]
+    texts = [c for _, _, _, c in flat]
+    scores = {}
+    for fn in reward_funcs:
+        values = list(fn(completions=texts, prompts=prompts, **columns))
+        if len(values) != len(texts):
+            raise ValueError(f"reward {fn.__name__!r} returned {len(values)} scores for "
+                             f"{len(texts)} completions")
+        scores[fn.__name__] = values
+    groups: list[list[dict]] = [[] for _ in rows]
+    for k, (i, j, row, completion) in enumerate(flat):
+        each = {name: (None if v[k] is None else float(v[k])) for name, v in scores.items()}
+        parts = [w * s for w, s in zip(weights, each.values())
+                 if s is not None and not math.isnan(s)]
+        groups[i].append({**{c: row[c] for c in names if c in row}, "prompt": row["prompt"],
+                          "completion": completion, "reward": sum(parts) if parts else None,
+                          "rewards": each, "prompt_index": i, "sample_index": j})
+    return groups
+
+
 def _all_counts(counts: Counter, keys: Sequence[str]) -> dict[str, int]:
     return {k: int(counts.get(k, 0)) for k in keys}
