@@ -39,6 +39,7 @@ def generate_completions(
     seed: int | None = None,
     progress: bool = False,
     images: list | None = None,
+    top_p: float | None = None,
 ) -> list[str]:
     """Generate one completion per prompt and return the decoded new text, stripped.
 
@@ -48,7 +49,8 @@ def generate_completions(
         prompts: strings (used as-is) or message lists (chat template + generation prompt).
         max_new_tokens: the most tokens generated per prompt.
         batch_size: prompts per ``generate`` call.
-        do_sample, temperature: greedy decoding unless ``do_sample`` is True.
+        do_sample, temperature, top_p: greedy decoding unless ``do_sample`` is True (``top_p``
+            None: the model's generation config decides).
         seed: seeds sampling in a forked RNG, so the caller's global RNG state is untouched.
         progress: show a tqdm bar over batches.
         images: vision-language models only: one list of images per prompt (``tokenizer`` is
@@ -103,6 +105,8 @@ def generate_completions(
     }
     if do_sample:
         gen_kwargs["temperature"] = temperature
+        if top_p is not None:
+            gen_kwargs["top_p"] = top_p
     else:
         # Explicitly neutral sampling settings, so a generation_config that asks for sampling
         # (temperature/top_p/top_k) does not warn or leak into greedy decoding.
