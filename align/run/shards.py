@@ -42,9 +42,13 @@ def read_shards(folder: Path, unit_key: str, per_unit: int,
     folder = Path(folder)
     units: dict[int, list[dict]] = defaultdict(list)
     kept_lines: dict[Path, list[tuple[int, str]]] = {}
+    read_lines: dict[Path, int] = {}
     for path in sorted(folder.glob("rank-*.jsonl")) if folder.is_dir() else []:
         lines = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        text = path.read_text(encoding="utf-8")
+        # a last line without its newline was cut short, even when it parses
+        read_lines[path] = len(text.splitlines()) + (bool(text) and not text.endswith("\n"))
+        for line in text.splitlines():
             try:
                 row = json.loads(line)
             except ValueError:  # a half-written last line
@@ -58,6 +62,6 @@ def read_shards(folder: Path, unit_key: str, per_unit: int,
     if repair:
         for path, lines in kept_lines.items():
             good = [line for unit, line in lines if unit in complete]
-            if len(good) != len(lines):
+            if len(good) != read_lines[path]:
                 write_atomic(path, "".join(line + "\n" for line in good))
     return complete

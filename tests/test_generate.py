@@ -1,0 +1,343 @@
+"""align/generate.py: the model path on the tiny SFT model (files, counts, training on them as
+they are, resuming), and the endpoint path against a real loopback OpenAI-compatible server
+(success, timeouts, deadlines, 429 + Retry-After, malformed answers, unreachable servers, the
+API key), and the template x topics prompts."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from align.errors import AlignError, ConfigError
+from align.run.conf import CONF_DIR, register
+
+register()
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = 24
+
+
+def compose_generate(out, *overrides):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("generate", overrides=[f"output_dir={out}", *overrides])
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def env():
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+MODEL = [f"prompts.max_prompts={PROMPTS}", "generator.batch_size=8", "generator.n=4",
+         "generator.max_tokens=5"]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, tiny_sft_path):
+    from align.generate import run
+
+    out = tmp_path_factory.mktemp("generate") / "run"
+    stats = run(compose_generate(out, *MODEL))
+    return out, stats
+
+
+def test_model_path_writes_four_consistent_files(generated):
+    out, stats = generated
+    samples = read_jsonl(out / "samples.jsonl")
+    sft, pairs = read_jsonl(out / "sft.jsonl"), read_jsonl(out / "pairs.jsonl")
+    assert json.loads((out / "stats.json").read_text()) == stats
+    assert not (out / "partial").exists() and (out / "config.yaml").is_file()
+    assert stats["prompts"] == PROMPTS and stats["samples"] == len(samples) == PROMPTS * 4
+    assert [(s["prompt_index"], s["sample_index"]) for s in samples] == [
+        (i, j) for i in range(PROMPTS) for j in range(4)]
+    # every sample scored by the accuracy reward: 1 exactly when the answer is the solution
+    for s in samples:
+        assert s["rewards"]["accuracy"] == float(s["completion"] == s["solution"]) == s["reward"]
+    correct = {s["prompt_index"] for s in samples if s["reward"] == 1.0}
+    assert stats["kept"] == len(sft) == len(correct)  # max_per_prompt=1, threshold 1
+    drops = stats["dropped"]["rejection_sampling"]
+    assert stats["kept"] + sum(drops.values()) == stats["samples"]
+    assert all(r["completion"] == r["solution"] for r in sft)
+    # a pair for each prompt with a right and a wrong answer, none for the others
+    mixed = {i for i in correct if any(s["reward"] == 0.0 for s in samples
+                                       if s["prompt_index"] == i)}
+    assert stats["pairs"] == len(pairs) == len(mixed)
+    assert stats["pairs"] + sum(stats["dropped"]["pairs"].values()) == PROMPTS
+    assert all(p["chosen"] == p["solution"] != p["rejected"] for p in pairs)
+    hist = stats["histograms"]
+    assert hist["reward"]["n"] == hist["accuracy"]["n"] == PROMPTS * 4
+    assert sum(hist["accuracy"]["counts"]) == PROMPTS * 4
+    assert hist["accuracy"]["mean"] == pytest.approx(
+        sum(s["reward"] for s in samples) / len(samples))
+    assert stats["samples_per_s"] > 0
+    # the warm-up model gets some right and some wrong: both files have rows
+    assert 0 < len(sft) < PROMPTS and pairs
+
+
+@pytest.mark.slow
+def test_the_files_train_as_they_are(generated, tmp_path):
+    out, _ = generated
+    common = ["trainer.max_steps=2", "trainer.per_device_train_batch_size=4", "logger=none",
+              "trainer.save_strategy=no", "heldout.enabled=false"]
+    for script, name in (("sft", "sft.jsonl"), ("dpo", "pairs.jsonl")):
+        done = subprocess.run(
+            [sys.executable, str(REPO / "align" / f"{script}.py"), "data=local",
+             f"data.path={out / name}", *common, f"hydra.run.dir={script}"],
+            check=False, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        metrics = json.loads((tmp_path / script / "metrics.json").read_text())
+        assert metrics["train"]["global_step"] == 2
+
+
+def test_a_killed_model_run_resumes_to_the_same_files(generated, tmp_path, tiny_sft_path):
+    """A launch killed after its first batch (its shard: batch 0 and half a line of batch 1)
+    continues with the other prompts only, and writes what the uninterrupted run wrote."""
+    from align.generate import run
+
+    out, _ = generated
+    samples = (out / "samples.jsonl").read_text().splitlines()
+    folder = tmp_path / "run"
+    (folder / "partial").mkdir(parents=True)
+    (folder / "config.yaml").write_text((out / "config.yaml").read_text())
+    first_batch = samples[:8 * 4]
+    (folder / "partial" / "rank-0.jsonl").write_text(
+        "\n".join(first_batch) + "\n" + samples[8 * 4][:20])
+    again = run(compose_generate(folder, *MODEL))
+    assert again["resumed_prompts"] == 8 and again["samples_drawn"] == (PROMPTS - 8) * 4
+    for name in ("samples.jsonl", "sft.jsonl", "pairs.jsonl"):
+        assert (folder / name).read_text() == (out / name).read_text(), name
+    # other sampling settings in the same folder would mix two data sets: refused
+    with pytest.raises(ConfigError, match="generator.temperature"):
+        run(compose_generate(folder, *MODEL, "generator.temperature=0.5"))
+
+
+# ------------------------------------------------------------------ the loopback teacher
+
+
+class Teacher:
+    """A real OpenAI-compatible HTTP server on a loopback port. `mode` decides the answers:
+    ok (the right sum, or `wrong` every other sample), hang, 429 (the first `fail` requests,
+    with Retry-After), badjson, shape, fail_after (HTTP 400 once `fail` requests were served)."""
+
+    def __init__(self):
+        self.mode, self.fail, self.requests, self.auth, self.times = "ok", 0, [], [], []
+        self.release = threading.Event()
+        teacher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status, body, headers=()):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                teacher.auth.append(self.headers.get("Authorization"))
+                if self.path == "/v1/models":
+                    self.reply(200, {"object": "list", "data": [{"id": "teacher"}]})
+                else:
+                    self.reply(404, {"error": "no such path"})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                teacher.auth.append(self.headers.get("Authorization"))
+                teacher.requests.append(body)
+                teacher.times.append(time.monotonic())
+                count = len(teacher.requests)
+                mode = teacher.mode
+                if mode == "hang":
+                    teacher.release.wait(30)
+                    return
+                if mode == "429" and count <= teacher.fail:
+                    return self.reply(429, {"error": "slow down"}, [("Retry-After", "1")])
+                if mode == "fail_after" and count > teacher.fail:
+                    return self.reply(400, {"error": {"message": "quota exhausted"}})
+                if mode == "badjson":
+                    return self.reply(200, b"{not json")
+                if mode == "shape":
+                    return self.reply(200, {"choices": [{"index": 0, "message": {"text": "1"}}]
+                                            * body["n"]})
+                text = (body["messages"][-1]["content"] if "messages" in body
+                        else body["prompt"])
+                a, b = re.search(r"(\d+)\+(\d+)", text).groups()
+                answers = [str(int(a) + int(b) + (i % 2)) for i in range(body["n"])]
+                key = "message" if "messages" in body else "text"
+                self.reply(200, {"choices": [
+                    {"index": i, key: {"role": "assistant", "content": t} if key == "message"
+                     else t} for i, t in enumerate(answers)]})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def teacher(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback-secret-123456")
+    server = Teacher()
+    yield server
+    server.close()
+
+
+def endpoint_overrides(teacher, *more):
+    return ["generator.backend=endpoint", f"generator.base_url={teacher.url}",
+            "generator.model=teacher", "generator.n=4", "generator.batch_size=4",
+            "prompts.max_prompts=12", "generator.concurrency=4", *more]
+
+
+def test_endpoint_samples_scores_and_keeps_the_key_out_of_every_file(teacher, tmp_path):
+    from align.generate import run
+
+    stats = run(compose_generate(tmp_path, *endpoint_overrides(teacher)))
+    # two right and two wrong answers per prompt: one kept row and one pair per prompt
+    assert (stats["samples"], stats["kept"], stats["pairs"]) == (48, 12, 12)
+    assert stats["dropped"]["rejection_sampling"]["below_threshold"] == 24
+    assert len(teacher.requests) == 12 and all(r["n"] == 4 for r in teacher.requests)
+    assert all("messages" in r for r in teacher.requests)  # chat prompts -> chat completions
+    assert set(teacher.auth) == {"Bearer sk-loopback-secret-123456"}
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert "sk-loopback-secret" not in path.read_text(), path
+    assert "OPENAI_API_KEY" in (tmp_path / "config.yaml").read_text()  # the name, not the key
+
+
+def test_plain_prompts_go_to_completions_and_templates_fill_topics(teacher, tmp_path):
+    from align.generate import run
+
+    (tmp_path / "tmpl.txt").write_text("What is {topic}? Answer with a number.")
+    template = [f"prompts.template={tmp_path / 'tmpl.txt'}", "prompts.topics=[1+2,30+4]",
+                "prompts.chat=false"]
+    # the accuracy reward reads a solution column, which template rows do not have: a named
+    # error with the fix, unless the reward's on_error says how to score what it cannot
+    with pytest.raises(AlignError, match=r"accuracy\(\) missing .* 'solution'.* on_error"):
+        run(compose_generate(tmp_path / "a", *endpoint_overrides(teacher, *template)))
+    teacher.requests = []
+    run(compose_generate(tmp_path / "a", *endpoint_overrides(
+        teacher, *template, "rewards.accuracy.on_error=none")))
+    assert [r["prompt"] for r in teacher.requests] == [
+        "What is 1+2? Answer with a number.", "What is 30+4? Answer with a number."]
+    rows = read_jsonl(tmp_path / "a" / "samples.jsonl")
+    assert {r["topic"] for r in rows} == {"1+2", "30+4"}
+    assert all(r["reward"] is None for r in rows)
+    with pytest.raises(ConfigError, match="no {topic} placeholder"):
+        (tmp_path / "bad.txt").write_text("no placeholder here")
+        run(compose_generate(tmp_path / "b", *endpoint_overrides(
+            teacher, f"prompts.template={tmp_path / 'bad.txt'}", "prompts.topics=[a]")))
+
+
+def test_a_hanging_endpoint_hits_the_request_timeout_and_the_deadline(teacher, tmp_path):
+    from align.generate import run
+
+    teacher.mode = "hang"
+    started = time.monotonic()
+    with pytest.raises(AlignError, match="no answer within generator.timeout_s=1"):
+        run(compose_generate(tmp_path / "a", *endpoint_overrides(
+            teacher, "generator.timeout_s=1", "generator.max_retries=1")))
+    assert time.monotonic() - started < 8
+    started = time.monotonic()
+    with pytest.raises(AlignError, match="total_timeout_s=1.5 s reached"):
+        run(compose_generate(tmp_path / "b", *endpoint_overrides(
+            teacher, "generator.timeout_s=30", "generator.total_timeout_s=1.5")))
+    assert time.monotonic() - started < 6
+
+
+def test_429_with_retry_after_is_honoured_then_succeeds(teacher, tmp_path):
+    from align.generate import run
+
+    teacher.mode, teacher.fail = "429", 2
+    stats = run(compose_generate(tmp_path, *endpoint_overrides(
+        teacher, "generator.concurrency=1", "prompts.max_prompts=2")))
+    assert stats["samples"] == 8 and len(teacher.requests) == 4
+    assert teacher.times[1] - teacher.times[0] >= 0.95  # waited what Retry-After asked
+    assert teacher.times[2] - teacher.times[1] >= 0.95
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("badjson", "the answer is not JSON"),
+    ("shape", r"field 'choices\[0\].message.content' is not a string"),
+])
+def test_malformed_answers_are_named_errors(teacher, tmp_path, mode, message):
+    from align.generate import run
+
+    teacher.mode = mode
+    with pytest.raises(AlignError, match=message):
+        run(compose_generate(tmp_path, *endpoint_overrides(teacher)))
+
+
+def test_a_stopped_endpoint_run_resumes_without_duplicates(teacher, tmp_path):
+    """Stopped by the server after two batches; the rerun asks only for the other prompts."""
+    from align.generate import run
+
+    teacher.mode, teacher.fail = "fail_after", 8
+    with pytest.raises(AlignError, match="quota exhausted"):
+        run(compose_generate(tmp_path, *endpoint_overrides(teacher, "generator.concurrency=1")))
+    assert len(read_jsonl(tmp_path / "partial" / "rank-0.jsonl")) == 8 * 4
+    first = [r["messages"][-1]["content"] for r in teacher.requests[:8]]
+    teacher.mode, teacher.requests = "ok", []
+    stats = run(compose_generate(tmp_path, *endpoint_overrides(teacher, "resume=true")))
+    # (a request of the stopped launch may still arrive after it stopped: count prompts)
+    again = {r["messages"][-1]["content"] for r in teacher.requests}
+    assert len(again) == 4 and not again & set(first)
+    samples = read_jsonl(tmp_path / "samples.jsonl")
+    assert stats["resumed_prompts"] == 8 and len(samples) == 48
+    assert sorted({s["prompt_index"] for s in samples}) == list(range(12))
+
+
+def test_unreachable_endpoint_fails_in_seconds_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "align" / "generate.py"), "generator.backend=endpoint",
+         f"generator.base_url=http://127.0.0.1:{port}/v1", "generator.model=teacher",
+         "generator.api_key_env=null", "hydra.run.dir=run"],
+        check=False, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: generator.base_url=") and "unreachable" in lines[-1]
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+    assert time.monotonic() - started < 30  # python start-up included; the check itself is instant
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["generator.backend=endpoint"], "generator.base_url=None"),
+    (["generator.n=0"], "generator.n=0: must be >= 1"),
+    (["+generator.temprature=1"], "generator.temprature"),
+    (["select.near_duplicate=2"], "select.near_duplicate=2"),
+    (["prompts.topics=[a]"], "prompts.template is not"),
+    (["prompts.template=missing.txt", "prompts.topics=[a]"], "no such file"),
+    (["generator.backend=endpoint", "generator.base_url=http://x/v1", "generator.model=m",
+      "generator.api_key_env=ALIGN_NO_SUCH_KEY_VAR"], "ALIGN_NO_SUCH_KEY_VAR"),
+])
+def test_bad_config_fails_before_anything_loads(tmp_path, overrides, message):
+    from align.generate import prepare
+
+    with pytest.raises(AlignError, match=re.escape(message)):
+        prepare(compose_generate(tmp_path, *overrides))
+    assert not tmp_path.joinpath("config.yaml").exists()
