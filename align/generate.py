@@ -399,10 +399,13 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 def _barrier(world: int) -> None:
+    """Wait for every rank (a gloo group: generation needs no collective on the accelerator)."""
     if world > 1:
-        from accelerate import PartialState
+        import torch.distributed as dist
 
-        PartialState().wait_for_everyone()
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")  # torchrun/accelerate set MASTER_ADDR, RANK ...
+        dist.barrier()
 
 
 def _sampling_keys(config: dict) -> dict:
@@ -491,6 +494,8 @@ def run(cfg: DictConfig) -> dict:
     _barrier(world)
     if rank != 0:
         return {}
+    # every rank's samples of this launch (rank 0 counts its own as `drawn`)
+    drawn = (len(rows) - len(done)) * g.n
     return finish(job, rows, read_shards(partial, "prompt_index", g.n, repair=False),
                   drawn, seconds, len(done))
 

@@ -99,6 +99,23 @@ def test_the_files_train_as_they_are(generated, tmp_path):
         assert metrics["train"]["global_step"] == 2
 
 
+@pytest.mark.slow
+def test_two_ranks_write_what_one_process_writes(generated, tmp_path):
+    import shutil
+
+    out, _ = generated
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    done = subprocess.run(
+        [accelerate, "launch", "--config_file", str(REPO / "launch" / "ddp.yaml"),
+         "--num_processes", "2", str(REPO / "align" / "generate.py"), *MODEL,
+         "hydra.run.dir=run"],
+        check=False, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("samples.jsonl", "sft.jsonl", "pairs.jsonl"):
+        assert (tmp_path / "run" / name).read_text() == (out / name).read_text(), name
+    assert json.loads((tmp_path / "run" / "stats.json").read_text())["samples_drawn"] == 96
+
+
 def test_a_killed_model_run_resumes_to_the_same_files(generated, tmp_path, tiny_sft_path):
     """A launch killed after its first batch (its shard: batch 0 and half a line of batch 1)
     continues with the other prompts only, and writes what the uninterrupted run wrote."""
