@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 import torch
 import trl
@@ -101,7 +102,8 @@ def hash_state(state: dict) -> str:
 class DPOTrainer(TrlDPOTrainer):
     """trl's DPOTrainer; with `args.ref_logps_cache` (align.trainers.config.DPOConfig) its
     precomputed reference log-probs are kept in and read from align's cache (module docstring).
-    `ref_logps` records, per dataset name, the cache file and whether it was already there."""
+    `ref_logps` records, per dataset name, the cache file (None: trl's own), whether it was
+    already there, and the seconds the precompute took (hashing and reading included)."""
 
     def __init__(self, *args, **kwargs):
         self.ref_logps: dict[str, dict] = {}
@@ -126,13 +128,20 @@ class DPOTrainer(TrlDPOTrainer):
         }
 
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        started = time.perf_counter()
+        out, cache_file, reused = self._cached_precompute(dataset, name, batch_size)
+        self.ref_logps[name] = {"file": cache_file, "reused": reused,
+                                "seconds": round(time.perf_counter() - started, 3)}
+        return out
+
+    def _cached_precompute(self, dataset, name: str, batch_size: int):
         if not getattr(self.args, "ref_logps_cache", False) or not isinstance(dataset, Dataset):
-            return super()._precompute_ref_logps(dataset, name, batch_size)
+            return super()._precompute_ref_logps(dataset, name, batch_size), None, False
         if self._reference_weights is None:
             state = reference_state(self.accelerator.unwrap_model(self.model), self.ref_model)
             if state is None:
                 logger.info("reference log-probs: sharded weights, not shared through align's cache")
-                return super()._precompute_ref_logps(dataset, name, batch_size)
+                return super()._precompute_ref_logps(dataset, name, batch_size), None, False
             self._reference_weights = hash_state(state)
         # trl broadcasts rank 0's final fingerprint; the rows' folder must agree on every rank
         # before that, so it is broadcast too.
@@ -151,7 +160,6 @@ class DPOTrainer(TrlDPOTrainer):
         cache_file = rows._get_cache_file_path(fingerprint)
         reused = os.path.exists(cache_file)
         out = super()._precompute_ref_logps(rows, name, batch_size)
-        self.ref_logps[name] = {"file": cache_file, "reused": reused}
         logger.info("reference log-probs (%s): %s %s", name,
                     "read from" if reused else "computed and written to", cache_file)
-        return out
+        return out, cache_file, reused
