@@ -7,6 +7,9 @@
 
 With an adapter (peft=lora, the default) the reference model is the base model with the
 adapter disabled: no second copy in memory. With peft=none trl loads a frozen reference copy.
+With trainer.precompute_ref_log_probs=true the reference log-probs are computed before
+training and kept in align's cache (`$ALIGN_CACHE/ref_logps`, align/trainers/dpo.py): every later
+run and sweep candidate with the same reference weights, rows and tokenisation reads them.
 Data: prompt/chosen/rejected, plain or conversational (align/data/). Held-out figures
 include the preference accuracy on the eval pairs (chosen answer given a higher
 log-probability than the rejected one) next to greedy task accuracy.
@@ -21,7 +24,7 @@ def run(cfg: DictConfig) -> dict:
     from align.run.job import Job
 
     job = Job.start(cfg, "dpo")
-    from trl import DPOTrainer  # heavy: imported once the config is known to be valid
+    from align.trainers.dpo import DPOTrainer  # heavy (trl): once the config is known valid
 
     spec = job.spec
     data = load_stage_data(spec.data, "dpo", vision=spec.model.is_vision)
@@ -32,6 +35,8 @@ def run(cfg: DictConfig) -> dict:
                          eval_dataset=job.trl_eval_dataset(data), processing_class=tokenizer,
                          peft_config=peft_config,
                          callbacks=job.callbacks(tokenizer, data.heldout))
+    if trainer.ref_logps:
+        job.metrics["reference_logps"] = trainer.ref_logps
     job.train(trainer)
     job.measure("after", trainer.model, tokenizer, data.heldout, pairs=data.eval)
     return job.save(trainer)

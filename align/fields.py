@@ -28,7 +28,7 @@ from typing import Any
 
 #: Where the config classes align checks keys against are defined.
 TRL_CONFIGS = {"sft": ("trl.trainer.sft_config", "SFTConfig"),
-               "dpo": ("trl.trainer.dpo_config", "DPOConfig"),
+               "dpo": ("align.trainers.config", "DPOConfig"),  # trl's, with align's DPO keys
                "kto": ("trl.trainer.kto_config", "KTOConfig"),
                "grpo": ("align.trainers.config", "GRPOConfig")}  # trl's, with align's GRPO keys
 PEFT_CONFIGS = {"LoraConfig": "peft.tuners.lora.config",

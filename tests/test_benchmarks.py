@@ -160,3 +160,15 @@ def test_tool_use_benchmark_runs_the_tool_and_its_control(tmp_path):
     assert before["well_formed_calls"] >= 0.5 and 0 <= after["answer_is_tool_result"] <= 1
     assert (out / "tool_use.png").stat().st_size > 10_000
     assert "| 0 | calculator |" in (out / "tool_use.md").read_text()
+
+
+@pytest.mark.slow
+def test_ref_cache_benchmark_sweeps_both_arms_with_identical_losses(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/ref_cache.py", "--quick", "--out", str(tmp_path)],
+                          check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    raw = json.loads((tmp_path / "ref_cache.json").read_text())
+    assert raw["identical_losses"] and raw["entries_written"] == 1
+    assert [r["reused"] for r in raw["cache"]] == [False, True, True, True]
+    assert all(r["file"] is None for r in raw["no_cache"])
+    assert (tmp_path / "ref_cache.md").read_text().startswith("# DPO reference log-prob cache")

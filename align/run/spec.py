@@ -354,11 +354,11 @@ def check_vllm_server(trainer: Mapping, timeout: float = 5.0) -> None:
 
 
 def trl_config_class(stage: str):
-    """trl's config class of a stage (GRPO: with align's keys, align.trainers.config)."""
-    if stage == "grpo":
-        from align.trainers.config import GRPOConfig
+    """trl's config class of a stage (GRPO, DPO: with align's keys, align.trainers.config)."""
+    if stage in ("grpo", "dpo"):
+        from align.trainers import config
 
-        return GRPOConfig
+        return getattr(config, TRL_CONFIGS[stage])
     import trl
 
     return getattr(trl, TRL_CONFIGS[stage])
