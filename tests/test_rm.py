@@ -123,9 +123,9 @@ def _trl_ids(tokenizer, rows):
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    prepared = RewardTrainer._prepare_dataset(
-        None, Dataset.from_list(rows), tokenizer, RewardConfig("/tmp/align-rm-unused",
-                                                               report_to=[]), "train")
+    args = RewardConfig("/tmp/align-rm-unused", report_to=[], use_cpu=True, bf16=False)
+    prepared = RewardTrainer._prepare_dataset(None, Dataset.from_list(rows), tokenizer, args,
+                                              "train")
     return [list(x) for x in prepared["chosen_ids"]]
 
 
