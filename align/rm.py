@@ -8,7 +8,7 @@ chosen answer of each preference pair above the rejected one (Bradley-Terry loss
 
 Data (align/data/): DPO's prompt/chosen/rejected pairs, plain or conversational. The model is
 the model group's checkpoint loaded as a sequence classifier with one output
-(model.kind=sequence_classification, set by conf/rm.yaml; its score head is new). With an
+(the stage sets model.kind=sequence_classification; its score head is new). With an
 adapter (peft=lora, the default) peft trains the score head in full beside the LoRA weights and
 saves both in final/. Held-out figures: pairwise accuracy (the share of held-out pairs scored
 chosen > rejected) and the mean margin, before and after training; an RM does not generate, so no

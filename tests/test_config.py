@@ -25,7 +25,7 @@ COMPANIONS = {("rewards", "math"): ["trainer=grpo_gpu"],
               ("rewards", "reward_model"): ["rewards.rm.kwargs.model=my-org/my-reward-model"]}
 # Choices a stage refuses at setup, and the words of its refusal: a reward model is a text
 # sequence classifier, not a vision-language model.
-REFUSED = {("rm", "model", "tiny_vlm"): "applies to vision-language models"}
+REFUSED = {("rm", "model", "tiny_vlm"): "the rm stage trains text reward models"}
 
 register()
 

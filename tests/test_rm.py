@@ -151,7 +151,7 @@ def test_the_run_folder_is_a_grpo_reward(trained_rm, tmp_path):
 @pytest.mark.parametrize("override,expected", [
     ("trainer.learnig_rate=1e-3", "Did you mean: learning_rate"),
     ("trainer.center_rewards_coefficient=-1", "trainer.center_rewards_coefficient=-1: must be"),
-    ("model.kind=causal_lm", "model.kind=causal_lm: the rm stage trains a reward model"),
+    ("model=tiny_vlm", "the rm stage trains text reward models"),
 ])
 def test_a_bad_key_or_value_exits_2_with_one_line_and_no_run(override, expected, tmp_path):
     proc = command(tmp_path, override, "logger=none")

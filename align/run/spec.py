@@ -210,12 +210,12 @@ def _check_top_level(plain: dict) -> list[str]:
 
 
 def check_model_kind(model: ModelConfig, stage: str) -> list[str]:
-    """A reward model (the rm stage) is a sequence classifier with one output; every other stage
-    trains a generating model."""
-    if stage == "rm" and model.kind != "sequence_classification":
-        return [f"model.kind={model.kind}: the rm stage trains a reward model, a sequence "
-                "classifier with one score (model.kind=sequence_classification, as conf/rm.yaml "
-                "sets it); remove the override"]
+    """A reward model (the rm stage) is a text sequence classifier with one output (the stage
+    loads a causal LM's checkpoint as one: `decide`); every other stage trains a generating
+    model."""
+    if stage == "rm" and model.kind == "image_text_to_text":
+        return ["model.kind=image_text_to_text: the rm stage trains text reward models (a "
+                "sequence classifier on a causal LM); choose a text model"]
     if stage != "rm" and model.kind == "sequence_classification":
         return [f"model.kind=sequence_classification is for reward models (align/rm.py); {stage} "
                 "trains a generating model: model.kind=causal_lm or image_text_to_text"]
@@ -538,6 +538,8 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     environment, e = build_environment(plain.get("environment"), stage)
     errors += e
     raise_if(_without_echoes(errors, cfg))
+    if stage == "rm":  # the checkpoint is loaded as a reward model: one score per sequence
+        model = dataclasses.replace(model, kind="sequence_classification")
 
     # Pass 2: the libraries' classes and the device.
     facts = facts or dev.DeviceFacts.detect()
