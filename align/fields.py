@@ -1,7 +1,7 @@
 """The schemas of the libraries' config dataclasses, cached so that checks stay fast.
 
 A typo or a bad value should be reported in a second or two, while importing trl (and with it
-torch, transformers and peft) takes 5-10 s. The fields of trl's SFT/DPO/KTO/GRPOConfig
+torch, transformers and peft) takes 5-10 s. The fields of trl's SFT/DPO/KTO/Reward/GRPOConfig
 and of peft's adapter configs, with what each takes (its type hint as plain data: `schema_of`,
 and the `choices` in its metadata), are read by importing the class once, then kept in align's
 cache (`$ALIGN_CACHE` or ~/.cache/align, under fields/), keyed by the package version and the
@@ -30,6 +30,7 @@ from typing import Any
 TRL_CONFIGS = {"sft": ("trl.trainer.sft_config", "SFTConfig"),
                "dpo": ("align.trainers.config", "DPOConfig"),  # trl's, with align's DPO keys
                "kto": ("trl.trainer.kto_config", "KTOConfig"),
+               "rm": ("trl.trainer.reward_config", "RewardConfig"),
                "grpo": ("align.trainers.config", "GRPOConfig")}  # trl's, with align's GRPO keys
 PEFT_CONFIGS = {"LoraConfig": "peft.tuners.lora.config",
                 "PromptTuningConfig": "peft.tuners.prompt_tuning.config",

@@ -48,7 +48,7 @@ def parse_cards(text: str) -> tuple[float | tuple[str, float], ...]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Estimate per-GPU memory for an align job.",
                                      epilog="Other arguments are Hydra overrides, as for the job.")
-    parser.add_argument("--stage", choices=("sft", "dpo", "kto", "grpo"), default="grpo")
+    parser.add_argument("--stage", choices=("sft", "dpo", "kto", "rm", "grpo"), default="grpo")
     parser.add_argument("--launch", type=Path, help="an accelerate config from launch/")
     parser.add_argument("--gpus", type=int, help="processes (GPUs) per node")
     parser.add_argument("--prompt-len", type=int, default=512,

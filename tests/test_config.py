@@ -17,11 +17,15 @@ from align.run.spec import decide, parse_spec
 from align.secrets import redact
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("sft", "dpo", "kto", "grpo")
+STAGES = ("sft", "dpo", "kto", "rm", "grpo")
 # Groups a stage does not use (rewards and tools are GRPO's); their files are composed into grpo.
 GROUP_STAGES = {"rewards": ("grpo",), "tools": ("grpo",)}
 # Files meant to be used together with another choice.
-COMPANIONS = {("rewards", "math"): ["trainer=grpo_gpu"]}
+COMPANIONS = {("rewards", "math"): ["trainer=grpo_gpu"],
+              ("rewards", "reward_model"): ["rewards.rm.kwargs.model=my-org/my-reward-model"]}
+# Choices a stage refuses at setup, and the words of its refusal: a reward model is a text
+# sequence classifier, not a vision-language model.
+REFUSED = {("rm", "model", "tiny_vlm"): "the rm stage trains text reward models"}
 
 register()
 
@@ -48,9 +52,9 @@ def test_walk_finds_every_group_file():
                       "experiment", "hydra/sweeper", "hydra/launcher"}
     # A fixed count, so that a walk that silently finds fewer files fails: update it when
     # adding a config file.
-    assert len(files) == 48
-    # minus the top-level sft/dpo/kto/grpo/eval/generate/run
-    assert len(files) == len(list(CONF_DIR.rglob("*.yaml"))) - 7
+    assert len(files) == 50
+    # minus the top-level sft/dpo/kto/rm/grpo/eval/generate/run
+    assert len(files) == len(list(CONF_DIR.rglob("*.yaml"))) - 8
 
 
 @pytest.mark.parametrize("group,choice", group_files())
@@ -74,6 +78,11 @@ def test_every_config_file_composes_and_checks(group, choice):
         if not str(cfg.model.name_or_path).startswith("tiny://"):
             # No hub here: the tiny model has the module names of Llama and Qwen.
             cfg.model.name_or_path = str(tiny_model_path("base"))
+        if (stage, group, choice) in REFUSED:
+            with pytest.raises(ConfigError, match=REFUSED[stage, group, choice]):
+                parse_spec(cfg, stage)
+            checked += 1
+            continue
         try:
             parse_spec(cfg, stage)  # every value, trl's and peft's own checks, on this CPU
             decide(cfg, stage, facts=CARDS["h200"])  # and the decisions for a GPU
@@ -189,7 +198,7 @@ def test_redact_removes_secrets(monkeypatch):
             compose_stage(stage, [f"{group}={choice}", *extra]), resolve=True)
         assert redact(plain) == plain, f"{group}={choice}"
         checked += 1
-    assert checked == len(group_files()) == 48
+    assert checked == len(group_files()) == 50
 
 
 def test_cli_bad_data_row_names_file_row_field_and_leaves_nothing(tmp_path):

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from align.run.conf import CONF_DIR, experiment_usage, register
 
-STAGES = ("sft", "dpo", "kto", "grpo")
+STAGES = ("sft", "dpo", "kto", "rm", "grpo")
 EXPERIMENT_DIR = CONF_DIR / "experiment"
 EXPERIMENTS = sorted(path.stem for path in EXPERIMENT_DIR.glob("*.yaml"))
 #: How much larger than the full-fine-tuning rate an adapter's rate is (see the module docstring).
@@ -50,7 +50,7 @@ def trainer_rate_is_full_ft(choice: str) -> bool:
       and sft_gpu's 2e-5 are trl's full-training rates (trl/scripts/dpo.py, trl/scripts/sft.py),
       grpo_gpu's 1e-6 is GRPOConfig's default and the full-FT column of "LoRA Without Regret".
     - `<stage>`: tuned for the tiny model with the stage's default adapter (conf/<stage>.yaml):
-      full fine-tuning for sft and grpo (peft: none), LoRA for dpo and kto.
+      full fine-tuning for sft and grpo (peft: none), LoRA for dpo, kto and rm.
     Any other trainer file has to be classified here before an experiment can use it.
     """
     stage, _, gpu = choice.partition("_")
@@ -74,6 +74,7 @@ def test_every_trainer_file_is_classified():
     assert trainer_rate_is_full_ft("grpo_gpu") and trainer_rate_is_full_ft("grpo")
     assert not trainer_rate_is_full_ft("dpo")  # conf/dpo.yaml trains a LoRA by default
     assert not trainer_rate_is_full_ft("kto")  # so does conf/kto.yaml
+    assert not trainer_rate_is_full_ft("rm")  # and conf/rm.yaml
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("align", "rewards", "tools")
-ENTRY_SCRIPTS = {"align.sft", "align.dpo", "align.kto", "align.grpo", "align.eval", "align.generate", "align.plan", "align.merge",
+ENTRY_SCRIPTS = {"align.sft", "align.dpo", "align.kto", "align.rm", "align.grpo", "align.eval", "align.generate", "align.plan", "align.merge",
                  "align.compare", "align.plots", "align.doctor"}
 #: what each part of align may import (besides itself and the utilities)
 UTILITIES = {"align", "align.errors", "align.files", "align.schema", "align.fields",

@@ -18,7 +18,7 @@ from align.run.planner import model_shape, plan_job
 from align.run.spec import TrainerValues, decide, job_shape, parse_spec, trl_config_class
 
 register()
-STAGES = ("sft", "dpo", "kto", "grpo")
+STAGES = ("sft", "dpo", "kto", "rm", "grpo")
 BIG_CARDS = ("rtx4090", "a100-80gb", "h200")  # 24, 80 and 141 GB
 
 

@@ -24,6 +24,7 @@ forced with `data.format`:
                            (a boolean: true desirable, false undesirable; "true" is an error) -> as is
         preference         as for dpo, then unpacked into unpaired rows (chosen -> label true,
                            rejected -> label false, the two labels interleaved: see unpack_pairs)
+  rm    preference         as for dpo (a reward model learns score(chosen) > score(rejected))
   grpo  prompt             `prompt` (+ any other columns: they reach reward functions as keyword
                            arguments, so they are kept untouched)
 

@@ -13,7 +13,7 @@ from align.errors import AlignError
 if TYPE_CHECKING:
     import datasets
 
-STAGES = ("sft", "dpo", "kto", "grpo")
+STAGES = ("sft", "dpo", "kto", "rm", "grpo")
 
 
 #: Formats each stage accepts, in detection order.
@@ -23,6 +23,8 @@ STAGE_FORMATS = {
     # KTO trains on unpaired rows; preference pairs are unpacked into them (align.data.load),
     # so that every DPO data set trains KTO as it is.
     "kto": ("unpaired", "preference"),
+    # A reward model learns from the same pairs as DPO (score(chosen) > score(rejected)).
+    "rm": ("preference",),
     "grpo": ("prompt",),
 }
 

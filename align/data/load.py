@@ -304,8 +304,8 @@ def _cast_images(dataset: datasets.Dataset | None) -> datasets.Dataset | None:
 
 
 def load_stage_data(cfg: Any, stage: str, vision: bool = False) -> StageData:
-    """Load, check and normalise the train (and eval) data of one stage ("sft", "dpo", "kto" or
-    "grpo"). For KTO, preference pairs are unpacked into unpaired rows (`unpack_pairs`).
+    """Load, check and normalise the train (and eval) data of one stage ("sft", "dpo", "kto",
+    "rm" or "grpo"). For KTO, preference pairs are unpacked into unpaired rows (`unpack_pairs`).
 
     `cfg` is a DataConfig, a mapping or a DictConfig with DataConfig's keys. `vision`: the model
     is a vision-language model (`model.kind=image_text_to_text`), so images/videos are kept and

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     import datasets
 
 #: The synthetic dataset kind each stage trains on (KTO: the pairs, unpacked by align.data.load).
-SYNTHETIC_KIND = {"sft": "sft", "dpo": "preference", "kto": "preference", "grpo": "prompt"}
+SYNTHETIC_KIND = {"sft": "sft", "dpo": "preference", "kto": "preference", "rm": "preference",
+                  "grpo": "prompt"}
 
 
 DATA_FILE_TYPES = {

@@ -134,6 +134,8 @@ def summary_lines(before: dict | None, after: dict | None, names: list[str]) -> 
         figures = after or before or {}
         if name.startswith(("preference_", "implicit_reward")):
             n, what = int(figures.get("preference_pairs", 0)), "pairs"
+        elif name in ("pairwise_accuracy", "reward_margin"):
+            n, what = int(figures.get("reward_pairs", 0)), "pairs"
         else:
             n = int(figures.get(f"{name}/n", figures.get("samples", 0)))
             what = "rows" if name == "loss" else "prompts"

@@ -1,6 +1,7 @@
 """Numbers computed from scored completions: pass@k, length statistics, preference accuracy.
 
-Pure python except `preference_accuracy`, which runs the model (torch, imported lazily).
+Pure python except `preference_accuracy`, `reward_accuracy` and `heldout_loss`, which run the
+model (torch, imported lazily).
 
 pass@k uses the unbiased estimator of Chen et al. (2021, "Evaluating Large Language Models
 Trained on Code"): with n samples of which c are correct, the chance that at least one of k
@@ -141,6 +142,29 @@ def preference_accuracy(model, tokenizer, pairs, max_samples: int | None = None,
         figures["implicit_reward_accuracy"] = sum(
             m - r > 1e-6 for m, r in zip(margins, reference_margins)) / n
     return figures
+
+
+def reward_accuracy(model, tokenizer, pairs, max_samples: int | None = None,
+                    batch_size: int = 64) -> dict[str, float]:
+    """A reward model's held-out pairwise accuracy: the share of preference pairs whose chosen
+    answer it scores above the rejected one, and the mean margin score(chosen) - score(rejected).
+
+    `model` is a sequence classifier with one output (a peft model too). Each side is rendered
+    and scored by the `reward_model` reward's own code (rewards.model.score_completions), which
+    renders it as trl's RewardTrainer does for training: what is measured here is what a GRPO run
+    rewarded by the saved model will see.
+    """
+    from rewards.model import score_completions
+
+    rows = list(pairs)[:max_samples] if max_samples else list(pairs)
+    prompts = [r["prompt"] for r in rows]
+    chosen = score_completions(model, tokenizer, prompts, [r["chosen"] for r in rows], batch_size)
+    rejected = score_completions(model, tokenizer, prompts, [r["rejected"] for r in rows],
+                                 batch_size)
+    n = max(len(rows), 1)
+    return {"pairwise_accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
+            "reward_margin": sum(c - r for c, r in zip(chosen, rejected)) / n,
+            "reward_pairs": len(rows)}
 
 
 def heldout_loss(model, dataset, collator, batch_size: int = 16) -> float:

@@ -119,10 +119,12 @@ def check_peft_section(section: Any) -> list[str]:
     return errors
 
 
-def build_peft_plan(section: Any, vision: bool = False) -> PeftPlan:
+def build_peft_plan(section: Any, vision: bool = False, task_type: str = "CAUSAL_LM") -> PeftPlan:
     """Turn a checked `peft:` section into peft/transformers objects (peft's own checks run
     here: ValueError/TypeError for values it rejects). `vision`: a vision-language model, whose
-    LoRA adapters go on the language model unless peft.apply_to says otherwise."""
+    LoRA adapters go on the language model unless peft.apply_to says otherwise. `task_type`:
+    peft's, from the model's kind (models.config.PEFT_TASK_TYPES); SEQ_CLS makes peft train and
+    save the score head in full (its modules_to_save) next to the adapter."""
     section = dict(to_container(section) or {})
     method = section.pop("method", "none")
     quantization = section.pop("quantization", None)
@@ -133,7 +135,7 @@ def build_peft_plan(section: Any, vision: bool = False) -> PeftPlan:
         return PeftPlan(method, optimizer_8bit=optimizer_8bit)
     import peft
 
-    kwargs: dict[str, Any] = {"task_type": "CAUSAL_LM", **spec.fixed, **section}
+    kwargs: dict[str, Any] = {"task_type": task_type, **spec.fixed, **section}
     if spec.config_class == "LoraConfig":
         kwargs.setdefault("target_modules", "all-linear")
         if method == "loftq" and not kwargs.get("loftq_config"):

@@ -13,7 +13,13 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
-KINDS = ("causal_lm", "image_text_to_text")
+KINDS = ("causal_lm", "image_text_to_text", "sequence_classification")
+
+
+#: peft's task type for each kind: a sequence classifier's score head is new (randomly
+#: initialised), so peft trains and saves it in full beside the adapter (SEQ_CLS).
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "image_text_to_text": "CAUSAL_LM",
+                   "sequence_classification": "SEQ_CLS"}
 
 
 #: Kinds whose processing class is a processor (tokenizer + image processor) and whose data keep images.
@@ -40,7 +46,8 @@ class ModelConfig:
     chat_template: Optional[str] = None
     #: pad token to use when the tokenizer has none (default: its eos token)
     pad_token: Optional[str] = None
-    #: causal_lm | image_text_to_text
+    #: causal_lm | image_text_to_text | sequence_classification (one scalar score per sequence,
+    #: num_labels=1, read at the last non-pad token: what a reward model is; the rm stage's)
     kind: str = "causal_lm"
     #: extra keyword arguments for from_pretrained
     model_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -128,7 +128,11 @@ def load_processing_class(cfg: ModelConfig):
 
 def load_model(cfg: ModelConfig, quantization: dict[str, Any] | None = None):
     """Load the model (optionally 4/8-bit through bitsandbytes for QLoRA)."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoModelForSequenceClassification,
+    )
 
     cfg = decide_for_device(cfg)
     kwargs: dict[str, Any] = dict(cfg.model_kwargs)
@@ -147,7 +151,13 @@ def load_model(cfg: ModelConfig, quantization: dict[str, Any] | None = None):
         kwargs["quantization_config"] = BitsAndBytesConfig(**quant)
     path = resolve_path(cfg.name_or_path)
     log.info("loading %s (%s, attention=%s)", path, kwargs["dtype"], kwargs["attn_implementation"])
-    auto = AutoModelForImageTextToText if cfg.kind in VISION_KINDS else AutoModelForCausalLM
+    if cfg.kind == "sequence_classification":
+        # A reward model: one score per sequence. A causal LM checkpoint loads with a new,
+        # randomly initialised score head (seeded: the job sets the seed before loading).
+        auto = AutoModelForSequenceClassification
+        kwargs["num_labels"] = 1
+    else:
+        auto = AutoModelForImageTextToText if cfg.kind in VISION_KINDS else AutoModelForCausalLM
     model = auto.from_pretrained(path, **kwargs)
     if cfg.kind in VISION_KINDS:
         freeze_parts(model, cfg)
@@ -171,6 +181,10 @@ def build_model(model_cfg: ModelConfig, peft: PeftPlan):
     peft_config = copy.deepcopy(peft.peft_config)  # the plan stays as it was parsed
     if model_cfg.is_vision and peft_config is not None:
         target_vision_parts(peft_config, peft.apply_to, model)
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+    if getattr(model, "generation_config", None) is not None \
+            and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model_cfg.kind == "sequence_classification" and model.config.pad_token_id is None:
+        # The score is read at the last non-pad token, found by the pad id.
+        model.config.pad_token_id = tokenizer.pad_token_id
     return model, processing_class, peft_config

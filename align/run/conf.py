@@ -82,7 +82,7 @@ def experiment_usage(name: str) -> tuple[str, str | None, list[str]]:
     path = CONF_DIR / "experiment" / f"{name}.yaml"
     for line in path.read_text().splitlines()[:3]:
         words = shlex.split(line.lstrip("# "))
-        script = next((w for w in words if re.fullmatch(r"align/(sft|dpo|kto|grpo)\.py", w)), None)
+        script = next((w for w in words if re.fullmatch(r"align/(sft|dpo|kto|rm|grpo)\.py", w)), None)
         if script:
             launch = words[words.index("--config_file") + 1] if "--config_file" in words else None
             overrides = [w for w in words[words.index(script) + 1:] if not w.startswith("-")]

@@ -168,7 +168,8 @@ class Job:
         """Held-out figures (main process only); logged under heldout_<when>. With `pairs`
         (held-out prompt/chosen/rejected rows) also the preference figures of
         align.measure.metrics.preference_accuracy: log-prob ranking and, after training, the DPO
-        implicit-reward accuracy against the model as it was before training."""
+        implicit-reward accuracy against the model as it was before training; for a reward model
+        (the rm stage) its pairwise accuracy and margin (align.measure.metrics.reward_accuracy)."""
         heldout = self.spec.heldout
         if not heldout.enabled or not self.is_main:
             return None
@@ -182,7 +183,13 @@ class Job:
 
             figures.update(evaluate(model, tokenizer, dataset, funcs, heldout,
                                     *self.tool_measurement()))
-        if pairs is not None and {"chosen", "rejected"} <= set(pairs.column_names):
+        if pairs is not None and self.stage == "rm":
+            from align.measure.metrics import reward_accuracy
+
+            # A reward model ranks the pairs by its score, not by the log-probabilities below.
+            figures.update(reward_accuracy(model, tokenizer, pairs, heldout.max_samples,
+                                           heldout.batch_size))
+        elif pairs is not None and {"chosen", "rejected"} <= set(pairs.column_names):
             from align.measure.metrics import preference_accuracy, preference_margins
 
             if when == "before":
@@ -313,7 +320,8 @@ def summary_lines(job: Job) -> list[str]:
 
     names = [k for k in (job.metrics.get("heldout_after") or job.metrics.get("heldout_before")
                          or {}) if "/" not in k and k not in ("samples", "completion_tokens_mean",
-                                                              "preference_pairs")]
+                                                              "preference_pairs",
+                                                              "reward_pairs")]
     return lines(job.metrics.get("heldout_before"), job.metrics.get("heldout_after"), names)
 
 

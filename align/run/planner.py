@@ -207,8 +207,9 @@ def plan_job(job: JobShape, shape: ModelShape, setup: Setup, card_gib: float | N
     # Activations for one micro-batch.
     b = job.batch_size
     s = prompt_len + job.max_completion_length if job.stage == "grpo" else job.max_length
-    # DPO runs chosen and rejected together; KTO each completion and its KL neighbour's
-    seqs = 2 * b if job.stage in ("dpo", "kto") else b
+    # DPO and a reward model run chosen and rejected together; KTO each completion and its KL
+    # neighbour's
+    seqs = 2 * b if job.stage in ("dpo", "kto", "rm") else b
     tokens = seqs * s
     full = activation_bytes(shape, tokens, w, checkpointing=False)
     ckpt = activation_bytes(shape, tokens, w, checkpointing=True)

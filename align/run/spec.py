@@ -42,7 +42,12 @@ from align.measure.doctor import DoctorConfig, check_doctor_config
 from align.measure.heldout import HeldoutConfig, check_heldout_config
 from align.models.adapters import ALIGN_KEYS as ALIGN_PEFT_KEYS
 from align.models.adapters import METHODS, PeftPlan, check_peft_section
-from align.models.config import ModelConfig, check_model_config, check_vision_peft
+from align.models.config import (
+    PEFT_TASK_TYPES,
+    ModelConfig,
+    check_model_config,
+    check_vision_peft,
+)
 from align.run.conf import SECTIONS
 from align.run.resume import check_resume
 from align.run.tracking import LoggerConfig, check_logger_config, resolve_mode
@@ -51,8 +56,8 @@ from align.secrets import redact
 
 log = logging.getLogger(__name__)
 
-STAGES = ("sft", "dpo", "kto", "grpo")
-TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "kto": "KTOConfig",
+STAGES = ("sft", "dpo", "kto", "rm", "grpo")
+TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "kto": "KTOConfig", "rm": "RewardConfig",
                "grpo": "GRPOConfig"}
 TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks", "objective",
              "environment") + SECTIONS
@@ -122,7 +127,7 @@ class Decisions:
 class RunSpec(Decisions):
     """One training run of one stage, checked: what every step after `parse_spec` reads."""
 
-    #: trl's SFTConfig / DPOConfig / KTOConfig / GRPOConfig, built from trainer_kwargs and checked
+    #: trl's SFTConfig / DPOConfig / KTOConfig / RewardConfig / GRPOConfig, built from trainer_kwargs and checked
     trainer: Any
 
 
@@ -202,6 +207,19 @@ def _check_top_level(plain: dict) -> list[str]:
     else:
         errors += check_resume(plain.get("resume"), Path(plain["output_dir"]))
     return errors
+
+
+def check_model_kind(model: ModelConfig, stage: str) -> list[str]:
+    """A reward model (the rm stage) is a text sequence classifier with one output (the stage
+    loads a causal LM's checkpoint as one: `decide`); every other stage trains a generating
+    model."""
+    if stage == "rm" and model.kind == "image_text_to_text":
+        return ["model.kind=image_text_to_text: the rm stage trains text reward models (a "
+                "sequence classifier on a causal LM); choose a text model"]
+    if stage != "rm" and model.kind == "sequence_classification":
+        return [f"model.kind=sequence_classification is for reward models (align/rm.py); {stage} "
+                "trains a generating model: model.kind=causal_lm or image_text_to_text"]
+    return []
 
 
 def check_trainer_keys(section: Mapping, stage: str) -> list[str]:
@@ -502,6 +520,7 @@ def decide(cfg: DictConfig | Mapping, stage: str,
             errors.append("trainer.dynamic_sampling=true works with text models only (a "
                           "vision batch's image rows are not joined); turn it off for "
                           f"model.kind={model.kind}")
+        errors += check_model_kind(model, stage)
     errors += check_trainer_keys(trainer_set, stage)
     errors += _check_library_values(stage, trainer_set, peft_section)
     rewards, e = build_reward_specs(plain.get("rewards"), "rewards", required=stage == "grpo")
@@ -519,6 +538,8 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     environment, e = build_environment(plain.get("environment"), stage)
     errors += e
     raise_if(_without_echoes(errors, cfg))
+    if stage == "rm":  # the checkpoint is loaded as a reward model: one score per sequence
+        model = dataclasses.replace(model, kind="sequence_classification")
 
     # Pass 2: the libraries' classes and the device.
     facts = facts or dev.DeviceFacts.detect()
@@ -551,7 +572,8 @@ def decide(cfg: DictConfig | Mapping, stage: str,
         resolve_source(model.tokenizer, revision=model.revision, where="model.tokenizer",
                        file="tokenizer_config.json", build=False)
     try:
-        peft_plan = build_peft_plan(peft_section, vision=model.is_vision)
+        peft_plan = build_peft_plan(peft_section, vision=model.is_vision,
+                                    task_type=PEFT_TASK_TYPES[model.kind])
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"peft: peft's {peft_class.__name__} rejected the values: "
                           f"{values.library_message(exc)}") from None

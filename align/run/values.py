@@ -90,6 +90,8 @@ STAGE_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
             "desirable_weight": (_positive, "a positive number (weighs the label-true rows)"),
             "undesirable_weight": (_positive, "a positive number (weighs the label-false rows)")},
     "grpo": {"beta": (_non_negative, "a number >= 0 (0: no KL term, no reference model)")},
+    # A negative coefficient would reward scores that drift away from zero.
+    "rm": {"center_rewards_coefficient": (_non_negative, "a number >= 0 (or null: off)")},
 }
 PEFT_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "r": (_positive, "a positive integer (the adapter rank)"),
@@ -238,7 +240,7 @@ def check_trainer(section: Mapping, stage: str, fields: Mapping[str, dict],
         return errors
     rules = {k: v for k, v in {**RULES, **STAGE_RULES.get(stage, {})}.items() if k in fields}
     errors += check_ranges(section, rules, "trainer")
-    if "loss_type" in section:
+    if "loss_type" in section and stage in LOSS_TYPES:  # RewardConfig has no loss_type
         given = section["loss_type"]
         losses = list(given) if isinstance(given, (list, tuple)) else [given]
         bad = [loss for loss in losses if loss not in LOSS_TYPES[stage]]
