@@ -31,6 +31,8 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -123,13 +125,27 @@ def main() -> None:
     parser.add_argument("--save-sft", type=Path, default=None, help=(
         "also save the SFT warm-up model and tokenizer here (e.g. to start align's GRPO from "
         "it: python align/grpo.py model.name_or_path=DIR)"))
+    parser.add_argument("--init", type=Path, default=None, help=(
+        "skip the SFT warm-up and start GRPO from this saved model and tokenizer (e.g. align's "
+        "tiny SFT model), to tell the model's part from the pipeline's"))
+    parser.add_argument("--arch", choices=["qwen2", "llama"], default="qwen2", help=(
+        "the model class (same sizes); llama is the class of align's tiny model"))
+    parser.add_argument("--tokenizer-from", type=Path, default=None, help=(
+        "use this saved tokenizer instead of training one (e.g. align's tiny model's)"))
     opts = parser.parse_args()
     opts.out.mkdir(parents=True, exist_ok=True)
     clock, curve = Clock(), []
     set_seed(opts.seed)
     train, heldout = arithmetic_pairs("train"), arithmetic_pairs("eval")
-    tokenizer = build_tokenizer(train)
-    model = Qwen2ForCausalLM(Qwen2Config(
+    if opts.tokenizer_from is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(opts.tokenizer_from, padding_side="left")
+    else:
+        tokenizer = build_tokenizer(train)
+    config_class, model_class = ((Qwen2Config, Qwen2ForCausalLM) if opts.arch == "qwen2"
+                                 else (LlamaConfig, LlamaForCausalLM))
+    model = model_class(config_class(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
@@ -150,7 +166,14 @@ def main() -> None:
                                     lr_scheduler_type="linear", warmup_steps=30, **common),
                      callbacks=[Heldout("sft", tokenizer, heldout, clock, curve, opts.eval_steps,
                                                 stop_at=0.5)])
-    sft.train()
+    if opts.init is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(opts.init, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(opts.init)
+        sft.model, sft.state.global_step = model, 0
+    else:
+        sft.train()
     sft_steps = sft.state.global_step
     if opts.save_sft is not None:
         sft.save_model(str(opts.save_sft))
