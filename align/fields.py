@@ -60,8 +60,9 @@ def _cache_file(module: str, name: str) -> Path | None:
         version = importlib.metadata.version(module.split(".")[0])
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    root = Path(os.environ.get("ALIGN_CACHE") or Path.home() / ".cache" / "align")
-    return root / "fields" / f"{module}.{name}-{version}-{source.stat().st_mtime_ns}-v{FORMAT}.json"
+    from align.files import cache_root
+
+    return cache_root() / "fields" / f"{module}.{name}-{version}-{source.stat().st_mtime_ns}-v{FORMAT}.json"
 
 
 def schema_of(hint: Any) -> dict:

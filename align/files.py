@@ -1,5 +1,6 @@
 """Writing files so that a reader (another rank, a watcher, a killed run's resume) never sees
-half of one: write aside in the same folder, then rename over the target (atomic on POSIX)."""
+half of one: write aside in the same folder, then rename over the target (atomic on POSIX).
+And where align keeps what it builds once and reuses (`cache_root`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+
+def cache_root() -> Path:
+    """``$ALIGN_CACHE`` if set, else ``~/.cache/align``: the tiny models, the checked data and
+    DPO's reference log-probs."""
+    env = os.environ.get("ALIGN_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "align"
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -76,7 +76,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     # A fresh $ALIGN_CACHE for the entries, holding the real one's tiny models.
-    from align.models.tiny import cache_root
+    from align.files import cache_root
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from align import dpo
-from align.models.tiny import cache_root
+from align.files import cache_root
 from align.run.conf import CONF_DIR, register
 
 register()

@@ -37,6 +37,8 @@ import shutil
 import tempfile
 import time
 
+from align.files import cache_root
+
 logger = logging.getLogger("align.models.tiny")
 
 BUILD_VERSION = "v2"
@@ -88,16 +90,6 @@ _GENERAL_TEXT = [
     "Translate the sentence into French, and keep it short.",
     "I think that is right, but let me check the result again.",
 ]
-
-
-def cache_root() -> pathlib.Path:
-    """``$ALIGN_CACHE`` if set, else ``~/.cache/align``."""
-    env = os.environ.get("ALIGN_CACHE")
-    return (
-        pathlib.Path(env).expanduser()
-        if env
-        else pathlib.Path.home() / ".cache" / "align"
-    )
 
 
 def tiny_model_path(variant: str) -> pathlib.Path:

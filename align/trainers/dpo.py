@@ -53,7 +53,7 @@ CACHE_VERSION = 1
 
 
 def cache_dir():
-    from align.models.tiny import cache_root
+    from align.files import cache_root
 
     return cache_root() / "ref_logps"
 
