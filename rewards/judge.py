@@ -176,8 +176,10 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> t
         conn.close()
 
 
-def _retry_after(headers: Any) -> float | None:
-    """Seconds a ``Retry-After`` header asks us to wait (a number or an HTTP date)."""
+def retry_after(headers: Any) -> float | None:
+    """Seconds a ``Retry-After`` header asks a client to wait (a number of seconds or an HTTP
+    date); None without one. ``headers``: any mapping with a case-insensitive ``get``
+    (http.client's, httpx's)."""
     value = headers.get("Retry-After") if headers is not None else None
     if not value:
         return None
@@ -238,7 +240,8 @@ def chat_completion(
             continue
         if status in _RETRY_STATUS:
             last = f"HTTP {status}: {data[:500].decode(errors='replace')}"
-            wait = _retry_after(reply_headers) if _retry_after(reply_headers) is not None else wait
+            asked = retry_after(reply_headers)
+            wait = asked if asked is not None else wait
             continue
         if status >= 400:
             raise JudgeError(f"LLM judge {url} answered HTTP {status}: {data[:500].decode(errors='replace')}")

@@ -25,7 +25,6 @@ and sent as `Authorization: Bearer <key>`; it is kept out of every message, repr
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from align.errors import AlignError
+from rewards.judge import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -142,22 +142,6 @@ def _answers(url: str, endpoint: Endpoint) -> bool:
     return status in (200, 401, 403)
 
 
-def _retry_after(response) -> float | None:
-    """Seconds a `Retry-After` header asks to wait (a number or an HTTP date); None without."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 class EndpointSampler:
     """Samples `n` completions per prompt from an endpoint, `concurrency` requests at a time,
     within the job's deadline (counted from construction)."""
@@ -224,7 +208,7 @@ class EndpointSampler:
                 problem = f"HTTP {response.status_code}: {_excerpt(response.text)}"
                 if response.status_code not in RETRY_STATUS:
                     raise EndpointError(f"POST {path} for prompt {index} failed with {problem}")
-                wait_s = _retry_after(response)
+                wait_s = retry_after(response.headers)
             if self.stop.is_set():  # another prompt failed: no more tries, nothing logged
                 raise EndpointError("stopped")
             if attempt == ep.max_retries:
