@@ -58,6 +58,7 @@ def policy_of_round_1(root, tiny_sft_path):
     return PeftModel.from_pretrained(base, root / "round-1" / "final").merge_and_unload()
 
 
+@pytest.mark.slow  # a subprocess, ~15 s
 def test_each_round_is_a_run_folder_with_its_pairs_and_figures(two_rounds):
     root, stdout = two_rounds
     for k in (1, 2):
@@ -87,6 +88,7 @@ def test_each_round_is_a_run_folder_with_its_pairs_and_figures(two_rounds):
     assert "round 2: held-out accuracy" in stdout
 
 
+@pytest.mark.slow
 def test_round_2_starts_from_round_1s_policy_which_is_its_reference(two_rounds, tiny_sft_path):
     from omegaconf import OmegaConf
     from peft import PeftModel
