@@ -98,7 +98,7 @@ def run_arm(arm: str, seed: int, args) -> dict:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         cmd = command(arm, seed, run_dir, args)
         started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=args.out,
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=args.out, check=False,
                               env={**os.environ, "ALIGN_RUN_ID": f"seed{seed}-{arm}"})
         wall = time.perf_counter() - started
         (run_dir.parent / f"{arm}.log").write_text(proc.stdout + proc.stderr)

@@ -37,7 +37,7 @@ def two_rounds(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("elsewhere")
     proc = subprocess.run(
         [sys.executable, str(REPO / "align" / "dpo.py"), "experiment=iterative_dpo", *TINY],
-        capture_output=True, text=True, timeout=600, cwd=cwd, env=env())
+        capture_output=True, text=True, timeout=600, cwd=cwd, env=env(), check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     root = cwd / "outputs" / "iterative_dpo" / "two-rounds"
     return root, proc.stdout
@@ -157,9 +157,9 @@ def test_cli_bad_value_exits_2_with_one_line_and_no_run_folder(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "align" / "dpo.py"), "experiment=iterative_dpo",
          "on_policy.samples_per_prompt=1", "logger=none"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env())
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env(), check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        "error: invalid config: on_policy.samples_per_prompt=1: must be an integer >= 2 (the "
-        "best and the worst of each prompt's samples make a pair)"]
+        ("error: invalid config: on_policy.samples_per_prompt=1: must be an integer >= 2 (the "
+         "best and the worst of each prompt's samples make a pair)")]
     assert not (tmp_path / "outputs").exists()
