@@ -4,6 +4,7 @@
     python align/dpo.py model=llama-3.2-1b-instruct data=ultrafeedback trainer.beta=0.05
     accelerate launch --config_file launch/zero2.yaml align/dpo.py experiment=...
     python align/dpo.py -m trainer.beta=0.05,0.1,0.3
+    python align/dpo.py experiment=iterative_dpo          # on-policy rounds (align/run/rounds.py)
 
 With an adapter (peft=lora, the default) the reference model is the base model with the
 adapter disabled: no second copy in memory. With peft=none trl loads a frozen reference copy.
@@ -24,6 +25,10 @@ def run(cfg: DictConfig) -> dict:
     from align.run.job import Job
 
     job = Job.start(cfg, "dpo")
+    if job.spec.on_policy.enabled:  # iterative on-policy DPO: rounds of sample, score, pair, train
+        from align.run.rounds import run_rounds
+
+        return run_rounds(job)
     from align.trainers.dpo import DPOTrainer  # heavy (trl): once the config is known valid
 
     spec = job.spec

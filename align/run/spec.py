@@ -49,6 +49,7 @@ from align.models.config import (
     check_vision_peft,
 )
 from align.run.conf import SECTIONS
+from align.run.onpolicy import OnPolicyConfig, check_on_policy_config
 from align.run.resume import check_resume
 from align.run.tracking import LoggerConfig, check_logger_config, resolve_mode
 from align.schema import check_dataclass, import_object, raise_if, unknown_keys
@@ -60,7 +61,7 @@ STAGES = ("sft", "dpo", "kto", "rm", "grpo")
 TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "kto": "KTOConfig", "rm": "RewardConfig",
                "grpo": "GRPOConfig"}
 TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks", "objective",
-             "environment") + SECTIONS
+             "environment", "on_policy") + SECTIONS
 #: Sections that must hold something (GRPO's rewards are checked on their own).
 REQUIRED_SECTIONS = ("model", "peft", "data", "trainer", "logger", "heldout")
 
@@ -103,8 +104,10 @@ class Decisions:
     trainer_set: Mapping[str, Any]
     #: for trl's config class: trainer_set and align's decisions
     trainer_kwargs: Mapping[str, Any]
-    #: GRPO's reward functions (their weights are in trainer_kwargs["reward_weights"])
+    #: the reward functions of the `rewards:` section (GRPO's, and on-policy DPO's scorers)
     rewards: tuple
+    #: their weights, in the same order (for GRPO also in trainer_kwargs["reward_weights"])
+    reward_weights: tuple[float, ...]
     #: what held-out measurement scores with: heldout.rewards, else the training rewards
     heldout_rewards: tuple
     #: GRPO's tools (the `tools:` section built by the tools registry: named, bounded, checked)
@@ -114,6 +117,8 @@ class Decisions:
     heldout: HeldoutConfig
     #: the run doctor's switch and thresholds (align.measure.doctor)
     doctor: DoctorConfig
+    #: DPO's on-policy rounds (align.run.rounds); disabled: offline DPO on the data as given
+    on_policy: OnPolicyConfig
     logger: LoggerConfig
     callbacks: tuple[type, ...]
     #: a dotted key into metrics.json that a sweep optimises
@@ -511,6 +516,8 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     errors += e or check_heldout_config(heldout)
     doctor, e = check_dataclass(plain.get("doctor"), DoctorConfig, "doctor")
     errors += e or check_doctor_config(doctor)
+    on_policy, e = check_dataclass(plain.get("on_policy"), OnPolicyConfig, "on_policy")
+    errors += e or check_on_policy_config(on_policy, plain, stage)
     peft_section = dict(plain.get("peft") or {})
     errors += check_peft_section(peft_section)
     trainer_set = dict(plain.get("trainer") or {})
@@ -631,7 +638,9 @@ def decide(cfg: DictConfig | Mapping, stage: str,
         peft=peft_plan, data=data, trainer_set=MappingProxyType(trainer_set),
         trainer_kwargs=MappingProxyType(kwargs), rewards=rewards,
         heldout_rewards=heldout_rewards, tools=tools, environment=environment,
-        heldout=heldout, doctor=doctor, logger=logger,
+        reward_weights=tuple(float((s or {}).get("weight", 1.0))
+                             for s in (plain.get("rewards") or {}).values()) if rewards else (),
+        heldout=heldout, doctor=doctor, on_policy=on_policy, logger=logger,
         callbacks=tuple(import_object(str(r), "callbacks") for r in plain.get("callbacks") or []),
         objective=plain.get("objective"), device=facts, config=MappingProxyType(redact(plain)))
 
