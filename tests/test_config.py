@@ -16,6 +16,10 @@ from align.run.job import Job
 from align.run.spec import decide, parse_spec
 from align.secrets import redact
 
+#: the config files in conf/'s groups: a fixed count, so that a walk that silently finds fewer
+#: fails (update it when adding a config file)
+N_GROUP_FILES = 51
+
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("sft", "dpo", "kto", "rm", "grpo")
 # Groups a stage does not use (rewards and tools are GRPO's); their files are composed into grpo.
@@ -50,9 +54,7 @@ def test_walk_finds_every_group_file():
     groups = {g for g, _ in files}
     assert groups == {"model", "peft", "data", "trainer", "rewards", "tools", "logger",
                       "experiment", "hydra/sweeper", "hydra/launcher"}
-    # A fixed count, so that a walk that silently finds fewer files fails: update it when
-    # adding a config file.
-    assert len(files) == 51
+    assert len(files) == N_GROUP_FILES
     # minus the top-level sft/dpo/kto/rm/grpo/eval/generate/run
     assert len(files) == len(list(CONF_DIR.rglob("*.yaml"))) - 8
 
@@ -198,7 +200,7 @@ def test_redact_removes_secrets(monkeypatch):
             compose_stage(stage, [f"{group}={choice}", *extra]), resolve=True)
         assert redact(plain) == plain, f"{group}={choice}"
         checked += 1
-    assert checked == len(group_files()) == 50
+    assert checked == len(group_files()) == N_GROUP_FILES
 
 
 def test_cli_bad_data_row_names_file_row_field_and_leaves_nothing(tmp_path):
