@@ -31,7 +31,7 @@ def test_rejection_drops_near_duplicates_and_counts_each_reason():
          group("q", ("a", 0.0))],
         threshold=1.0, max_per_prompt=1)
     assert [r["completion"] for r in rows] == [long]
-    assert counts == {"prompts": 2, "prompts_kept": 1, "kept": 1, "unscored": 2,
+    assert counts == {"prompts": 2, "prompts_kept": 1, "kept": 1, "empty": 0, "unscored": 2,
                       "below_threshold": 1, "exact_duplicates": 0, "near_duplicates": 1,
                       "over_limit": 1}
     # with near-duplicate detection off, the typo'd copy is the second best and fills the slot
@@ -61,7 +61,7 @@ def test_pairs_take_best_and_worst_and_drop_what_teaches_nothing():
     assert rows == [{"prompt": "a", "chosen": "5", "rejected": "4", "chosen_reward": 1.0,
                      "rejected_reward": 0.0, "solution": "5"}]
     assert counts == {"prompts": 6, "pairs": 1, "too_few_scored": 2, "all_equal": 1,
-                      "below_margin": 1, "same_text": 1}
+                      "below_margin": 1, "same_text": 1, "empty": 0}
 
 
 def test_pairs_ties_take_the_first_drawn():
@@ -104,3 +104,17 @@ def test_score_groups_calls_rewards_as_trl_does_and_weights_them():
     assert rows_out[0]["chosen"] == "4" and rows_out[0]["solution"] == "4"
     with pytest.raises(ValueError, match="2 weights for 1 rewards"):
         score_groups(rows, [["4"], ["3"]], funcs[:1], weights)
+
+
+def test_empty_completions_never_reach_training_rows():
+    """The end token sampled first gives an empty completion: it scores (a wrong answer), but
+    no SFT row or pair can hold it, so it is left out and counted."""
+    msg = lambda t: [{"role": "assistant", "content": t}]  # noqa: E731
+    groups = [group("p", ("", 0.0), ("5", 1.0), ("  ", 0.0)),            # only one left: no pair
+              group("q", ("7", 1.0), ("", 1.0), ("8", 0.0)),
+              group("r", (msg(""), 1.0), (msg("9"), 0.0), (msg("3"), 0.5))]
+    pairs, counts = preference_pairs(groups)
+    assert [(r["chosen"], r["rejected"]) for r in pairs] == [("7", "8"), (msg("3"), msg("9"))]
+    assert counts["empty"] == 4 and counts["too_few_scored"] == 1
+    rows, kept = rejection_sample(groups, threshold=1.0, max_per_prompt=3)
+    assert [r["completion"] for r in rows] == ["5", "7"] and kept["empty"] == 4

@@ -66,7 +66,8 @@ def rejection_sample(groups: Iterable[Sequence[Mapping]], threshold: float,
     Samples are taken best first (ties in drawing order). A sample whose text equals a kept one
     (ignoring case and whitespace) is an exact duplicate; one whose similarity to a kept one
     (difflib's ratio over the normalised text) is >= ``near_duplicate`` is a near duplicate
-    (``None``: only exact duplicates are dropped). Counts: ``kept``, ``unscored``,
+    (``None``: only exact duplicates are dropped). An empty (or all-whitespace) completion is
+    never kept: no training row can hold it. Counts: ``kept``, ``empty``, ``unscored``,
     ``below_threshold``, ``exact_duplicates``, ``near_duplicates``, ``over_limit``,
     ``prompts``, ``prompts_kept``.
     """
@@ -81,7 +82,9 @@ def rejection_sample(groups: Iterable[Sequence[Mapping]], threshold: float,
         scored = []
         for order, sample in enumerate(group):
             score = _score(sample)
-            if score is None:
+            if not _normalised(sample["completion"]):
+                counts["empty"] += 1
+            elif score is None:
                 counts["unscored"] += 1
             elif score < threshold:
                 counts["below_threshold"] += 1
@@ -106,7 +109,7 @@ def rejection_sample(groups: Iterable[Sequence[Mapping]], threshold: float,
                          "reward": _score(sample), **_carried(sample)})
         counts["kept"] += len(kept_texts)
         counts["prompts_kept"] += bool(kept_texts)
-    return rows, _all_counts(counts, ("prompts", "prompts_kept", "kept", "unscored",
+    return rows, _all_counts(counts, ("prompts", "prompts_kept", "kept", "empty", "unscored",
                                       "below_threshold", "exact_duplicates", "near_duplicates",
                                       "over_limit"))
 
@@ -120,7 +123,9 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]],
     Ties take the first drawn. Dropped groups are counted by reason: ``too_few_scored`` (fewer
     than two samples with a reward), ``all_equal`` (every scored sample has the same reward),
     ``below_margin``, ``same_text`` (best and worst read the same, ignoring case and
-    whitespace: no preference to learn). Counts also hold ``prompts`` and ``pairs``.
+    whitespace: no preference to learn). Empty completions (no training row can hold them) take
+    no part and are counted as ``empty`` (samples, not prompts). Counts also hold ``prompts``
+    and ``pairs``.
     """
     if min_margin < 0:
         raise ValueError(f"min_margin must be >= 0, got {min_margin}")
@@ -128,7 +133,9 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]],
     rows: list[dict] = []
     for group in groups:
         counts["prompts"] += 1
-        scored = [(score, sample) for sample in group if (score := _score(sample)) is not None]
+        counts["empty"] += sum(1 for sample in group if not _normalised(sample["completion"]))
+        scored = [(score, sample) for sample in group
+                  if (score := _score(sample)) is not None and _normalised(sample["completion"])]
         if len(scored) < 2:
             counts["too_few_scored"] += 1
             continue
@@ -147,7 +154,7 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]],
                          "rejected": worst[1]["completion"], "chosen_reward": best[0],
                          "rejected_reward": worst[0], **_carried(best[1])})
     return rows, _all_counts(counts, ("prompts", "pairs", "too_few_scored", "all_equal",
-                                      "below_margin", "same_text"))
+                                      "below_margin", "same_text", "empty"))
 
 
 def reward_histogram(values: Iterable[float | None], bins: int = 10) -> dict[str, Any]:
