@@ -85,16 +85,15 @@ def sample_pairs(model, tokenizer, rows: list[dict], spec: RunSpec, seed: int
     texts = generate_completions(model, tokenizer, prompts, max_new_tokens=op.max_new_tokens,
                                  batch_size=op.batch_size, do_sample=True,
                                  temperature=op.temperature, seed=seed)
-    # An empty completion (the end token first) is left out: no training row can hold it (the
-    # data layer rejects empty turns), so it can be neither chosen nor rejected. A chat
-    # prompt's completion is an assistant turn, as trl hands it to rewards in GRPO.
+    # A chat prompt's completion is an assistant turn, as trl hands it to rewards in GRPO. An
+    # empty completion (the end token first) is scored but never paired (preference_pairs
+    # leaves it out: no training row can hold it).
     chat = not isinstance(rows[0]["prompt"], str)
     samples = [[[{"role": "assistant", "content": t}] if chat else t
-                for t in texts[i * n:(i + 1) * n] if t.strip()] for i in range(len(rows))]
+                for t in texts[i * n:(i + 1) * n]] for i in range(len(rows))]
     groups = score_groups(rows, samples, list(spec.rewards), list(spec.reward_weights))
     pairs, counts = preference_pairs(groups, op.min_margin)
-    stats = {"prompts": len(rows), "samples": len(texts),
-             "empty_samples": len(texts) - sum(len(group) for group in samples),
+    stats = {"prompts": len(rows), "samples": len(texts), "empty_samples": counts["empty"],
              "sampling_seed": seed,
              "temperature": op.temperature, "pairs": counts,
              "rewards": reward_histogram(s["reward"] for g in groups for s in g)}
