@@ -14,7 +14,10 @@ rewards across processes), as many as the rate of informative groups so far says
 (at most one batch's worth per round). Its batch is then refilled, group by group, with
 informative groups; a batch still short after the last round keeps some zero-spread groups,
 so the batch size never changes. Each extra round's advantages are computed by trl within
-that round, per group as always (with `scale_rewards=batch`, over that round's batch).
+that round, per group as always (with `scale_rewards=batch`, over that round's batch). The
+fresh prompts are a function of (seed, process, step, round), so a run resumed from a
+checkpoint trains on what the uninterrupted run trained on. On by default
+(conf/trainer/grpo.yaml); vision models train without it.
 
 Logged per step (W&B, trainer_state.json; averaged over the logging window):
   dynamic_sampling/extra_rounds           extra generation rounds
@@ -61,10 +64,10 @@ class GRPOTrainer(TrlGRPOTrainer):
         super().__init__(*args, **kwargs)
         self._dynamic = bool(getattr(self.args, "dynamic_sampling", False))
         self._last_rewards: torch.Tensor | None = None
-        if self._dynamic:
-            # Each process draws its own fresh prompts, reproducibly for a seed.
-            self._draws = torch.Generator().manual_seed(
-                self.args.seed * 1009 + self.accelerator.process_index)
+        # Fresh prompts: the draws of one generation are a function of (seed, process, step,
+        # round) alone, so a run resumed from a checkpoint draws what the uninterrupted run drew
+        # (a generator seeded once would start over at the resume).
+        self._draw_key: tuple[int, int] = (-1, 0)  # (global step, extra round at that step)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -100,7 +103,13 @@ class GRPOTrainer(TrlGRPOTrainer):
     def _fresh_rows(self, groups: int) -> list[dict]:
         """`groups` random training prompts, each repeated num_generations times as trl's
         sampler repeats them (a fresh dict per row, as the dataloader gives)."""
-        picks = torch.randint(len(self.train_dataset), (groups,), generator=self._draws)
+        step, round_ = self._draw_key
+        step, round_ = self.state.global_step, (round_ + 1 if step == self.state.global_step else 0)
+        self._draw_key = (step, round_)
+        seed = ((self.args.seed * 1009 + self.accelerator.process_index) * 1_000_003
+                + step * 4096 + round_)
+        picks = torch.randint(len(self.train_dataset), (groups,),
+                              generator=torch.Generator().manual_seed(seed))
         return [self.train_dataset[int(i)] for i in picks.tolist()
                 for _ in range(self.num_generations)]
 
