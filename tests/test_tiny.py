@@ -6,6 +6,7 @@ import pytest
 
 from align.models.tiny import (
     EOS_TOKEN,
+    SFT_RECIPES,
     SFT_TARGET_ACCURACY,
     TINY_SCHEME,
     build_tokenizer,
@@ -39,7 +40,7 @@ def sft_model_and_tokenizer(tiny_sft_path):
 
 
 def test_unknown_variant_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="available: base, sft"):
+    with pytest.raises(ValueError, match="available: base, sft, sft90"):
         tiny_model_path("large")
 
 
@@ -280,3 +281,24 @@ def test_sft_warmup_reached_target(tiny_sft_path, sft_model_and_tokenizer):
     completions = generate_completions(model, tokenizer, prompts, max_new_tokens=5)
     accuracy = sum(c == s for c, s in zip(completions, solutions)) / len(solutions)
     assert accuracy == summary["final_accuracy"]
+
+
+def test_sft90_warmup_stops_at_its_own_target_from_the_base_model(tiny_base_path):
+    """The GRPO default's start: the same recipe from the base model (not from "sft"), a shorter
+    schedule, stopped at 0.9; its accuracy is what the saved model scores."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align.measure.generation import generate_completions
+
+    path = tiny_model_path("sft90")
+    assert path.parent == tiny_base_path.parent and resolve_model_path("tiny://sft90") == str(path)
+    summary = json.loads((path / "warmup.json").read_text())
+    target, max_steps = SFT_RECIPES["sft90"]
+    assert (summary["target_accuracy"], summary["max_steps"]) == (target, max_steps) == (0.9, 800)
+    assert summary["reached_target"] and summary["final_accuracy"] >= 0.9
+    assert summary["steps"] < max_steps
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    prompts, solutions = _eval_prompts()
+    completions = generate_completions(model, tokenizer, prompts, max_new_tokens=5)
+    assert sum(c == s for c, s in zip(completions, solutions)) / len(solutions) == summary[
+        "final_accuracy"]
