@@ -5,8 +5,9 @@
     python benchmarks/dynamic_sampling.py --quick --out /tmp/ds   # the mechanics, in a minute
 
 Each run is the README's command as a user types it, `python align/grpo.py seed=S
-trainer.dynamic_sampling=true|false heldout.eval_steps=N logger=none` (the embedded default:
-the tiny model after its SFT warm-up, a+b prompts, exact-answer reward), one process at a
+model=tiny_sft trainer.dynamic_sampling=true|false heldout.eval_steps=N logger=none` (the
+embedded task: a+b prompts, exact-answer reward; from the tiny model's ~50% warm-up, where the
+README's figures were measured: `--model tiny_sft90` for the GRPO default's start), one process at a
 time, on and off interleaved per seed so that a busy machine slows both alike. From each run's
 metrics.json: held-out accuracy before and after (greedy, 200 prompts), and the periodic
 held-out points with `train_s` (training seconds, the measurements left out).
@@ -46,7 +47,7 @@ def run_one(seed: int, dynamic: bool, args: argparse.Namespace) -> dict:
     if args.reuse and (run_dir / "metrics.json").is_file():
         return read_run(run_dir, seed, dynamic, None)
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [sys.executable, str(REPO / "align" / "grpo.py"), f"seed={seed}",
+    cmd = [sys.executable, str(REPO / "align" / "grpo.py"), f"seed={seed}", f"model={args.model}",
            f"trainer.dynamic_sampling={str(dynamic).lower()}",
            f"trainer.max_steps={args.steps}", f"heldout.eval_steps={args.eval_steps}",
            # trl's num_tokens must be logged at every held-out step
@@ -161,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--model", default="tiny_sft", help="the model config group's choice")
     parser.add_argument("--eval-steps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("dynamic_sampling_results"))
     parser.add_argument("--reuse", action="store_true",

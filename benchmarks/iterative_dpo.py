@@ -22,7 +22,8 @@ sampling), with R rounds, P prompts a round, N samples a prompt and T DPO steps 
   iterative_sft   iterative_dpo with `trainer.loss_type=[sft]`: SFT on the policy's own best
                   sample per prompt, round after round (rejection-sampling fine-tuning): the
                   same samples drawn and steps, no preference term.
-  grpo            `align/grpo.py seed=S` (the default, 600 steps), for reference.
+  grpo            `align/grpo.py seed=S model=tiny_sft trainer.dynamic_sampling=false
+                  trainer.max_steps=600` (the GRPO default until 2026-12-01), for reference.
 
 Held-out: the 200 `a+b=` problems align holds out, greedy, exact answer (heldout_after.accuracy
 of each run; for the rounds, each round's before and after). Writes iterative_dpo.json,
@@ -53,7 +54,9 @@ def command(arm: str, seed: int, run_dir: Path, args) -> list[str]:
     common = ["logger=none", "trainer.save_strategy=no", f"seed={seed}",
               f"hydra.run.dir={run_dir}", *args.extra]
     if arm == "grpo":
-        return [sys.executable, str(REPO / "align" / "grpo.py"), *common, *args.grpo_extra]
+        # GRPO from the same ~50% warm-up as the DPO arms, trl's own sampling, 600 steps
+        return [sys.executable, str(REPO / "align" / "grpo.py"), *common, "model=tiny_sft",
+                "trainer.dynamic_sampling=false", "trainer.max_steps=600", *args.grpo_extra]
     dpo = [sys.executable, str(REPO / "align" / "dpo.py"), *common]
     rounds = ["experiment=iterative_dpo", f"on_policy.samples_per_prompt={n}",
               f"on_policy.temperature={args.temperature}", *args.all_extra]

@@ -56,7 +56,9 @@ def launch(script: str, label: str, overrides: list[str], args: argparse.Namespa
 
 
 def grpo_arm(seed: int, arm: str, rm_dir: str | None, args: argparse.Namespace) -> dict:
-    overrides = [f"seed={seed}", f"trainer.max_steps={args.grpo_steps}",
+    # from the ~50% warm-up, with trl's own sampling (what the RM's pairs and figures assume)
+    overrides = [f"seed={seed}", "model=tiny_sft", "trainer.dynamic_sampling=false",
+                 f"trainer.max_steps={args.grpo_steps}",
                  f"heldout.eval_steps={args.eval_steps}", HELDOUT_ACCURACY, *args.grpo_args]
     if rm_dir is not None:
         overrides += ["rewards=reward_model", f"rewards.rm.kwargs.model={rm_dir}"]

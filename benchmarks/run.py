@@ -91,9 +91,13 @@ def comparisons(ctx: dict) -> list[Comparison]:
     medium = ctx.get("medium", "")
     overhead_cols = ["wall", "train", "step", "peak", "final_loss", "same_run"]
 
-    def pair(stage, steps, plain_flags, *more):
+    def pair(stage, steps, plain_flags, *more, align=()):
         return [Side("plain trl", stage, "plain", _fields(steps, *more), plain=plain_flags),
-                Side("align", stage, "align", _fields(steps, *more))]
+                Side("align", stage, "align", _fields(steps, *more), align=list(align))]
+
+    # GRPO as measured here: the ~50% warm-up model and trl's own sampling (the GRPO default
+    # starts from tiny_sft90 with dynamic sampling, which the plain script does not have).
+    grpo_as_trl = ["model=tiny_sft", "trainer.dynamic_sampling=false"]
 
     varlen_sft = ["per_device_train_batch_size=8", "max_length=256"]
     dpo_fields = _fields(6, "per_device_train_batch_size=8")
@@ -115,7 +119,7 @@ def comparisons(ctx: dict) -> list[Comparison]:
             "overhead-grpo", "align vs plain trl: GRPO, tiny SFT model, 20 steps",
             "`python align/grpo.py` against benchmarks/plain/grpo.py with the same exact-answer "
             "reward (rewards.math.accuracy, weight 1), 8 prompts x 8 samples per step.",
-            pair("grpo", 20, ["--model", ctx["tiny_sft"]]), overhead_cols),
+            pair("grpo", 20, ["--model", ctx["tiny_sft"]], align=grpo_as_trl), overhead_cols),
         Comparison(
             "dpo-reference", "DPO + LoRA on the 34M model: where the reference comes from",
             "benchmarks/plain/dpo.py, LoRA r=16 on every linear layer, 8 pairs x 6 steps "
@@ -181,19 +185,20 @@ def comparisons(ctx: dict) -> list[Comparison]:
             ["wall", "step", "peak", "tokens_s", "final_loss", "loss_delta"],
             needs=("medium", "varlen")),
         Comparison(
-            "grpo-generation", "GRPO: generation vs training (tiny SFT model, align's default)",
+            "grpo-generation", "GRPO: generation vs training (tiny SFT model, dynamic sampling off)",
             "`python align/grpo.py`, 12 steps of 64 completions (8 prompts x 8). "
             "steps_per_generation=4 generates 4 steps' completions at once (a generation batch "
             "of 256: the same knob as generation_batch_size=256) and reuses them, off-policy by "
             "up to 3 steps; max_completion_length caps the rollout (the tiny model usually "
             "stops at its end-of-turn token within 4 tokens).",
-            [Side("default (gen batch 64, 5 tokens)", "grpo", "align", _fields(12)),
+            [Side("default (gen batch 64, 5 tokens)", "grpo", "align", _fields(12),
+                  align=grpo_as_trl),
              Side("steps_per_generation=4 (gen batch 256)", "grpo", "align",
-                  _fields(12, "steps_per_generation=4")),
+                  _fields(12, "steps_per_generation=4"), align=grpo_as_trl),
              Side("max_completion_length=16", "grpo", "align",
-                  _fields(12, "max_completion_length=16")),
+                  _fields(12, "max_completion_length=16"), align=grpo_as_trl),
              Side("max_completion_length=64", "grpo", "align",
-                  _fields(12, "max_completion_length=64"))],
+                  _fields(12, "max_completion_length=64"), align=grpo_as_trl)],
             ["wall", "step_mean", "peak", "gen_share", "rollout_share", "train_share",
              "reward_mean"]),
     ]

@@ -9,7 +9,8 @@ Per seed, one after the other (never side by side: the figures are seconds):
   docstring);
 - align, `python align/grpo.py seed=S heldout.eval_steps=50 logger=none` with an empty
   ALIGN_CACHE, so the tiny model and its SFT warm-up are built inside the timed process, as on a
-  fresh machine.
+  fresh machine; its own default number of steps (`--align-steps N` sets it). Its held-out
+  measurement before GRPO's first step counts as a point (step 0), timed like the others.
 Both are measured on the same 200 held-out a+b problems (greedy, exact answer) every 50 steps;
 seconds run from the process start with the held-out measurements left out (align: from the
 timestamps of its log lines, minus the time each measurement took).
@@ -54,10 +55,11 @@ def run_control(seed: int, out: Path, args: argparse.Namespace) -> dict:
             "sft_steps": raw["sft_steps"]}
 
 
-def align_curve(log: Path, launched: float) -> tuple[list, float]:
+def align_curve(log: Path, launched: float) -> tuple[list, float, float]:
     """(step, seconds since launch minus measurement time, accuracy) of each periodic held-out
-    point, and the seconds to the end of training, from the run's log."""
-    measuring, points, end = 0.0, [], None
+    point, the seconds to the end of training, and the seconds to the start of training (the
+    end of the measurement before it), from the run's log."""
+    measuring, points, end, start = 0.0, [], None, None
     for line in log.read_text().splitlines():
         m = LINE.match(line)
         if not m:
@@ -67,6 +69,8 @@ def align_curve(log: Path, launched: float) -> tuple[list, float]:
         if took:
             measuring += float(took.group(1))
             last_end = at
+            if start is None:  # the measurement before training: GRPO starts after it
+                start = at - measuring
             continue
         point = re.match(r"step (\d+) held-out heldout/accuracy=([\d.]+)", m["msg"])
         if point:
@@ -74,7 +78,7 @@ def align_curve(log: Path, launched: float) -> tuple[list, float]:
             points.append((int(point.group(1)), round(last_end - measuring, 2),
                            float(point.group(2))))
             end = last_end - measuring
-    return points, end
+    return points, end, start
 
 
 def run_align(seed: int, out: Path, args: argparse.Namespace) -> dict:
@@ -83,9 +87,10 @@ def run_align(seed: int, out: Path, args: argparse.Namespace) -> dict:
         if args.quick:  # the tiny model from the usual cache: the mechanics, not the figures
             cache = os.environ.get("ALIGN_CACHE", "")
         launched = time.time()
+        steps = [] if args.align_steps is None else [f"trainer.max_steps={args.align_steps}"]
         proc = subprocess.run(
-            [sys.executable, str(REPO / "align" / "grpo.py"), f"seed={seed}",
-             f"trainer.max_steps={args.steps}", f"heldout.eval_steps={args.eval_steps}",
+            [sys.executable, str(REPO / "align" / "grpo.py"), f"seed={seed}", *steps,
+             f"heldout.eval_steps={args.eval_steps}",
              "logger=none", "trainer.save_strategy=no", f"hydra.run.dir={run_dir}",
              *args.align_extra],
             capture_output=True, text=True, cwd=out,
@@ -94,11 +99,12 @@ def run_align(seed: int, out: Path, args: argparse.Namespace) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"align seed {seed} failed:\n{proc.stderr[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    points, end = align_curve(run_dir / "grpo.log", launched)
-    return {"seed": seed, "side": "align", "curve": [(0, None, metrics["heldout_before"]["accuracy"])]
-            + points, "before": metrics["heldout_before"]["accuracy"],
-            "after": metrics["heldout_after"]["accuracy"], "total_s": round(end, 2),
-            "wall_s": round(wall, 1)}
+    points, end, start = align_curve(run_dir / "grpo.log", launched)
+    before = metrics["heldout_before"]["accuracy"]
+    return {"seed": seed, "side": "align", "curve": [(0, round(start, 2), before)] + points,
+            "before": before, "after": metrics["heldout_after"]["accuracy"],
+            "total_s": round(end, 2), "wall_s": round(wall, 1),
+            "doctor": list(metrics.get("doctor", []))}  # the names of its findings
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -134,7 +140,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=600, help="GRPO steps of both pipelines")
+    parser.add_argument("--steps", type=int, default=600, help="the control's GRPO steps")
+    parser.add_argument("--align-steps", type=int, default=None, help=(
+        "align's GRPO steps (default: its own default, conf/trainer/grpo.yaml)"))
     parser.add_argument("--eval-steps", type=int, default=50, help="held-out every N steps")
     parser.add_argument("--out", type=Path, default=Path("time_to_accuracy_results"))
     parser.add_argument("--quick", action="store_true", help=(
@@ -143,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     args.control_extra, args.align_extra = [], []
     if args.quick:
-        args.steps, args.eval_steps = 4, 2
+        args.steps, args.align_steps, args.eval_steps = 4, 4, 2
         args.control_extra = ["--sft-max-steps", "4"]
         args.align_extra = ["data.max_samples=256"]
     out = args.out.resolve()
@@ -159,7 +167,8 @@ def main() -> None:
                   f" in {result['total_s']:.0f} s", flush=True)
     rows = summarise(results)
     header = (f"{describe(machine(('torch', 'transformers', 'trl')))}; load average "
-              f"{min(load):.1f}-{max(load):.1f} at the starts; {args.steps} GRPO steps "
+              f"{min(load):.1f}-{max(load):.1f} at the starts; control {args.steps} GRPO steps, "
+              f"align {args.align_steps or 'its default'} "
               f"({time.strftime('%Y-%m-%d')})")
     (out / "time_to_accuracy.json").write_text(json.dumps(
         {"machine": header, "results": results, "summary": rows}, indent=1))

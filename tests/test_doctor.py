@@ -74,7 +74,9 @@ def constant(tmp_path_factory):
     user = out.parent / f"{out.name}_user"
     user.mkdir()
     (user / "my_rewards.py").write_text(ONE)
-    grpo_run(out / "run", "~rewards.accuracy", f"+rewards.one.fn={user / 'my_rewards.py'}:one")
+    # dynamic sampling off (it is on by default): the finding as a run without it sees it
+    grpo_run(out / "run", "~rewards.accuracy", f"+rewards.one.fn={user / 'my_rewards.py'}:one",
+             "trainer.dynamic_sampling=false")
     return out / "run"
 
 

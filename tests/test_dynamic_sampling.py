@@ -2,6 +2,7 @@
 tiny model; the trl internals it uses pinned; its keys checked before anything loads."""
 
 import inspect
+import logging
 import json
 import os
 import shutil
@@ -169,6 +170,24 @@ def compose_grpo(tmp_path, *overrides):
         return compose("grpo", overrides=["logger=none", f"output_dir={tmp_path}", *overrides])
 
 
+def test_on_by_default_for_text_models_and_off_with_a_warning_for_vision(tmp_path, caplog):
+    """The GRPO default trains with it; a vision model trains without it (its batches are not
+    joined), with a warning that says so, and the VLM experiment turns it off itself."""
+    decided = decide(compose_grpo(tmp_path), "grpo")
+    assert decided.trainer_kwargs["dynamic_sampling"] is True
+    with caplog.at_level(logging.WARNING, logger="align.run.spec"):
+        vlm = decide(compose_grpo(tmp_path, "model=tiny_vlm", "data=shapes"), "grpo")
+    assert vlm.trainer_kwargs["dynamic_sampling"] is False
+    assert [r.getMessage() for r in caplog.records if "dynamic_sampling" in r.getMessage()] == [
+        "trainer.dynamic_sampling: off for model.kind=image_text_to_text (text models only); "
+        "set trainer.dynamic_sampling=false to silence this"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="align.run.spec"):
+        vlm = decide(compose_grpo(tmp_path, "experiment=grpo_tiny_vlm"), "grpo")
+    assert vlm.trainer_kwargs["dynamic_sampling"] is False
+    assert not [r for r in caplog.records if "dynamic_sampling" in r.getMessage()]
+
+
 def test_keys_are_checked_before_anything_loads(tmp_path):
     decided = decide(compose_grpo(tmp_path, "trainer.dynamic_sampling=true"), "grpo")
     assert decided.trainer_kwargs["dynamic_sampling"] is True
@@ -177,9 +196,6 @@ def test_keys_are_checked_before_anything_loads(tmp_path):
         decide(compose_grpo(tmp_path, "trainer.dynamic_sampling_max_rounds=0"), "grpo")
     with pytest.raises(ConfigError, match="trainer.dynamic_sampling='yes'"):
         decide(compose_grpo(tmp_path, "trainer.dynamic_sampling=yes"), "grpo")
-    with pytest.raises(ConfigError, match="text models only"):
-        decide(compose_grpo(tmp_path, "model=tiny_vlm", "data=shapes",
-                            "trainer.dynamic_sampling=true"), "grpo")
     with pytest.raises(ConfigError, match="unknown config key 'trainer.dynamic_sampling'"):
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("dpo", overrides=["logger=none", f"output_dir={tmp_path}",
@@ -196,7 +212,7 @@ def test_groups_must_be_whole_on_each_process():
     assert values.check_trainer_combinations(args, "grpo") == [
         "trainer.dynamic_sampling=true needs whole groups on each process: "
         "per_device_train_batch_size x steps_per_generation (4) must be a multiple of "
-        "num_generations (8)"]
+        "num_generations (8), or set trainer.dynamic_sampling=false"]
     args.steps_per_generation = 2
     assert values.check_trainer_combinations(args, "grpo") == []
 

@@ -124,8 +124,8 @@ def test_the_spec_is_immutable(tiny_sft_path):
     with pytest.raises(TypeError):
         spec.config["seed"] = 1  # the resolved config is a read-only view
     assert spec.rewards and spec.trainer.reward_weights == [1.0]
-    # tiny://sft is checked, not built: the factory builds it (once) when it loads it
-    assert spec.model.name_or_path == "tiny://sft"
+    # tiny://sft90 is checked, not built: the factory builds it (once) when it loads it
+    assert spec.model.name_or_path == "tiny://sft90"
 
 
 def test_detect_reads_this_machine():

@@ -23,7 +23,8 @@ FAST = {
             "trainer.max_length=null"],
     "dpo": ["trainer.per_device_train_batch_size=8", "trainer.max_length=null"],
     "grpo": ["trainer.per_device_train_batch_size=8", "trainer.num_generations=4",
-             "trainer.max_completion_length=3", "data.synthetic.questions=[count]"],
+             "trainer.max_completion_length=3", "data.synthetic.questions=[count]",
+             "trainer.dynamic_sampling=false"],
 }
 
 

@@ -524,9 +524,11 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     if model is not None:
         errors += check_vision_peft(model, peft_section)
         if model.is_vision and stage == "grpo" and trainer_set.get("dynamic_sampling") is True:
-            errors.append("trainer.dynamic_sampling=true works with text models only (a "
-                          "vision batch's image rows are not joined); turn it off for "
-                          f"model.kind={model.kind}")
+            # On by default (conf/trainer/grpo.yaml) where it applies: text models only (a
+            # vision batch's image rows are not joined), so a vision run trains without it.
+            log.warning("trainer.dynamic_sampling: off for model.kind=%s (text models only); "
+                        "set trainer.dynamic_sampling=false to silence this", model.kind)
+            trainer_set["dynamic_sampling"] = False
         errors += check_model_kind(model, stage)
     errors += check_trainer_keys(trainer_set, stage)
     errors += _check_library_values(stage, trainer_set, peft_section)

@@ -293,7 +293,8 @@ def check_trainer_combinations(args: Any, stage: str) -> list[str]:
         if getattr(args, "dynamic_sampling", False) and per_process % args.num_generations:
             errors.append(f"trainer.dynamic_sampling=true needs whole groups on each process: "
                           f"per_device_train_batch_size x steps_per_generation ({per_process}) "
-                          f"must be a multiple of num_generations ({args.num_generations})")
+                          f"must be a multiple of num_generations ({args.num_generations}), "
+                          f"or set trainer.dynamic_sampling=false")
         if loss == "vespo" and args.use_vllm and args.vllm_importance_sampling_correction:
             errors.append("trainer.loss_type=vespo does its own importance sampling: set "
                           "trainer.vllm_importance_sampling_correction=false")

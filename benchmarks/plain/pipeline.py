@@ -7,9 +7,9 @@ Everything is its own: a byte-level BPE tokenizer trained here (every digit its 
 Qwen2 model (hidden 128, intermediate 512, 2 layers, 4 heads, tied embeddings) initialised from
 `--seed`, SFT with trl's SFTTrainer (prompt/completion rows, so the loss is on the completion
 only; batch 64, lr 2e-3, linear schedule, 30 warm-up steps) until greedy held-out accuracy
-reaches 0.5 (checked every 50 steps), then trl's GRPOTrainer (8 generations, batch 64,
-max_completion_length 5, lr 5e-5 constant, temperature 0.7, beta 0, loss dapo, an exact-answer
-reward). Only the problems come from align: the same a+b training pairs and the same 200
+reaches 0.5 (checked every 50 steps; `--sft-target` moves it), then trl's GRPOTrainer (8
+generations, batch 64, max_completion_length 5, lr 5e-5 constant, temperature 0.7, beta 0,
+loss dapo, an exact-answer reward). Only the problems come from align: the same a+b training pairs and the same 200
 held-out problems as `python align/grpo.py` (align.data.synthetic), so both are measured on one
 held-out set.
 
@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--grpo-steps", type=int, default=600)
     parser.add_argument("--sft-max-steps", type=int, default=1500)
     parser.add_argument("--eval-steps", type=int, default=50, help="held-out every N steps")
+    parser.add_argument("--sft-target", type=float, default=0.5, help=(
+        "stop the SFT warm-up at this held-out accuracy (the control's recipe: 0.5)"))
     parser.add_argument("--save-sft", type=Path, default=None, help=(
         "also save the SFT warm-up model and tokenizer here (e.g. to start align's GRPO from "
         "it: python align/grpo.py model.name_or_path=DIR)"))
@@ -165,7 +167,7 @@ def main() -> None:
                                     per_device_train_batch_size=64, learning_rate=2e-3,
                                     lr_scheduler_type="linear", warmup_steps=30, **common),
                      callbacks=[Heldout("sft", tokenizer, heldout, clock, curve, opts.eval_steps,
-                                                stop_at=0.5)])
+                                                stop_at=opts.sft_target)])
     if opts.init is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
