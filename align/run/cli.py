@@ -37,7 +37,6 @@ def main(stage: str, run: Callable) -> None:
     if sys.path and os.path.abspath(sys.path[0] or ".") == _PACKAGE_DIR:
         sys.path.pop(0)
     register()
-    _quiet_library_noise()
     try:
         check_command_line(stage, sys.argv[1:])
     except AlignError as exc:
@@ -49,17 +48,6 @@ def main(stage: str, run: Callable) -> None:
     )
     task()
     _leave_process_group()
-
-
-def _quiet_library_noise() -> None:
-    """Silence what libraries log at import that says nothing about the run. On CPUs with
-    AVX512-BF16, importing bitsandbytes (trl and peft do, whenever the `quant` extra is
-    installed) tries to fetch a 4-bit CPU kernel from the hub through the `kernels` package and
-    warns when it cannot; it then uses its own kernel. Left alone, that warning is printed by
-    every command on such a machine, and a bad value's one-line error becomes two."""
-    import logging
-
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _leave_process_group() -> None:
