@@ -247,3 +247,59 @@ def test_data_num_proc_is_trl_dataset_num_proc_unless_that_is_set():
     assert kwargs("dpo", "+data.num_proc=3")["dataset_num_proc"] == 3
     assert kwargs("sft", "+data.num_proc=3", "+trainer.dataset_num_proc=1")["dataset_num_proc"] == 1
     assert "dataset_num_proc" not in kwargs("grpo", "+data.num_proc=3")  # GRPOConfig has none
+
+
+# --------------------------------------------------------------------------- garbage collection
+
+GC_PROBE = '''
+import gc, json, os
+from transformers import TrainerCallback
+
+
+class GcProbe(TrainerCallback):
+    """Writes the collector's state as training begins."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        with open(os.environ["ALIGN_TEST_GC_PROBE"], "w") as f:
+            json.dump({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}, f)
+'''
+
+
+def test_a_launch_freezes_the_import_time_objects_and_collects_again(tmp_path):
+    """`python align/sft.py` pauses the cyclic collector through its imports and config checks,
+    then freezes what they made and resumes it: training runs with collection on and the ~570k
+    import-time objects out of its walk (benchmarks/CPU_RESULTS.md: the whole-process figure)."""
+    probe = tmp_path / "gc_probe.py"
+    probe.write_text(GC_PROBE)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.relpath(os.path.join(repo, "align", "sft.py"), tmp_path)
+    env = {**os.environ, "ALIGN_TEST_GC_PROBE": str(tmp_path / "gc.json"),
+           "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, script, "logger=none", "heldout.enabled=false", "trainer.max_steps=1",
+         "trainer.save_strategy=no", f"output_dir={tmp_path / 'run'}",
+         "callbacks=[gc_probe:GcProbe]"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads((tmp_path / "gc.json").read_text())
+    assert state["enabled"] and state["frozen"] > 100_000, state
+
+
+def test_run_called_in_a_process_that_collects_freezes_nothing(tmp_path):
+    """A test, a notebook or the second job of a sweep in one process keeps its collector as it
+    is: only a launch that paused it freezes (align.run.job.freeze_startup_objects)."""
+    import gc
+
+    from align.run.job import freeze_startup_objects
+
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    freeze_startup_objects()
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    gc.disable()
+    try:
+        freeze_startup_objects()
+        assert gc.isenabled() and gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
