@@ -462,7 +462,21 @@ def write_report(raw: dict, results: Path) -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {versions}.", "",
     ]
     parts += [section(raw[name]) for name in done]
+    parts += foreign_sections(results, order)
     results.write_text("\n".join(parts).rstrip() + "\n")
+
+
+def foreign_sections(results: Path, order: list[str]) -> list[str]:
+    """The `## name: ...` sections of an existing results file that other scripts write
+    (benchmarks/startup.py's `## startup`, the whole-process figures), kept as they are."""
+    if not results.exists():
+        return []
+    kept = []
+    for chunk in ("\n" + results.read_text()).split("\n## ")[1:]:
+        name = chunk.split(":", 1)[0].strip()
+        if name not in order:
+            kept.append("## " + chunk.rstrip() + "\n")
+    return kept
 
 
 def main() -> None:

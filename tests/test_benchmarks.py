@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_overhead_comparison_writes_the_table_and_align_matches_plain_trl(tmp_path, tiny_base_path):
     results = tmp_path / "CPU_RESULTS.md"
+    # a section another script writes (benchmarks/startup.py) survives the rewrite
+    results.write_text("# old\n\n## overhead-sft: old table\n\nold\n\n## startup: kept\n\nrows\n")
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run.py"), "overhead-sft", "--reps", "1",
          "--work", str(tmp_path / "work"), "--results", str(results)],
@@ -35,6 +37,26 @@ def test_overhead_comparison_writes_the_table_and_align_matches_plain_trl(tmp_pa
     assert "torch " in table and "trl " in table and "cores" in table
     rows = [line for line in table.splitlines() if line.startswith("| align |")]
     assert len(rows) == 1 and "| identical |" in rows[0]
+    assert "old table" not in table and table.endswith("## startup: kept\n\nrows\n")
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "grpo"])
+def test_the_plain_scripts_build_trls_config_from_aligns_trainer_yaml(stage, monkeypatch):
+    """benchmarks/plain/*.py read conf/trainer/<stage>.yaml; align's own keys there
+    (dynamic_sampling, ref_logps_cache) are left out, the rest must build trl's config."""
+    import trl
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks" / "plain"))
+    from argparse import Namespace
+
+    from common import cpu_args, trainer_fields
+
+    fields = trainer_fields(stage, ["max_steps=3"])
+    assert fields["max_steps"] == 3 and "dynamic_sampling" not in fields
+    assert "ref_logps_cache" not in fields
+    config = getattr(trl, f"{stage.upper()}Config")(
+        **fields, **cpu_args(Namespace(out="/tmp/align-plain-fields")))
+    assert config.max_steps == 3
 
 
 def test_experiment_smoke_runs_the_real_experiments_on_their_architectures(tmp_path):

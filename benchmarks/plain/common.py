@@ -49,7 +49,15 @@ def trainer_fields(stage: str, overrides: list[str]) -> dict:
             except ValueError:
                 pass
         fields[key] = parsed
-    return fields
+    # Keys that trl's config does not have are align's own (trainer.dynamic_sampling,
+    # trainer.ref_logps_cache): plain trl runs without them, as the align side of a comparison
+    # does when it sets them off.
+    import dataclasses
+
+    import trl
+
+    known = {f.name for f in dataclasses.fields(getattr(trl, f"{stage.upper()}Config"))}
+    return {key: value for key, value in fields.items() if key in known}
 
 
 def lora_config():
