@@ -2,14 +2,16 @@
 only reward, beside GRPO with the exact-answer reward.
 
     python benchmarks/rm_loop.py                          # seed 0, the defaults below
-    python benchmarks/rm_loop.py --seeds 0,1,2 --grpo-steps 300
+    python benchmarks/rm_loop.py --seeds 0,1,2 --grpo-steps 200
+    python benchmarks/rm_loop.py --rm-args trainer.max_steps=600   # the default RM (LoRA) instead
     python benchmarks/rm_loop.py --quick --out /tmp/rml   # the mechanics, in a few minutes
 
 Per seed, one process at a time, each the README's command as a user types it:
-1. `python align/rm.py seed=S logger=none [--rm-args]`: the tiny SFT warm-up model as a reward
-   model (LoRA + its score head) on the synthetic pairs (correct answer chosen, a near-miss
-   rejected); its held-out pairwise accuracy (200 held-out pairs: the share scored chosen >
-   rejected) before and after, from metrics.json;
+1. `python align/rm.py seed=S logger=none experiment=rm_tiny_full` (--rm-args replaces the
+   experiment): the ~90% SFT warm-up trained in full as a reward model (its new score head
+   included) on the synthetic pairs (correct answer chosen, a near miss rejected); its held-out
+   pairwise accuracy (200 held-out pairs: the share scored chosen > rejected) before and after,
+   from metrics.json;
 2. `python align/grpo.py seed=S rewards=reward_model rewards.rm.kwargs.model=<the RM run>`: GRPO
    whose only reward is that RM's score;
 3. `python align/grpo.py seed=S`: the control, GRPO with the exact-answer reward.
@@ -128,8 +130,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--grpo-steps", type=int, default=300)
     parser.add_argument("--eval-steps", type=int, default=50)
-    parser.add_argument("--rm-args", nargs="*", default=[],
-                        help="extra overrides for align/rm.py (e.g. trainer.max_steps=1000)")
+    parser.add_argument("--rm-args", nargs="*", default=["experiment=rm_tiny_full"],
+                        help="the overrides of align/rm.py (default: experiment=rm_tiny_full)")
     parser.add_argument("--grpo-args", nargs="*", default=[],
                         help="extra overrides for both GRPO arms")
     parser.add_argument("--out", type=Path, default=Path("rm_loop_results"))

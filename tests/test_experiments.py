@@ -124,8 +124,9 @@ def test_adapter_experiment_has_an_adapter_learning_rate(name):
 def test_experiment_measures_held_out_data(name):
     """No shipped experiment turns held-out measurement off, and each has held-out data to
     measure: an eval split, file or fraction. Where nothing checkable is scored by a reward
-    (heldout.rewards: null: data without answers), SFT's held-out loss and DPO's preference
-    figures are what it measures; GRPO has nothing else, so it must score a reward."""
+    (heldout.rewards: null: data without answers), SFT's held-out loss, DPO's preference
+    figures and a reward model's pairwise accuracy are what it measures; GRPO has nothing else,
+    so it must score a reward."""
     stage, overrides = usage(name)
     cfg = compose_stage(stage, overrides)
     assert cfg.heldout.enabled, f"conf/experiment/{name}.yaml turns held-out measurement off"
@@ -135,4 +136,4 @@ def test_experiment_measures_held_out_data(name):
         f"conf/experiment/{name}.yaml: no held-out data (set data.eval_split, data.eval_path or "
         "data.eval_fraction)")
     if cfg.heldout.get("rewards", {}) is None:
-        assert stage in ("sft", "dpo"), f"{name}: a GRPO run needs a held-out reward"
+        assert stage in ("sft", "dpo", "rm"), f"{name}: a GRPO run needs a held-out reward"
