@@ -156,6 +156,30 @@ def test_trl_completion_only_labels(tiny_base_path, base_tokenizer, tmp_path):
         ]
 
 
+def test_pretokenised_warmup_data_is_what_trl_makes_of_the_rows(tiny_base_path, base_tokenizer,
+                                                                tmp_path):
+    """The warm-up hands trl its rows tokenised in two batched calls; trl must train on exactly the
+    ids and labels it makes itself from the conversational rows."""
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from align.data.synthetic import build_synthetic
+    from align.models.tiny import pretokenise
+
+    data = build_synthetic("arithmetic", "sft", "train", n_train=300)
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=1,
+                     completion_only_loss=True, max_length=64)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_path)
+    made = [SFTTrainer(model=model, args=args, train_dataset=rows,
+                       processing_class=base_tokenizer).train_dataset
+            for rows in (data, pretokenise(base_tokenizer, data))]
+    assert len(made[0]) == len(made[1]) == len(data)
+    for column in ("input_ids", "labels"):
+        assert made[0][column] == made[1][column]
+    # and the rows differ among themselves (a wrong join would not pass as equal by accident)
+    assert len({tuple(ids) for ids in made[1]["input_ids"]}) > 250
+
+
 def test_base_model_loads(tiny_base_path, base_tokenizer):
     import torch
     from transformers import AutoModelForCausalLM

@@ -615,6 +615,29 @@ def _build_base(out: pathlib.Path) -> None:
     logger.info("tiny base: vocab %d, %d parameters", len(tokenizer), n_params)
 
 
+def pretokenise(tokenizer, rows):
+    """Conversational prompt-completion ``rows`` as the ``input_ids`` / ``completion_mask`` rows
+    trl's SFTTrainer makes from them (which it then trains on as given), rendered and tokenised in
+    two batched calls instead of two chat-template renders per row: about half of the tiny
+    warm-up's data preparation (~1 s of 9,800 rows on 2 cores). The completion starts where the
+    prompt and prompt+completion token ids diverge, as in trl."""
+    import datasets
+    from trl.data_utils import common_prefix_length
+
+    prompts, completions = list(rows["prompt"]), list(rows["completion"])
+    prompt_text = tokenizer.apply_chat_template(prompts, tokenize=False,
+                                                add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template([p + c for p, c in zip(prompts, completions)],
+                                              tokenize=False)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    masks = []
+    for p, f in zip(prompt_ids, full_ids):
+        n = common_prefix_length(p, f)
+        masks.append([0] * n + [1] * (len(f) - n))
+    return datasets.Dataset.from_dict({"input_ids": full_ids, "completion_mask": masks})
+
+
 def _build_sft(base: pathlib.Path, out: pathlib.Path, target: float, max_steps: int) -> None:
     from transformers import (
         AutoModelForCausalLM,
@@ -630,7 +653,7 @@ def _build_sft(base: pathlib.Path, out: pathlib.Path, target: float, max_steps: 
     set_seed(SEED)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
-    train = build_synthetic("arithmetic", "sft", "train", seed=SEED)
+    train = pretokenise(tokenizer, build_synthetic("arithmetic", "sft", "train", seed=SEED))
     evalset = build_synthetic("arithmetic", "prompt", "eval", seed=SEED)
     eval_prompts, solutions = list(evalset["prompt"]), list(evalset["solution"])
 
@@ -643,6 +666,12 @@ def _build_sft(base: pathlib.Path, out: pathlib.Path, target: float, max_steps: 
         # trainer checks should_training_stop right after logging.
         def on_log(self, args, state, control, logs=None, model=None, **kwargs):
             if not logs or "loss" not in logs:
+                return
+            # An answer is exactly right only if every one of its tokens is: held-out exact match
+            # stays below the target while the logged per-token accuracy of the training batches
+            # does (measured: 0.58 exact at 0.88 per token, 0.93 at 0.97), so the warm-up skips
+            # those measurements (17 of the ~90% warm-up's 24, ~0.8 s) and stops where it did.
+            if logs.get("mean_token_accuracy", 1.0) < target:
                 return
             completions = generate_completions(
                 model,
