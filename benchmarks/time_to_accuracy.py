@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ LINE = re.compile(r"^\[(?P<ts>[\d-]+ [\d:,]+)\]\[(?P<logger>[^\]]+)\]\[\w+\] - (
 
 def run_control(seed: int, out: Path, args: argparse.Namespace) -> dict:
     folder = out / f"control-seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "plain" / "pipeline.py"),
                            "--out", str(folder), "--seed", str(seed), "--grpo-steps",
                            str(args.steps), "--eval-steps", str(args.eval_steps),
@@ -65,6 +67,8 @@ def align_curve(log: Path, launched: float) -> tuple[list, float, float]:
         if not m:
             continue
         at = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp() - launched
+        if at < -1:  # a line from an earlier run in the same folder (the log appends)
+            continue
         took = re.match(r"held-out evaluation of \d+ prompts took ([\d.]+)s", m["msg"])
         if took:
             measuring += float(took.group(1))
@@ -83,6 +87,7 @@ def align_curve(log: Path, launched: float) -> tuple[list, float, float]:
 
 def run_align(seed: int, out: Path, args: argparse.Namespace) -> dict:
     run_dir = out / f"align-seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run folder is appended to, never replaced
     with tempfile.TemporaryDirectory(dir=out) as cache:
         if args.quick:  # the tiny model from the usual cache: the mechanics, not the figures
             cache = os.environ.get("ALIGN_CACHE", "")

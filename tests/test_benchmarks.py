@@ -151,6 +151,11 @@ def test_time_to_accuracy_runs_the_plain_control_and_align_on_one_held_out_set(t
     tokenizer and model, SFT then GRPO) and align's entry point, both measured on the same
     held-out problems, their clocks read (no timing assertions)."""
     out = tmp_path / "tta"
+    # a folder left by an earlier run: its log lines must not be read as this run's
+    (out / "align-seed0").mkdir(parents=True)
+    (out / "align-seed0" / "grpo.log").write_text(
+        "[2026-01-01 00:00:00,000][align.measure.heldout][INFO] - held-out evaluation of 200 "
+        "prompts took 0.1s\n")
     raw = quick_seed0("time_to_accuracy", out)
     control, align = raw["results"]
     assert (control["side"], align["side"]) == ("plain trl", "align")
@@ -158,7 +163,8 @@ def test_time_to_accuracy_runs_the_plain_control_and_align_on_one_held_out_set(t
     for r in (control, align):
         assert [p[0] for p in r["curve"]] == [0, 2, 4]
         seconds = [p[1] for p in r["curve"] if p[1] is not None]
-        assert seconds == sorted(seconds) and 0 < seconds[-1] <= r["total_s"] <= r["wall_s"]
+        assert seconds == sorted(seconds) and 0 <= seconds[0]
+        assert seconds[-1] <= r["total_s"] <= r["wall_s"]
         assert r["after"] == r["curve"][-1][2]  # the last point is the final model
         assert all(0.0 <= p[2] <= 1.0 for p in r["curve"])
     # align's held-out problems are the control's: the tiny model after its warm-up (sft90)
