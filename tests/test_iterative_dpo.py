@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 register()
 
 TINY = ["on_policy.rounds=2", "on_policy.prompts_per_round=24", "on_policy.samples_per_prompt=4",
+        "on_policy.pairs_per_prompt=2",
         "trainer.max_steps=3", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=1",
         "heldout.max_samples=16", "logger=none", "trainer.save_strategy=no"]
 
@@ -71,8 +72,16 @@ def test_each_round_is_a_run_folder_with_its_pairs_and_figures(two_rounds):
         assert sampling["round"] == k and sampling["prompts"] == 24 and sampling["samples"] == 96
         pairs = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
         assert len(pairs) == sampling["pairs"]["pairs"] > 0
+        # up to 2 pairs a prompt (pairs_per_prompt=2), one chosen against distinct rejected ones
+        by_prompt: dict = {}
+        for pair in pairs:
+            by_prompt.setdefault(json.dumps(pair["prompt"]), []).append(pair)
+        assert {len(p) for p in by_prompt.values()} == {1, 2}
+        for same in by_prompt.values():
+            assert len({json.dumps(p["chosen"]) for p in same}) == 1
+            assert len({json.dumps(p["rejected"]) for p in same}) == len(same)
         assert sum(v for key, v in sampling["pairs"].items()
-                   if key not in ("prompts", "pairs")) == 24 - len(pairs)
+                   if key not in ("prompts", "pairs")) == 24 - len(by_prompt)
         # chosen beat rejected by the reward, which read the prompt's `solution`
         for pair in pairs:
             assert pair["chosen_reward"] > pair["rejected_reward"]
@@ -125,6 +134,7 @@ def test_round_2_starts_from_round_1s_policy_which_is_its_reference(two_rounds, 
     ("on_policy.samples_per_prompt=1", "on_policy.samples_per_prompt=1"),
     ("on_policy.temperature=0", "on_policy.temperature=0.0: must be > 0"),
     ("on_policy.min_margin=-1", "on_policy.min_margin=-1.0: must be >= 0"),
+    ("on_policy.pairs_per_prompt=0", "on_policy.pairs_per_prompt=0: must be an integer >= 1"),
     ("+on_policy.round=2", "Did you mean: rounds"),
     ("on_policy.rounds=three", "on_policy.rounds"),
     ("peft=prompt_tuning", "peft=prompt_tuning cannot be merged"),

@@ -118,3 +118,23 @@ def test_empty_completions_never_reach_training_rows():
     assert counts["empty"] == 4 and counts["too_few_scored"] == 1
     rows, kept = rejection_sample(groups, threshold=1.0, max_per_prompt=3)
     assert [r["completion"] for r in rows] == ["5", "7"] and kept["empty"] == 4
+
+
+def test_several_pairs_per_prompt_pair_the_best_with_distinct_worse_samples_worst_first():
+    groups = [group("a", ("4", 0.0), ("5", 1.0), ("6", 0.5), (" 4", 0.0), ("7", 0.0), ("5 ", 1.0),
+                    ("8", 0.9), solution="5"),
+              group("b", ("x", 1.0), ("y", 0.0))]
+    rows, counts = preference_pairs(groups, pairs_per_prompt=3)
+    # "4" and " 4" read the same; the best's own text ("5 ") is never a rejected one
+    assert [(r["prompt"], r["chosen"], r["rejected"], r["rejected_reward"]) for r in rows] == [
+        ("a", "5", "4", 0.0), ("a", "5", "7", 0.0), ("a", "5", "6", 0.5), ("b", "x", "y", 0.0)]
+    assert all(r["solution"] == "5" for r in rows[:3]) and counts["pairs"] == 4
+    # the margin rule holds for every pair: 0.5 - 0.9 is below 0.6, so only the wrong answers
+    rows, _ = preference_pairs(groups[:1], min_margin=0.6, pairs_per_prompt=5)
+    assert [r["rejected"] for r in rows] == ["4", "7"]
+    # one pair a prompt is the default and what it always was
+    assert preference_pairs(groups)[0] == preference_pairs(groups, pairs_per_prompt=1)[0]
+    assert [r["rejected"] for r in preference_pairs(groups)[0]] == ["4", "y"]
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError, match="pairs_per_prompt must be an integer >= 1"):
+            preference_pairs(groups, pairs_per_prompt=bad)

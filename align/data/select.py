@@ -114,11 +114,13 @@ def rejection_sample(groups: Iterable[Sequence[Mapping]], threshold: float,
                                       "over_limit"))
 
 
-def preference_pairs(groups: Iterable[Sequence[Mapping]],
-                     min_margin: float = 0.0) -> tuple[list[dict], dict[str, int]]:
+def preference_pairs(groups: Iterable[Sequence[Mapping]], min_margin: float = 0.0,
+                     pairs_per_prompt: int = 1) -> tuple[list[dict], dict[str, int]]:
     """DPO rows ``{prompt, chosen, rejected, chosen_reward, rejected_reward, ...columns}``:
     per prompt, chosen = the best-scored sample and rejected = the worst, kept when their
-    reward margin is > 0 and >= ``min_margin``.
+    reward margin is > 0 and >= ``min_margin``. With ``pairs_per_prompt`` k > 1, the best is also
+    paired with the next-worst samples, worst first, up to k pairs of distinct rejected texts,
+    each pair under the same margin rule (``pairs`` then counts rows, not prompts).
 
     Ties take the first drawn. Dropped groups are counted by reason: ``too_few_scored`` (fewer
     than two samples with a reward), ``all_equal`` (every scored sample has the same reward),
@@ -129,6 +131,8 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]],
     """
     if min_margin < 0:
         raise ValueError(f"min_margin must be >= 0, got {min_margin}")
+    if isinstance(pairs_per_prompt, bool) or pairs_per_prompt < 1:
+        raise ValueError(f"pairs_per_prompt must be an integer >= 1, got {pairs_per_prompt}")
     counts: Counter = Counter()
     rows: list[dict] = []
     for group in groups:
@@ -149,10 +153,20 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]],
         elif _normalised(best[1]["completion"]) == _normalised(worst[1]["completion"]):
             counts["same_text"] += 1
         else:
-            counts["pairs"] += 1
-            rows.append({"prompt": best[1]["prompt"], "chosen": best[1]["completion"],
-                         "rejected": worst[1]["completion"], "chosen_reward": best[0],
-                         "rejected_reward": worst[0], **_carried(best[1])})
+            chosen_text, taken = _normalised(best[1]["completion"]), set()
+            # worst first; sorted() keeps the draw order among equal rewards, as min() does
+            for score, sample in sorted(scored, key=lambda item: item[0]):
+                text = _normalised(sample["completion"])
+                if len(taken) == pairs_per_prompt or not best[0] - score > 0 \
+                        or best[0] - score < min_margin:
+                    break
+                if text == chosen_text or text in taken:
+                    continue
+                taken.add(text)
+                counts["pairs"] += 1
+                rows.append({"prompt": best[1]["prompt"], "chosen": best[1]["completion"],
+                             "rejected": sample["completion"], "chosen_reward": best[0],
+                             "rejected_reward": score, **_carried(best[1])})
     return rows, _all_counts(counts, ("prompts", "pairs", "too_few_scored", "all_equal",
                                       "below_margin", "same_text", "empty"))
 

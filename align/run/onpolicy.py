@@ -3,7 +3,7 @@
 With `on_policy.enabled=true`, `align/dpo.py` trains in rounds (align.run.rounds): each round
 samples `samples_per_prompt` completions for `prompts_per_round` fresh training prompts from the
 current policy, scores them with the `rewards:` section, pairs the best against the worst
-(align.data.select) and trains DPO from the previous round's weights, with the previous round's
+(and the next-worst, `pairs_per_prompt`; align.data.select) and trains DPO from the previous round's weights, with the previous round's
 policy as the reference. `enabled=false` (the default) is offline DPO on the data as given, one
 round, unchanged.
 
@@ -37,6 +37,9 @@ class OnPolicyConfig:
     batch_size: int = 64
     #: a pair is kept when chosen's reward exceeds rejected's by at least this (and by > 0)
     min_margin: float = 0.0
+    #: pairs made per prompt: the best sample against the worst, then the next-worst distinct
+    #: ones (each under the margin rule)
+    pairs_per_prompt: int = 1
 
 
 def check_on_policy_config(cfg: OnPolicyConfig, plain: Mapping[str, Any], stage: str) -> list[str]:
@@ -45,7 +48,7 @@ def check_on_policy_config(cfg: OnPolicyConfig, plain: Mapping[str, Any], stage:
         return [f"'on_policy' applies to DPO (align/dpo.py); remove it from this {stage} config"]
     errors = []
     for key, low in (("rounds", 1), ("prompts_per_round", 1), ("samples_per_prompt", 2),
-                     ("max_new_tokens", 1), ("batch_size", 1)):
+                     ("max_new_tokens", 1), ("batch_size", 1), ("pairs_per_prompt", 1)):
         value = getattr(cfg, key)
         if isinstance(value, bool) or value < low:
             why = " (the best and the worst of each prompt's samples make a pair)" \
