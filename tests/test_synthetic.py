@@ -90,6 +90,26 @@ def test_preference_rejected_is_wrong_and_plausible():
     assert ds["rejected"] == again["rejected"]
 
 
+def test_several_rejected_per_prompt_are_distinct_near_misses_of_the_train_split_only():
+    one = build_synthetic("arithmetic", "preference", "train")
+    four = build_synthetic("arithmetic", "preference", "train", rejected_per_prompt=4)
+    assert len(four) == 4 * len(one)
+    by_prompt: dict = {}
+    for row in four:
+        a, b = _operands(row["prompt"])
+        assert row["chosen"][0]["content"] == row["solution"] == str(a + b)
+        by_prompt.setdefault((a, b), []).append(int(row["rejected"][0]["content"]))
+    assert len(by_prompt) == len(one)
+    for (a, b), wrongs in by_prompt.items():
+        assert len(set(wrongs)) == 4 and a + b not in wrongs and min(wrongs) >= 0
+    # held-out pairs stay one per problem, the same as with the default
+    assert build_synthetic("arithmetic", "preference", "eval", rejected_per_prompt=4)[
+        "rejected"] == build_synthetic("arithmetic", "preference", "eval")["rejected"]
+    for bad in (0, 11, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="rejected_per_prompt must be an integer from 1 to 10"):
+            build_synthetic("arithmetic", "preference", "train", rejected_per_prompt=bad)
+
+
 @pytest.mark.parametrize("answer", [0, 1, 9, 10, 99, 100, 198])
 def test_wrong_answer_never_equals_answer(answer):
     rng = random.Random(0)

@@ -112,12 +112,16 @@ def wrong_answer(answer: int, rng: random.Random) -> int:
             return wrong
 
 
-def _arithmetic_rows(kind: str, pairs: list[tuple[int, int]], seed: int) -> list[dict]:
+def _arithmetic_rows(kind: str, pairs: list[tuple[int, int]], seed: int,
+                     rejected_per_prompt: int = 1) -> list[dict]:
     # Wrong answers get their own stream, derived from the seed, so they are reproducible and do
     # not shift when the split sizes change the number of pairs drawn before them.
     rng = random.Random(f"arithmetic-rejected-{seed}")
     rows = []
     for a, b in pairs:
+        if kind == "preference" and rejected_per_prompt > 1:
+            rows.extend(_pairs_of_one_problem(a, b, rng, rejected_per_prompt))
+            continue
         prompt, answer = arithmetic_prompt(a, b), str(a + b)
         user = [{"role": "user", "content": prompt}]
         if kind == "sft":
@@ -138,6 +142,21 @@ def _arithmetic_rows(kind: str, pairs: list[tuple[int, int]], seed: int) -> list
         else:
             rows.append({"prompt": user, "solution": answer})
     return rows
+
+
+def _pairs_of_one_problem(a: int, b: int, rng: random.Random, k: int) -> list[dict]:
+    """``k`` preference rows for ``a+b``, the same correct answer against ``k`` distinct wrong
+    ones (every answer has at least 10 near misses: +-1, +-10 and each digit changed)."""
+    answer = a + b
+    wrongs: list[int] = []
+    while len(wrongs) < k:
+        wrong = wrong_answer(answer, rng)
+        if wrong not in wrongs:
+            wrongs.append(wrong)
+    user = [{"role": "user", "content": arithmetic_prompt(a, b)}]
+    return [{"prompt": user, "chosen": [{"role": "assistant", "content": str(answer)}],
+             "rejected": [{"role": "assistant", "content": str(wrong)}], "solution": str(answer)}
+            for wrong in wrongs]
 
 
 #: The calculator tool's JSON schema, as ``transformers.utils.get_json_schema`` gives it for the
@@ -234,7 +253,9 @@ def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Data
         kind: ``"sft"``, ``"preference"`` or ``"prompt"`` (see the module docstring for columns).
         split: ``"train"`` or ``"eval"``.
         **params: ``seed`` (0), ``n_eval`` (200), ``n_train`` (None: all the rest),
-            ``max_operand`` (99). Unknown names raise ``TypeError``.
+            ``max_operand`` (99), ``rejected_per_prompt`` (1; arithmetic preference rows of the
+            train split: each problem k times, against k distinct wrong answers). Unknown names
+            raise ``TypeError``.
     """
     if task not in SYNTHETIC_TASKS:
         raise ValueError(
@@ -248,7 +269,7 @@ def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Data
         raise ValueError(
             f"unknown split {split!r}; valid splits: {', '.join(SYNTHETIC_SPLITS)}"
         )
-    allowed = {"seed", "n_eval", "n_train", "max_operand"}
+    allowed = {"seed", "n_eval", "n_train", "max_operand", "rejected_per_prompt"}
     if task == "multiplication":
         allowed = {"seed", "n_eval", "n_train", "min_operand", "max_operand", "tool"}
     if task == "shapes":
@@ -265,8 +286,13 @@ def build_synthetic(task: str, kind: str, split: str, **params) -> datasets.Data
         return datasets.Dataset.from_list(_shapes_rows(kind, split, **params))
     if task == "multiplication":
         return datasets.Dataset.from_list(_multiplication_rows(kind, split, **params))
+    per_prompt = params.pop("rejected_per_prompt", 1)
+    if isinstance(per_prompt, bool) or not isinstance(per_prompt, int) or not 1 <= per_prompt <= 10:
+        raise ValueError(f"rejected_per_prompt must be an integer from 1 to 10, got {per_prompt!r}")
     pairs = arithmetic_pairs(split, **params)
-    rows = _arithmetic_rows(kind, pairs, params.get("seed", 0))
+    # the held-out split keeps one pair per problem, so its figures compare across settings
+    rows = _arithmetic_rows(kind, pairs, params.get("seed", 0),
+                            per_prompt if split == "train" else 1)
     if not rows:  # from_list cannot infer columns from nothing
         columns = {
             "sft": ["prompt", "completion"],
