@@ -255,6 +255,9 @@ def test_a_sustained_pattern_is_a_finding(name, history):
     steps(10, **{**GRPO, "rewards__acc__std": [0.4] * 6 + [0.0] * 3 + [0.4]}),  # 3 < window
     steps(10, grad_norm=[1.0] * 4 + [math.inf] + [1.0] * 5),                 # fp16 skipped step
     steps(12, grad_norm=[1.0] * 6 + [50.0] + [1.0] * 5),                     # one spike
+    # a reward model near the end (measured: norms ~6 through the run, ~0.02 once the pairs are
+    # fitted, one hard batch's 23 at the last step): large against the last few, not the run
+    steps(30, grad_norm=[6.0] * 20 + [0.02] * 5 + [23.0, 0.02, 0.02, 0.02, 20.0]),
     steps(10, rewards__chosen=[0.0, -0.05, 0.01] * 3 + [-0.05]),             # noise around 0
     steps(10, loss=[2.0 - 0.1 * i for i in range(10)], entropy=[2.0 / (i + 1) for i in range(10)]),
 ])                                                                           # SFT: entropy falls

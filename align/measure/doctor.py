@@ -19,7 +19,10 @@ What is checked (trl 1.16's metric names; the thresholds are the fields of Docto
                             for `window` logged steps in a row (fp16 loss scaling skips a step
                             now and then: one inf grad_norm is not a finding)
   grad_norm_spike           `grad_norm` above `grad_norm_factor` x the median of the `window`
-                            logged steps before it, at `grad_norm_spikes` or more steps
+                            logged steps before it and of all logged steps before it, at
+                            `grad_norm_spikes` or more steps (a model that has nearly fitted
+                            its data logs tiny norms with one hard batch's now and then: not a
+                            spike unless it is one against the whole run too)
   zero_reward_spread        GRPO: `frac_reward_zero_std` (groups whose samples all got the same
                             reward: their advantage is zero, GRPO learns nothing from them)
                             at >= `zero_spread_fraction` (median of `window` logged steps);
@@ -225,16 +228,17 @@ def _grad_norm_spike(history, cfg):
         return None, "fewer than window+1 grad_norm points" if grad else "no grad_norm logged"
     spikes = []
     for i in range(cfg.window, len(grad)):
-        base = statistics.median(v for _, v in grad[i - cfg.window:i])
+        base = max(statistics.median(v for _, v in grad[i - cfg.window:i]),
+                   statistics.median(v for _, v in grad[:i]))
         if base > 0 and grad[i][1] > cfg.grad_norm_factor * base:
             spikes.append((grad[i][0], grad[i][1], base))
     if len(spikes) < cfg.grad_norm_spikes:
         return None, None
     step, value, base = max(spikes, key=lambda s: s[1] / s[2])
     return Finding("grad_norm_spike", spikes[0][0], None,
-                   f"grad_norm jumped above {_fmt(cfg.grad_norm_factor)}x its recent median at "
-                   f"{len(spikes)} logged steps since step {spikes[0][0]} (worst: "
-                   f"{_fmt(value)} at step {step}, median before {_fmt(base)})",
+                   f"grad_norm jumped above {_fmt(cfg.grad_norm_factor)}x its median (recent "
+                   f"and over the run) at {len(spikes)} logged steps since step {spikes[0][0]} "
+                   f"(worst: {_fmt(value)} at step {step}, median before {_fmt(base)})",
                    "lower trainer.learning_rate or add warm-up (trainer.warmup_steps), keep "
                    "trainer.max_grad_norm=1.0, and look for outlier rows at those steps",
                    {"metric": "grad_norm", "spike_steps": [s for s, _, _ in spikes][:20],
