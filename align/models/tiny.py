@@ -618,9 +618,9 @@ def _build_base(out: pathlib.Path) -> None:
 def pretokenise(tokenizer, rows):
     """Conversational prompt-completion ``rows`` as the ``input_ids`` / ``completion_mask`` rows
     trl's SFTTrainer makes from them (which it then trains on as given), rendered and tokenised in
-    two batched calls instead of two chat-template renders per row: about half of the tiny
-    warm-up's data preparation (~1 s of 9,800 rows on 2 cores). The completion starts where the
-    prompt and prompt+completion token ids diverge, as in trl."""
+    two batched calls instead of two chat-template renders per row (9,800 rows on 2 cores: ~1.1 s
+    against trl's ~1.8 s). The completion starts where the prompt and prompt+completion token ids
+    diverge, as in trl."""
     import datasets
     from trl.data_utils import common_prefix_length
 
