@@ -261,7 +261,8 @@ def test_plain_prompts_go_to_completions_and_templates_fill_topics(teacher, tmp_
     teacher.requests = []
     run(compose_generate(tmp_path / "a", *endpoint_overrides(
         teacher, *template, "rewards.accuracy.on_error=none")))
-    assert [r["prompt"] for r in teacher.requests] == [
+    # one request a prompt (n samples each); concurrent requests arrive in any order
+    assert sorted(r["prompt"] for r in teacher.requests) == [
         "What is 1+2? Answer with a number.", "What is 30+4? Answer with a number."]
     rows = read_jsonl(tmp_path / "a" / "samples.jsonl")
     assert {r["topic"] for r in rows} == {"1+2", "30+4"}
