@@ -156,10 +156,10 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]], min_margin: float = 0.
             chosen_text, taken = _normalised(best[1]["completion"]), set()
             # worst first; sorted() keeps the draw order among equal rewards, as min() does
             for score, sample in sorted(scored, key=lambda item: item[0]):
-                text = _normalised(sample["completion"])
-                if len(taken) == pairs_per_prompt or not best[0] - score > 0 \
-                        or best[0] - score < min_margin:
+                gap = best[0] - score
+                if len(taken) == pairs_per_prompt or not gap > 0 or gap < min_margin:
                     break
+                text = _normalised(sample["completion"])
                 if text == chosen_text or text in taken:
                     continue
                 taken.add(text)

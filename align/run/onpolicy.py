@@ -2,10 +2,10 @@
 
 With `on_policy.enabled=true`, `align/dpo.py` trains in rounds (align.run.rounds): each round
 samples `samples_per_prompt` completions for `prompts_per_round` fresh training prompts from the
-current policy, scores them with the `rewards:` section, pairs the best against the worst
-(and the next-worst, `pairs_per_prompt`; align.data.select) and trains DPO from the previous round's weights, with the previous round's
-policy as the reference. `enabled=false` (the default) is offline DPO on the data as given, one
-round, unchanged.
+current policy, scores them with the `rewards:` section, pairs the best against the worst (and
+the next-worst, `pairs_per_prompt`; align.data.select) and trains DPO from the previous round's
+weights, with the previous round's policy as the reference. `enabled=false` (the default) is
+offline DPO on the data as given, one round, unchanged.
 
 This module imports neither torch nor trl: the spec reads it in its cheap pass.
 """
