@@ -67,8 +67,6 @@ def align_curve(log: Path, launched: float) -> tuple[list, float, float]:
         if not m:
             continue
         at = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp() - launched
-        if at < -1:  # a line from an earlier run in the same folder (the log appends)
-            continue
         took = re.match(r"held-out evaluation of \d+ prompts took ([\d.]+)s", m["msg"])
         if took:
             measuring += float(took.group(1))

@@ -228,9 +228,13 @@ def _grad_norm_spike(history, cfg):
         return None, "fewer than window+1 grad_norm points" if grad else "no grad_norm logged"
     spikes = []
     for i in range(cfg.window, len(grad)):
-        base = max(statistics.median(v for _, v in grad[i - cfg.window:i]),
-                   statistics.median(v for _, v in grad[:i]))
-        if base > 0 and grad[i][1] > cfg.grad_norm_factor * base:
+        base = statistics.median(v for _, v in grad[i - cfg.window:i])
+        if not (base > 0 and grad[i][1] > cfg.grad_norm_factor * base):
+            continue
+        # the whole run's median only where the recent one found a spike: this runs on every
+        # log of a training run, and a median of all points at every point would grow with n^2
+        base = max(base, statistics.median(v for _, v in grad[:i]))
+        if grad[i][1] > cfg.grad_norm_factor * base:
             spikes.append((grad[i][0], grad[i][1], base))
     if len(spikes) < cfg.grad_norm_spikes:
         return None, None
