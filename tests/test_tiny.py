@@ -180,6 +180,40 @@ def test_pretokenised_warmup_data_is_what_trl_makes_of_the_rows(tiny_base_path, 
     assert len({tuple(ids) for ids in made[1]["input_ids"]}) > 250
 
 
+def test_warmup_trains_without_checkpointing_to_the_same_weights(tiny_base_path, base_tokenizer,
+                                                                tmp_path):
+    """trl checkpoints activations by default; the warm-ups turn it off (it only recomputes the
+    forward of a model this size) and must train to the very weights trl's default does."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from align.data.synthetic import build_synthetic
+    from align.models.tiny import pretokenise, warmup_config
+
+    data = pretokenise(base_tokenizer, build_synthetic("arithmetic", "sft", "train", n_train=300))
+    options = {"max_steps": 3, "completion_only_loss": True, "max_length": 64}
+    trained = {}
+    trl_default = SFTConfig(output_dir=str(tmp_path), use_cpu=True,
+                            bf16=False).activation_checkpointing
+    assert trl_default is True
+    as_trl = warmup_config(tmp_path / "a", **options)
+    as_trl.activation_checkpointing = as_trl.gradient_checkpointing = trl_default
+    for name, args in (("trl", as_trl), ("warm-up", warmup_config(tmp_path / "b", **options))):
+        model = AutoModelForCausalLM.from_pretrained(tiny_base_path)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data,
+                             processing_class=base_tokenizer)
+        loss = trainer.train().training_loss
+        trained[name] = (trainer.model.is_gradient_checkpointing, loss,
+                         {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    assert trained["trl"][0] is True and trained["warm-up"][0] is False
+    assert trained["trl"][1] == trained["warm-up"][1]
+    before = AutoModelForCausalLM.from_pretrained(tiny_base_path).state_dict()
+    for key, weights in trained["warm-up"][2].items():
+        assert torch.equal(weights, trained["trl"][2][key]), key
+    assert any(not torch.equal(w, before[k]) for k, w in trained["warm-up"][2].items())
+
+
 def test_base_model_loads(tiny_base_path, base_tokenizer):
     import torch
     from transformers import AutoModelForCausalLM
