@@ -134,6 +134,9 @@ def main() -> None:
         "the model class (same sizes); llama is the class of align's tiny model"))
     parser.add_argument("--tokenizer-from", type=Path, default=None, help=(
         "use this saved tokenizer instead of training one (e.g. align's tiny model's)"))
+    parser.add_argument("--no-checkpointing", action="store_true", help=(
+        "turn off activation checkpointing, which trl's SFTConfig and GRPOConfig turn on by "
+        "default (the recipe keeps it on), to tell that setting's part in the timing"))
     opts = parser.parse_args()
     opts.out.mkdir(parents=True, exist_ok=True)
     clock, curve = Clock(), []
@@ -161,7 +164,8 @@ def main() -> None:
                                   for a, b in train])
     common = {"report_to": [], "save_strategy": "no", "logging_steps": opts.eval_steps,
               "seed": opts.seed,
-              "bf16": False, "disable_tqdm": True}
+              "bf16": False, "disable_tqdm": True,
+              **({"activation_checkpointing": False} if opts.no_checkpointing else {})}
     sft = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=sft_rows,
                      args=SFTConfig(output_dir=str(opts.out / "sft"), max_steps=opts.sft_max_steps,
                                     per_device_train_batch_size=64, learning_rate=2e-3,
