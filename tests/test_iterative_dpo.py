@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 register()
 
 TINY = ["on_policy.rounds=2", "on_policy.prompts_per_round=24", "on_policy.samples_per_prompt=4",
-        "on_policy.pairs_per_prompt=2",
+        "on_policy.pairs_per_prompt=2", "on_policy.ties=most_drawn",
         "trainer.max_steps=3", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=1",
         "heldout.max_samples=16", "logger=none", "trainer.save_strategy=no"]
 
@@ -135,6 +135,7 @@ def test_round_2_starts_from_round_1s_policy_which_is_its_reference(two_rounds, 
     ("on_policy.temperature=0", "on_policy.temperature=0.0: must be > 0"),
     ("on_policy.min_margin=-1", "on_policy.min_margin=-1.0: must be >= 0"),
     ("on_policy.pairs_per_prompt=0", "on_policy.pairs_per_prompt=0: must be an integer >= 1"),
+    ("on_policy.ties=mode", "on_policy.ties='mode': choose one of first, most_drawn"),
     ("+on_policy.round=2", "Did you mean: rounds"),
     ("on_policy.rounds=three", "on_policy.rounds"),
     ("peft=prompt_tuning", "peft=prompt_tuning cannot be merged"),

@@ -69,6 +69,25 @@ def test_pairs_ties_take_the_first_drawn():
     assert (rows[0]["chosen"], rows[0]["rejected"]) == ("b", "a")
 
 
+def test_pairs_ties_can_take_the_most_drawn_text_the_policys_likeliest_mistake():
+    samples = group("p", ("41", 0.0), ("52", 1.0), ("42", 0.0), (" 42", 0.0), ("42 ", 0.0),
+                    ("41", 0.0), ("52", 1.0))
+    # first drawn: "41"; most drawn: "42" (three times, however spaced) over "41" (twice)
+    assert [r["rejected"] for r in preference_pairs([samples])[0]] == ["41"]
+    rows, counts = preference_pairs([samples], ties="most_drawn")
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("52", "42")] and counts["pairs"] == 1
+    # with more pairs a prompt, the distinct mistakes come likeliest first
+    rows, _ = preference_pairs([samples], pairs_per_prompt=3, ties="most_drawn")
+    assert [r["rejected"] for r in rows] == ["42", "41"]
+    # equal counts keep the draw order; a higher reward still beats a more common text
+    tied = group("q", ("7", 0.0), ("8", 0.0), ("9", 1.0), ("8", 0.0), ("7", 0.0), ("6", 0.5),
+                 ("6", 0.5), ("6", 0.5))
+    rows, _ = preference_pairs([tied], pairs_per_prompt=3, ties="most_drawn")
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("9", "7"), ("9", "8"), ("9", "6")]
+    with pytest.raises(ValueError, match="ties must be one of first, most_drawn"):
+        preference_pairs([samples], ties="likeliest")
+
+
 @pytest.mark.parametrize("call", [
     lambda: rejection_sample([], threshold=0, max_per_prompt=0),
     lambda: rejection_sample([], threshold=0, near_duplicate=1.5),

@@ -27,6 +27,10 @@ from typing import Any
 SAMPLE_KEYS = ("prompt", "completion", "reward", "rewards", "prompt_index", "sample_index")
 
 
+#: how preference_pairs picks among samples of equal reward
+PAIR_TIES = ("first", "most_drawn")
+
+
 def completion_text(completion: Any) -> str:
     """The text of a completion: itself, or its messages' contents joined."""
     if isinstance(completion, str):
@@ -115,14 +119,18 @@ def rejection_sample(groups: Iterable[Sequence[Mapping]], threshold: float,
 
 
 def preference_pairs(groups: Iterable[Sequence[Mapping]], min_margin: float = 0.0,
-                     pairs_per_prompt: int = 1) -> tuple[list[dict], dict[str, int]]:
+                     pairs_per_prompt: int = 1,
+                     ties: str = "first") -> tuple[list[dict], dict[str, int]]:
     """DPO rows ``{prompt, chosen, rejected, chosen_reward, rejected_reward, ...columns}``:
     per prompt, chosen = the best-scored sample and rejected = the worst, kept when their
     reward margin is > 0 and >= ``min_margin``. With ``pairs_per_prompt`` k > 1, the best is also
     paired with the next-worst samples, worst first, up to k pairs of distinct rejected texts,
     each pair under the same margin rule (``pairs`` then counts rows, not prompts).
 
-    Ties take the first drawn. Dropped groups are counted by reason: ``too_few_scored`` (fewer
+    Among samples of equal reward, ``ties="first"`` takes the first drawn; ``"most_drawn"`` takes
+    the text drawn most often (ignoring case and whitespace; then the first drawn): the policy's
+    likeliest answer at that reward, so the rejected side is the mistake it makes most, the one
+    greedy decoding is likeliest to give. Dropped groups are counted by reason: ``too_few_scored`` (fewer
     than two samples with a reward), ``all_equal`` (every scored sample has the same reward),
     ``below_margin``, ``same_text`` (best and worst read the same, ignoring case and
     whitespace: no preference to learn). Empty completions (no training row can hold them) take
@@ -133,6 +141,8 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]], min_margin: float = 0.
         raise ValueError(f"min_margin must be >= 0, got {min_margin}")
     if isinstance(pairs_per_prompt, bool) or pairs_per_prompt < 1:
         raise ValueError(f"pairs_per_prompt must be an integer >= 1, got {pairs_per_prompt}")
+    if ties not in PAIR_TIES:
+        raise ValueError(f"ties must be one of {', '.join(PAIR_TIES)}, got {ties!r}")
     counts: Counter = Counter()
     rows: list[dict] = []
     for group in groups:
@@ -143,6 +153,9 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]], min_margin: float = 0.
         if len(scored) < 2:
             counts["too_few_scored"] += 1
             continue
+        if ties == "most_drawn":  # the stable sort keeps the draw order among equal counts
+            drawn = Counter(_normalised(sample["completion"]) for _, sample in scored)
+            scored.sort(key=lambda item: -drawn[_normalised(item[1]["completion"])])
         best = max(scored, key=lambda item: item[0])  # max/min keep the first of equal items
         worst = min(scored, key=lambda item: item[0])
         margin = best[0] - worst[0]

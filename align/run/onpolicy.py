@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from align.data.select import PAIR_TIES
+
 #: adapter methods whose weights merge into the base after a round (the next round's base and
 #: reference); full fine-tuning needs no merge
 MERGEABLE = ("none", "lora", "dora", "rslora", "pissa", "loftq")
@@ -40,6 +42,9 @@ class OnPolicyConfig:
     #: pairs made per prompt: the best sample against the worst, then the next-worst distinct
     #: ones (each under the margin rule)
     pairs_per_prompt: int = 1
+    #: among samples of equal reward: "first" drawn, or "most_drawn" (the policy's likeliest
+    #: answer: the rejected side is its most frequent mistake)
+    ties: str = "first"
 
 
 def check_on_policy_config(cfg: OnPolicyConfig, plain: Mapping[str, Any], stage: str) -> list[str]:
@@ -59,6 +64,8 @@ def check_on_policy_config(cfg: OnPolicyConfig, plain: Mapping[str, Any], stage:
                       "differ for a pair to be made)")
     if cfg.min_margin < 0:
         errors.append(f"on_policy.min_margin={cfg.min_margin}: must be >= 0")
+    if cfg.ties not in PAIR_TIES:
+        errors.append(f"on_policy.ties={cfg.ties!r}: choose one of {', '.join(PAIR_TIES)}")
     if errors:
         return errors
     if not cfg.enabled:

@@ -92,7 +92,7 @@ def sample_pairs(model, tokenizer, rows: list[dict], spec: RunSpec, seed: int
     samples = [[[{"role": "assistant", "content": t}] if chat else t
                 for t in texts[i * n:(i + 1) * n]] for i in range(len(rows))]
     groups = score_groups(rows, samples, list(spec.rewards), list(spec.reward_weights))
-    pairs, counts = preference_pairs(groups, op.min_margin, op.pairs_per_prompt)
+    pairs, counts = preference_pairs(groups, op.min_margin, op.pairs_per_prompt, op.ties)
     stats = {"prompts": len(rows), "samples": len(texts), "empty_samples": counts["empty"],
              "sampling_seed": seed,
              "temperature": op.temperature, "pairs": counts,
