@@ -54,6 +54,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from align.data.select import PAIR_TIES
 from align.errors import AlignError, ConfigError, MissingExtraError
 from align.schema import check_dataclass, raise_if, unknown_keys
 
@@ -121,6 +122,10 @@ class SelectConfig:
     near_duplicate: float | None = 0.9
     #: pairs need chosen - rejected >= min_margin (and > 0)
     min_margin: float = 0.0
+    #: pairs per prompt: the best against the worst, then the next-worst distinct samples
+    pairs_per_prompt: int = 1
+    #: among samples of equal reward: "first" drawn, or "most_drawn" (the likeliest answer)
+    ties: str = "first"
     #: bins of the reward histograms in stats.json
     bins: int = 10
 
@@ -171,6 +176,10 @@ def check_select(s: SelectConfig) -> list[str]:
                       "exact duplicates only)")
     if s.min_margin < 0:
         errors.append(f"select.min_margin={s.min_margin}: must be >= 0")
+    if isinstance(s.pairs_per_prompt, bool) or s.pairs_per_prompt < 1:
+        errors.append(f"select.pairs_per_prompt={s.pairs_per_prompt}: must be an integer >= 1")
+    if s.ties not in PAIR_TIES:
+        errors.append(f"select.ties={s.ties!r}: choose one of {', '.join(PAIR_TIES)}")
     if s.bins < 1:
         errors.append(f"select.bins={s.bins}: must be >= 1")
     return errors
@@ -516,7 +525,7 @@ def finish(job: GenerateJob, rows: list[dict], done: dict[int, list[dict]], draw
     samples = [s for group in groups for s in group]
     s = job.select
     sft_rows, kept = rejection_sample(groups, s.threshold, s.max_per_prompt, s.near_duplicate)
-    pair_rows, paired = preference_pairs(groups, s.min_margin)
+    pair_rows, paired = preference_pairs(groups, s.min_margin, s.pairs_per_prompt, s.ties)
     names = list(job.rewards)
     stats = {
         **job.source, "backend": job.generator.backend, "seed": job.seed,
@@ -527,7 +536,8 @@ def finish(job: GenerateJob, rows: list[dict], done: dict[int, list[dict]], draw
                     "pairs": {k: v for k, v in paired.items() if k not in ("prompts", "pairs")}},
         "prompts_kept": kept["prompts_kept"],
         "select": {"threshold": s.threshold, "max_per_prompt": s.max_per_prompt,
-                   "near_duplicate": s.near_duplicate, "min_margin": s.min_margin},
+                   "near_duplicate": s.near_duplicate, "min_margin": s.min_margin,
+                   "pairs_per_prompt": s.pairs_per_prompt, "ties": s.ties},
         "histograms": {"reward": reward_histogram([x["reward"] for x in samples], s.bins),
                        **{name: reward_histogram([x["rewards"].get(name) for x in samples],
                                                  s.bins) for name in names}},

@@ -85,6 +85,30 @@ def test_model_path_writes_four_consistent_files(generated):
     assert 0 < len(sft) < PROMPTS and pairs
 
 
+def test_pairs_take_several_mistakes_a_prompt_likeliest_first(tmp_path, tiny_sft_path):
+    from collections import Counter
+
+    from align.generate import run
+
+    out = tmp_path / "run"
+    stats = run(compose_generate(out, *MODEL, "generator.n=8", "select.pairs_per_prompt=3",
+                                 "select.ties=most_drawn"))
+    samples, pairs = read_jsonl(out / "samples.jsonl"), read_jsonl(out / "pairs.jsonl")
+    assert stats["select"]["pairs_per_prompt"] == 3 and stats["select"]["ties"] == "most_drawn"
+    by_prompt: dict = {}
+    for pair in pairs:
+        by_prompt.setdefault(json.dumps(pair["prompt"]), []).append(pair["rejected"])
+    assert stats["pairs"] == len(pairs) and max(map(len, by_prompt.values())) > 1
+    for prompt, rejected in by_prompt.items():
+        wrong = Counter(s["completion"].strip().lower() for s in samples
+                        if json.dumps(s["prompt"]) == prompt and s["reward"] == 0.0
+                        and s["completion"].strip())
+        # up to 3 distinct mistakes a prompt, the one drawn most often first
+        assert len(rejected) == min(3, len(wrong)) == len(set(rejected))
+        counts = [wrong[r.strip().lower()] for r in rejected]
+        assert counts == sorted(counts, reverse=True) and counts[0] == max(wrong.values())
+
+
 @pytest.mark.slow
 def test_the_files_train_as_they_are(generated, tmp_path):
     out, _ = generated
@@ -391,6 +415,8 @@ def test_a_base_url_without_v1_names_the_url_the_server_answers_at(teacher, tmp_
     (["generator.n=0"], "generator.n=0: must be >= 1"),
     (["+generator.temprature=1"], "generator.temprature"),
     (["select.near_duplicate=2"], "select.near_duplicate=2"),
+    (["select.pairs_per_prompt=0"], "select.pairs_per_prompt=0: must be an integer >= 1"),
+    (["select.ties=last"], "select.ties='last': choose one of first, most_drawn"),
     (["prompts.topics=[a]"], "prompts.template is not"),
     (["prompts.template=missing.txt", "prompts.topics=[a]"], "no such file"),
     (["generator.backend=endpoint", "generator.base_url=http://x/v1", "generator.model=m",
