@@ -14,7 +14,7 @@ Three text variants, each a directory that ``AutoModelForCausalLM`` / ``AutoToke
 - ``"sft90"``: the same warm-up recipe with a faster schedule (linear decay over 800 steps, not
   1,500), stopped at 0.9; the GRPO default starts from it. On this task an SFT step on correct
   answers buys far more accuracy than a GRPO step (measured: README, "Time to accuracy"), so the
-  default spends its first minute on SFT and GRPO then takes it the rest of the way.
+  default spends its first half-minute on SFT and GRPO then takes it the rest of the way.
 
 A third variant, ``"vlm"``, is a tiny vision-language model (see :func:`tiny_vlm_path`): the same
 tokenizer plus an image token, a LLaVA-architecture model (a 1-layer CLIP vision tower on 56x56
