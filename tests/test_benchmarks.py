@@ -93,10 +93,11 @@ def test_experiment_smoke_names_an_unknown_experiment(tmp_path):
     assert proc.returncode == 2 and "qwen_gsm8k: no such experiment" in proc.stderr
 
 
-def quick_seed0(name: str, out: Path) -> dict:
+def quick_seed0(name: str, out: Path, *extra: str) -> dict:
     """benchmarks/<name>.py --quick --seeds 0, run from the repository as a user would; its JSON."""
     proc = subprocess.run(
-        [sys.executable, f"benchmarks/{name}.py", "--quick", "--seeds", "0", "--out", str(out)],
+        [sys.executable, f"benchmarks/{name}.py", "--quick", "--seeds", "0", "--out", str(out),
+         *extra],
         check=False, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads((out / f"{name}.json").read_text())
@@ -156,10 +157,11 @@ def test_time_to_accuracy_runs_the_plain_control_and_align_on_one_held_out_set(t
     (out / "align-seed0" / "grpo.log").write_text(
         "[2026-01-01 00:00:00,000][align.measure.heldout][INFO] - held-out evaluation of 200 "
         "prompts took 0.1s\n")
-    raw = quick_seed0("time_to_accuracy", out)
+    raw = quick_seed0("time_to_accuracy", out, "--control-no-checkpointing")
     control, align = raw["results"]
     assert (control["side"], align["side"]) == ("plain trl", "align")
     assert control["sft_steps"] == 4  # --quick cuts the control's warm-up
+    assert control["activation_checkpointing"] is False  # --control-no-checkpointing
     for r in (control, align):
         assert [p[0] for p in r["curve"]] == [0, 2, 4]
         seconds = [p[1] for p in r["curve"] if p[1] is not None]
@@ -172,7 +174,13 @@ def test_time_to_accuracy_runs_the_plain_control_and_align_on_one_held_out_set(t
     assert align["before"] >= 0.8 and control["before"] < 0.1
     assert align["curve"][0][1] is not None  # GRPO's start is timed too
     assert align["doctor"] == []
-    assert "| 0 | align |" in (out / "time_to_accuracy.md").read_text()
+    text = (out / "time_to_accuracy.md").read_text()
+    assert "| 0 | align |" in text and "600 GRPO steps" not in text
+    assert "control 4 GRPO steps (activation checkpointing off)" in text
+    # the goal's line says what the figures say
+    ours = raw["summary"][1]
+    met = ours["ratio"] is not None and ours["ratio"] <= 0.5 and ours["after"] > ours["target"]
+    assert ("every seed): met;" if met else "every seed): NOT met on seed(s) 0") in text
 
 
 @pytest.mark.slow

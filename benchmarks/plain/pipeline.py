@@ -200,6 +200,8 @@ def main() -> None:
                        callbacks=[Heldout("grpo", tokenizer, heldout, clock, curve, opts.eval_steps)])
     grpo.train()
     result = {"seed": opts.seed, "sft_steps": sft_steps, "curve": curve,
+              "activation_checkpointing": bool(grpo.args.activation_checkpointing
+                                               or sft.args.activation_checkpointing),
               "before": start_acc, "after": curve[-1][3],
               "wall_s": round(time.perf_counter() - START, 1),
               "clock_s": round(clock.now(), 2)}
