@@ -130,12 +130,12 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]], min_margin: float = 0.
     Among samples of equal reward, ``ties="first"`` takes the first drawn; ``"most_drawn"`` takes
     the text drawn most often (ignoring case and whitespace; then the first drawn): the policy's
     likeliest answer at that reward, so the rejected side is the mistake it makes most, the one
-    greedy decoding is likeliest to give. Dropped groups are counted by reason: ``too_few_scored`` (fewer
-    than two samples with a reward), ``all_equal`` (every scored sample has the same reward),
-    ``below_margin``, ``same_text`` (best and worst read the same, ignoring case and
-    whitespace: no preference to learn). Empty completions (no training row can hold them) take
-    no part and are counted as ``empty`` (samples, not prompts). Counts also hold ``prompts``
-    and ``pairs``.
+    greedy decoding is likeliest to give. Dropped groups are counted by reason:
+    ``too_few_scored`` (fewer than two samples with a reward), ``all_equal`` (every scored
+    sample has the same reward), ``below_margin``, ``same_text`` (best and worst read the same,
+    ignoring case and whitespace: no preference to learn). Empty completions (no training row
+    can hold them) take no part and are counted as ``empty`` (samples, not prompts). Counts also
+    hold ``prompts`` and ``pairs``.
     """
     if min_margin < 0:
         raise ValueError(f"min_margin must be >= 0, got {min_margin}")
