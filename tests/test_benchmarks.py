@@ -183,6 +183,22 @@ def test_time_to_accuracy_runs_the_plain_control_and_align_on_one_held_out_set(t
     assert ("every seed): met;" if met else "every seed): NOT met on seed(s) 0") in text
 
 
+def test_time_to_accuracy_verdict_names_every_seed_that_misses_the_goal(monkeypatch):
+    """The goal's line read from the summary rows: met only when every seed's align row reached
+    the control's final in <= 0.5x and ended above it."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from time_to_accuracy import verdict
+
+    def row(seed, ratio, after=0.99, target=0.9):
+        return [{"seed": seed, "side": "plain trl", "ratio": 0.8, "after": target,
+                 "target": target},
+                {"seed": seed, "side": "align", "ratio": ratio, "after": after, "target": target}]
+
+    assert verdict(row(0, 0.41) + row(1, 0.5)).endswith("every seed): met; highest ratio 0.50x")
+    missed = verdict(row(0, 0.52) + row(1, None) + row(2, 0.3, after=0.9) + row(3, 0.4))
+    assert "NOT met on seed(s) 0, 1, 2;" in missed and missed.endswith("highest ratio 0.52x")
+
+
 @pytest.mark.slow
 def test_tool_use_benchmark_runs_the_tool_and_its_control(tmp_path):
     """benchmarks/tool_use.py at its smallest: one seed, with and without the calculator, the
