@@ -8,8 +8,10 @@ one of the shapes public code datasets use, per example:
   ``["assert add(1, 2) == 3", "assert add(0, 0) == 0"]``; each entry is one test, run in order in
   one namespace (so an entry may use what an earlier one defined);
 - a list of stdin/stdout cases (APPS, CodeContests): ``[{"input": "1 2\\n", "output": "3\\n"}]``;
-  the code runs once per case as a program reading stdin, and passes when its stdout matches
-  (trailing whitespace of each line and trailing blank lines ignored);
+  the code runs once per case as a program reading stdin, and passes when its whole stdout matches
+  (trailing whitespace of each line and trailing blank lines ignored). It may print up to
+  :data:`MAX_OUTPUT_MB` (16 MiB), also through ``/dev/stdout``; a program printing more is killed
+  and fails the case;
 - APPS' ``{"inputs": [...], "outputs": [...]}``;
 - any of these as a JSON string (how many datasets store them).
 
@@ -128,10 +130,16 @@ def _normalise_output(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()).rstrip()
 
 
+#: The most a stdin/stdout program may print (stdout, and stderr, each), in MiB. Its whole output
+#: is compared with the expected one; a program that prints more is killed and fails the case.
+MAX_OUTPUT_MB = 16
+
+
 def _limits(timeout_s: float, memory_mb: int) -> Any:
     from rewards.sandbox import Limits
 
-    return Limits(timeout_s=float(timeout_s), cpu_s=max(1, int(timeout_s)), memory_mb=int(memory_mb))
+    return Limits(timeout_s=float(timeout_s), cpu_s=max(1, int(timeout_s)), memory_mb=int(memory_mb),
+                  file_size_mb=MAX_OUTPUT_MB, max_output_bytes=MAX_OUTPUT_MB << 20)
 
 
 def _score_asserts(
@@ -151,7 +159,8 @@ def _score_stdio(code: str, cases: list[tuple[str, str]], limits: Any, isolation
     passed = sum(
         1
         for result, (_, expected) in zip(results, cases)
-        if result.ok and _normalise_output(result.stdout) == _normalise_output(expected)
+        if result.ok and not result.output_truncated
+        and _normalise_output(result.stdout) == _normalise_output(expected)
     )
     return passed / len(cases)
 

@@ -19,9 +19,12 @@ gets:
   is killed (status ``memory``). :attr:`ExecResult.memory_enforcement` says which one ran.
 - **rlimits**, set inside the sandbox before the program runs: CPU seconds, address space
   (``memory_mb`` per process, on top of the sandbox-wide limit), processes (counted per sandbox,
-  thanks to the user namespace), file size (which also caps what the program can write to its
-  captured stdout/stderr), open files, no core dumps. Inherited file descriptors other than
+  thanks to the user namespace), file size, open files, no core dumps. Inherited file descriptors other than
   stdin/stdout/stderr and those the caller passes on purpose are closed.
+- **bounded output**: stdout and stderr are pipes the host drains while the program runs (so the
+  program may also open ``/dev/stdout`` or ``/dev/stderr`` by path and write to the same stream);
+  the first ``max_output_bytes`` of each are kept, and a program writing more than
+  ``file_size_mb`` to either is killed (status ``killed``, said on stderr).
 - **a wall-clock timeout**: the sandbox is killed (SIGKILL to its PID namespace's init, which takes
   every process in it down) when it expires.
 - **no root**: run as root, the sandbox drops to ``nobody`` (uid 65534) first, because the kernel
@@ -149,7 +152,9 @@ class Limits:
     cpu_s: int = 10  # CPU time per process (SIGXCPU, then SIGKILL)
     memory_mb: int = 1024  # the whole sandbox (see memory_enforcement), and address space per process
     max_processes: int = 32  # processes and threads inside the sandbox
-    file_size_mb: int = 16  # largest file the program may write (its stdout/stderr included)
+    #: Largest file the program may write, and the most it may write to stdout and to stderr
+    #: (each; past it the sandbox is killed, status ``killed``).
+    file_size_mb: int = 16
     scratch_mb: int = 64  # everything the program can write under bwrap: /sandbox, /tmp, /dev/shm
     open_files: int = 64
     max_output_bytes: int = 1 << 16  # of stdout and of stderr kept in the result
@@ -185,6 +190,8 @@ class ExecResult:
     duration_s: float
     isolation: str
     memory_enforcement: str = "none"
+    #: stdout or stderr was longer than ``Limits.max_output_bytes``: only its start is kept here.
+    output_truncated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -395,11 +402,63 @@ def _processes_of(uid: int) -> int:
     return count
 
 
-def _read_capped(path: Path, cap: int) -> str:
-    with open(path, "rb") as f:
-        data = f.read(cap + 1)
-    text = data[:cap].decode("utf-8", errors="replace")
-    return text + "\n[output truncated]" if len(data) > cap else text
+class _Output:
+    """One output stream of a sandbox (stdout or stderr): a pipe, drained by the host while the
+    program runs.
+
+    A pipe, not a file, so that the program may also write to ``/dev/stdout`` and ``/dev/stderr``
+    by path: re-opening a pipe gives one more writer of the same stream (a file would be truncated
+    by the re-open's ``O_TRUNC``, losing what was printed before), and the pipe belongs to the
+    sandbox's uid so that the re-open is allowed. The first ``keep`` bytes are kept (the rest is
+    read and dropped, marked ``[output truncated]``); past ``limit`` bytes in all (``file_size_mb``,
+    the budget a file would have had) ``on_over`` kills the sandbox."""
+
+    def __init__(self, keep: int, limit: int, on_over: Callable[[], None]) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        self.keep, self.limit, self.on_over = keep, limit, on_over
+        self.kept = bytearray()
+        self.total = 0
+        self.closed = False
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        if len(self.kept) < self.keep:
+            self.kept += data[: self.keep - len(self.kept)]
+        if self.total > self.limit and not self.closed:
+            self.closed = True
+            self.on_over()
+
+    @property
+    def over(self) -> bool:
+        return self.total > self.limit
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.keep
+
+    def text(self) -> str:
+        text = bytes(self.kept).decode("utf-8", errors="replace")
+        return text + "\n[output truncated]" if self.truncated else text
+
+
+def _drain(outputs: Sequence[_Output], stop: threading.Event) -> None:
+    """Read every pipe of ``outputs`` to its end (every writer in the sandbox gone), or until
+    ``stop`` is set: a thread per execution, so that a program is never blocked on a full pipe."""
+    poller = select.poll()
+    by_fd = {o.read_fd: o for o in outputs}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    while by_fd and not stop.is_set():
+        for fd, _ in poller.poll(100):
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:
+                data = b""
+            if data:
+                by_fd[fd].feed(data)
+            else:
+                poller.unregister(fd)
+                del by_fd[fd]
 
 
 def _read_line(fd: int, timeout_s: float) -> bytes:
@@ -464,6 +523,10 @@ class Execution:
         self._init_fd: int | None = None  # bubblewrap's init, pid 1 of the sandbox's PID namespace
         self._status_r = -1
         self._status = b""
+        self._outputs: list[_Output] = []
+        self._drained = threading.Event()  # tells the drain thread to stop
+        self._drain_thread: threading.Thread | None = None
+        self._output_over = False
         self._tmp = Path(tempfile.mkdtemp(prefix="rewards-sandbox-"))
         try:
             self._start(code, stdin, files or {}, tuple(pass_fds), tuple(args))
@@ -526,11 +589,15 @@ class Execution:
         drop_kwargs: dict[str, Any] = (
             {"user": self.uid, "group": self.uid, "extra_groups": []} if drop else {}
         )
+        limit = limits.file_size_mb * 1024 * 1024
+        self._outputs = [_Output(limits.max_output_bytes, limit, self._over) for _ in range(2)]
+        if drop:
+            for output in self._outputs:  # the sandbox's uid may re-open it (/dev/stdout)
+                os.fchown(output.write_fd, self.uid, self.uid)
         gate_r = gate_w = -1
         try:
-            with open(host / "stdin", "rb") as fin, open(host / "stdout", "wb") as fout, open(
-                host / "stderr", "wb"
-            ) as ferr:
+            fout, ferr = self._outputs[0].write_fd, self._outputs[1].write_fd
+            with open(host / "stdin", "rb") as fin:
                 stdin: Any = fin
                 if self.guard.gated:
                     gate_r, gate_w = os.pipe()
@@ -545,12 +612,18 @@ class Execution:
                 except OSError as e:
                     raise SandboxError(f"could not start the sandbox ({argv[0]}): {e}") from e
         finally:
-            for fd in (status_w, gate_r):
+            for fd in (status_w, gate_r, *(o.write_fd for o in self._outputs)):
                 if fd >= 0:
                     os.close(fd)
+            for output in self._outputs:
+                output.write_fd = -1
             if gate_w >= 0 and self.proc is None:
                 os.close(gate_w)
         self._pidfd = sandbox_procs.pidfd_open(self.proc.pid)
+        self._drain_thread = threading.Thread(
+            target=_drain, args=(self._outputs, self._drained), name="sandbox-output", daemon=True
+        )
+        self._drain_thread.start()
         if gate_w >= 0:
             try:
                 self.guard.attach(self.proc.pid)
@@ -577,7 +650,8 @@ class Execution:
         except (ValueError, KeyError, TypeError):
             self.proc.kill()
             self.proc.wait()
-            stderr = _read_capped(self._tmp / "stderr", self.limits.max_output_bytes)
+            self._collect_output()
+            stderr = self._outputs[1].text()
             raise SandboxError(f"bubblewrap failed to set up the sandbox: {stderr.strip()[-1000:]}")
         fd = sandbox_procs.pidfd_open(child)
         if fd is not None and not self._is_init(child, line):
@@ -661,6 +735,11 @@ class Execution:
                     sandbox_procs.pidfd_kill(fd)
                     os.close(fd)
 
+    def _over(self) -> None:
+        """The program wrote more than ``file_size_mb`` to stdout or stderr (from the drain thread)."""
+        self._output_over = True
+        self.kill("killed")
+
     def _kill_main(self) -> None:
         assert self.proc is not None
         if self._pidfd is not None:
@@ -692,6 +771,7 @@ class Execution:
             memory = self.reason == "memory" or self.guard.exceeded()
             if self._status_r >= 0:
                 self._status += _read_all(self._status_r)
+            self._collect_output()
         finally:
             self._release()
         for line in self._status.decode(errors="replace").splitlines():
@@ -709,11 +789,16 @@ class Execution:
             status = "killed"
         else:
             status = "error"
+        stderr = self._outputs[1].text()
+        if self._output_over:
+            stderr += (f"\n[killed: more than {self.limits.file_size_mb} MiB written to stdout or "
+                       "stderr (Limits.file_size_mb)]")
         self.result = ExecResult(
             status=status,
             returncode=None if status == "timeout" else returncode,
-            stdout=_read_capped(self._tmp / "stdout", self.limits.max_output_bytes),
-            stderr=_read_capped(self._tmp / "stderr", self.limits.max_output_bytes),
+            stdout=self._outputs[0].text(),
+            stderr=stderr,
+            output_truncated=any(o.truncated for o in self._outputs),
             duration_s=duration,
             isolation=self.isolation,
             memory_enforcement=self.guard.kind,
@@ -761,6 +846,15 @@ class Execution:
                 # re-parented to us (PID 1, subreaper), is a zombie of ours in the session.
                 sandbox_procs.kill_and_reap(our_zombies, in_session)
 
+    def _collect_output(self) -> None:
+        """Let the drain thread read the pipes to their end (the sandbox's processes are gone, so
+        every writer is), bounded: a writer left over is not waited for."""
+        if self._drain_thread is not None:
+            self._drain_thread.join(sandbox_procs.EXIT_WAIT_S)
+            self._drained.set()
+            self._drain_thread.join()
+            self._drain_thread = None
+
     def _release(self) -> None:
         for name in ("_pidfd", "_init_fd", "_status_r"):
             fd = getattr(self, name)
@@ -768,6 +862,17 @@ class Execution:
                 with contextlib.suppress(OSError):
                     os.close(fd)
                 setattr(self, name, None if name != "_status_r" else -1)
+        self._drained.set()
+        if self._drain_thread is not None:
+            self._drain_thread.join()
+            self._drain_thread = None
+        for output in self._outputs:
+            for name in ("read_fd", "write_fd"):
+                fd = getattr(output, name)
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                    setattr(output, name, -1)
         if self.guard is not None:
             self.guard.close()
 

@@ -140,9 +140,10 @@ def test_rlimits_mode_contains_what_it_can(tmp_path: Path, monkeypatch: pytest.M
     assert "ALIGN_TEST_SECRET" not in results["env"].stdout and "rewards-sandbox-" in results["env"].stdout
     assert "MemoryError" in results["alloc"].stderr
     assert results["loop"].status == "killed"  # the CPU limit, before the wall clock
-    # Python ignores SIGXFSZ, so the write past the 1 MiB file size limit fails with EFBIG instead.
-    assert results["big output"].status == "error" and "File too large" in results["big output"].stderr
-    assert len(results["big output"].stdout) < 70_000
+    # stdout is a pipe the host drains: past file_size_mb (1 MiB) written, the sandbox is killed.
+    big = results["big output"]
+    assert big.status == "killed" and "more than 1 MiB written to stdout" in big.stderr
+    assert big.output_truncated and len(big.stdout) < 70_000
     assert processes_with(marker) == []
 
 
@@ -184,6 +185,59 @@ def test_stdin_scratch_and_exit_codes() -> None:
     # a fresh scratch every time
     again = run_python("import os; print(os.listdir('.'))", limits=QUICK)
     assert again.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------- output
+
+# A stdin/stdout program: reads n, prints the squares of 0..n-1, one a line.
+SQUARES = "n = int(input())\nfor i in range(n):\n    print(i * i)\n"
+
+
+def squares(n: int) -> str:
+    return "".join(f"{i * i}\n" for i in range(n))
+
+
+@needs_bwrap
+def test_stdio_output_past_64_kib_is_compared_whole() -> None:
+    """A correct program printing ~600 KiB passes; one wrong only past the first 64 KiB fails; one
+    printing more than the documented cap (code.MAX_OUTPUT_MB) is killed and fails, not cut."""
+    from rewards.code import MAX_OUTPUT_MB, code_tests
+
+    n = 60_000
+    expected = squares(n)
+    assert len(expected) > 9 * 65536
+    case = [{"input": f"{n}\n", "output": expected}]
+    wrong_at_the_end = SQUARES + "print(-1)\n"
+    flood = f"import sys\nfor _ in range({MAX_OUTPUT_MB + 1}):\n    sys.stdout.write('x' * (1 << 20))\n"
+    scores = code_tests([SQUARES, wrong_at_the_end, flood], tests=[case, case, case], timeout_s=20)
+    assert scores == [1.0, 0.0, 0.0]
+    over = run_python(flood, limits=Limits(timeout_s=20, file_size_mb=MAX_OUTPUT_MB,
+                                           max_output_bytes=MAX_OUTPUT_MB << 20))
+    assert over.status == "killed" and over.output_truncated
+    assert f"more than {MAX_OUTPUT_MB} MiB written to stdout" in over.stderr
+
+
+@needs_bwrap
+@pytest.mark.parametrize("isolation", ["bwrap", "rlimits"])
+def test_a_program_may_write_to_dev_stdout_and_dev_stderr_by_path(isolation: str) -> None:
+    """``open('/dev/stdout', 'w')`` (as some solutions write their answer) is the same stream as
+    ``print``: nothing printed before is lost, and the case passes."""
+    from rewards.code import code_tests
+
+    code = (
+        "import sys\n"
+        "n = int(sys.stdin.readline())\n"
+        "print(0, flush=True)\n"
+        "with open('/dev/stdout', 'w') as out:\n"
+        "    out.write(''.join(f'{i * i}\\n' for i in range(1, n - 1)))\n"
+        "with open('/dev/stderr', 'w') as err:\n"
+        "    err.write('progress: done\\n')\n"
+        "print((n - 1) ** 2)\n"
+    )
+    result = run_python(code, stdin="5\n", limits=QUICK, isolation=isolation)
+    assert (result.status, result.stdout, result.stderr) == ("ok", squares(5), "progress: done\n")
+    case = [{"input": "300\n", "output": squares(300)}]
+    assert code_tests([code], tests=[case], isolation=isolation) == [1.0]
 
 
 # ---------------------------------------------------------------------------- resource bounds
