@@ -35,12 +35,15 @@ per line, at most :data:`MAX_MESSAGE` bytes, nested at most :data:`MAX_DEPTH` va
 anything else is a :class:`WireError`.
 
 This file runs inside both sandboxes (standard library only) and is imported by the host's tests.
+It is on the path of every check, so it keeps each sandbox's start cheap: messages go through the
+C half of the standard library's ``json`` (``_json``: the same scanner and encoder ``json.loads``
+and ``json.dumps`` use) without its Python layer, whose import (``re``, ``enum`` and the
+compilation of its regular expressions) cost more than starting the interpreter itself; and
+``collections`` is imported only where a message holds one of its types.
 """
 
 from __future__ import annotations
 
-import collections
-import json
 import os
 import select
 import sys
@@ -58,6 +61,15 @@ MAX_DEPTH = 100
 FACTORIES = {"int": int, "float": float, "str": str, "list": list, "set": set, "dict": dict,
              "tuple": tuple, "bool": bool, "None": None}
 _FACTORY_NAMES = {v: k for k, v in FACTORIES.items()}
+
+
+def _collections_types() -> tuple:
+    """``deque``, ``Counter``, ``OrderedDict``, ``defaultdict``, or ``()`` while ``collections``
+    was never imported (then no instance of them exists)."""
+    loaded = sys.modules.get("collections")
+    if loaded is None:
+        return ()
+    return (loaded.deque, loaded.Counter, loaded.OrderedDict, loaded.defaultdict)
 
 
 class WireError(Exception):
@@ -121,8 +133,7 @@ class Encoder:
             return ["F", [self.encode(v, depth + 1) for v in x]]
         if t is slice:
             return ["sl", [self.encode(v, depth + 1) for v in (x.start, x.stop, x.step)]]
-        if t in (list, dict, set, collections.deque, collections.Counter, collections.OrderedDict,
-                 collections.defaultdict):
+        if t is list or t is dict or t is set or t in _collections_types():
             if id(x) in self.refs:
                 return ["r", self.refs[id(x)]]
             return self.contents(x, self._new_ref(x), depth)
@@ -131,19 +142,20 @@ class Encoder:
     def contents(self, x: Any, ref: int, depth: int = 0) -> list:
         """The full encoding of container ``x`` under ``ref`` (even if ``x`` is already known)."""
         t = type(x)
-        if t is list or t is collections.deque:
+        collections = sys.modules.get("collections")  # loaded if x is one of its types
+        if t is list or (collections is not None and t is collections.deque):
             kind, maxlen = ("list", None) if t is list else ("deque", x.maxlen)
             return ["l", ref, [self.encode(v, depth + 1) for v in x], kind,
                     None if maxlen is None else self.encode(maxlen)]
         if t is set:
             return ["S", ref, [self.encode(v, depth + 1) for v in x]]
-        if t is collections.defaultdict:
+        if t is not dict and t is collections.defaultdict:
             if x.default_factory not in _FACTORY_NAMES:
                 return self.handle(x)
             kind = "defaultdict:" + _FACTORY_NAMES[x.default_factory]
         else:
-            kind = {dict: "dict", collections.Counter: "Counter",
-                    collections.OrderedDict: "OrderedDict"}[t]
+            kind = "dict" if t is dict else {collections.Counter: "Counter",
+                                             collections.OrderedDict: "OrderedDict"}[t]
         return ["d", ref, [[self.encode(k, depth + 1), self.encode(v, depth + 1)]
                            for k, v in x.items()], kind]
 
@@ -216,8 +228,15 @@ class Decoder:
             maxlen = None if x[4] is None else self.decode(x[4], depth + 1)
             if maxlen is not None and (type(maxlen) is not int or maxlen < 0):
                 raise WireError("bad deque maxlen")
-            obj = into if into is not None else ([] if x[3] == "list" else collections.deque(maxlen=maxlen))
-            self._check_kind(obj, list if x[3] == "list" else collections.deque)
+            if x[3] == "list":
+                kind: type = list
+                obj = into if into is not None else []
+            else:
+                import collections
+
+                kind = collections.deque
+                obj = into if into is not None else collections.deque(maxlen=maxlen)
+            self._check_kind(obj, kind)
             self.refs[ref] = obj
             items = [self.decode(v, depth + 1) for v in x[2]]
             if type(obj) is list:
@@ -237,7 +256,7 @@ class Decoder:
         if tag == "d" and len(x) == 4 and type(x[2]) is list and type(x[3]) is str:
             obj = into if into is not None else _new_dict(x[3])
             self._check_kind(obj, type(_new_dict(x[3])))
-            if type(obj) is collections.defaultdict and into is not None:
+            if into is not None and x[3].startswith("defaultdict:"):
                 obj.default_factory = _new_dict(x[3]).default_factory
             self.refs[ref] = obj
             pairs = []
@@ -269,6 +288,8 @@ def _is(t: type, module: str, name: str) -> bool:
 def _new_dict(kind: str) -> Any:
     if kind == "dict":
         return {}
+    import collections
+
     if kind == "Counter":
         return collections.Counter()
     if kind == "OrderedDict":
@@ -291,7 +312,7 @@ class Channel:
         self.poller.register(fd, select.POLLIN)
 
     def send(self, message: dict) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode("ascii")
+        data = _dumps(message).encode("ascii")
         if len(data) >= MAX_MESSAGE:
             raise WireError(f"message of {len(data)} bytes, the limit is {MAX_MESSAGE}")
         view = memoryview(data + b"\n")
@@ -329,9 +350,55 @@ class Channel:
         return bool(self.buffer) or bool(self.poller.poll(0))
 
 
+def _not_plain_json(value: Any) -> Any:
+    raise ValueError(f"not JSON: {value}")
+
+
+class _ScannerContext:
+    """What ``_json.make_scanner`` reads off a ``json.JSONDecoder``: strict JSON, plain dicts, no
+    NaN or Infinity (no message has a float: floats travel as hex strings)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(_not_plain_json)
+
+
+try:
+    from _json import encode_basestring_ascii as _encode_str
+    from _json import make_encoder as _make_encoder
+    from _json import make_scanner as _make_scanner
+except ImportError:  # an interpreter without the C accelerator: the json package, at its cost
+    import json
+
+    def _dumps(message: dict) -> str:
+        return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+    def _loads(text: str) -> Any:
+        return json.loads(text, parse_constant=_not_plain_json)
+else:
+    _SCAN = _make_scanner(_ScannerContext())
+
+    def _dumps(message: dict) -> str:
+        # As json.dumps(message, separators=(",", ":"), allow_nan=False) builds it.
+        encode = _make_encoder({}, _not_plain_json, _encode_str, None, ":", ",", False, False, False)
+        return "".join(encode(message, 0))
+
+    def _loads(text: str) -> Any:
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            raise ValueError("no JSON value") from None
+        if end != len(text):
+            raise ValueError(f"extra data at {end}")
+        return value
+
+
 def _parse(line: bytes) -> dict:
     try:
-        message = json.loads(line.decode("ascii"))
+        message = _loads(line.decode("ascii"))
     except (ValueError, RecursionError) as e:
         raise WireError(f"not a JSON message: {str(e)[:100]}") from None
     if type(message) is not dict:
