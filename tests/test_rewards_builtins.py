@@ -59,7 +59,7 @@ def test_cosine_length(text: str, gold: str, n: int, expected: float | None) -> 
 def test_cosine_length_matches_trl_where_trl_reads_the_answer() -> None:
     from trl.rewards import get_cosine_scaled_reward
 
-    texts = [r"\boxed{\frac{1}{3}}", r"\boxed{\frac{1}{2}}", r"$\frac{1}{3}$"]
+    texts = [r"\boxed{\frac{1}{3}}", r"\boxed{\frac{1}{2}}", r"The final answer is $\frac{1}{3}$"]
     ids = [[1] * 10, [1] * 60, [1] * 90]
     gold = [r"\frac{1}{3}"] * 3
     ours = REGISTRY["cosine_length"]([as_chat(t) for t in texts], solution=gold,
