@@ -20,8 +20,6 @@ import pytest
 
 from rewards import REGISTRY
 
-REPO = Path(__file__).resolve().parents[1]
-
 GSM8K_SOLUTION = (
     "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
     "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
@@ -287,15 +285,14 @@ def test_literal_false_pays_any_equal_expression(completion: str, gold: str) -> 
     assert REGISTRY["accuracy"]([r"\boxed{390, 391}"], solution=["391"], literal=False) == [0.0]
 
 
-@pytest.mark.parametrize("config", ["math", "arithmetic"])
-def test_shipped_config_scores_the_table(tmp_path: Path, config: str) -> None:
-    """The table through the reward bench with the shipped config, as a user runs it."""
+def test_shipped_math_config_scores_the_table(tmp_path: Path) -> None:
+    """The table through the reward bench with the shipped ``rewards=math``, as a user runs it."""
     samples = tmp_path / "samples.jsonl"
     with samples.open("w") as f:
         for i, (completion, gold, _) in enumerate(FORMS):
             f.write(json.dumps({"prompt": f"q{i}", "completion": completion, "solution": gold}) + "\n")
     result = subprocess.run(
-        [sys.executable, "-m", "rewards", "score", "samples.jsonl", f"rewards={config}",
+        [sys.executable, "-m", "rewards", "score", "samples.jsonl", "rewards=math",
          "+trainer.max_completion_length=256", "--out", "scored.jsonl"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
     )
