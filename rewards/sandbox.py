@@ -106,12 +106,16 @@ DEVICES = ("null", "zero", "full", "random", "urandom")
 # it as __main__ (in this module's namespace, as runpy would, without runpy's import cost). NPROC
 # is set here and not before bwrap, because inside a fresh user namespace the kernel counts
 # processes per namespace; set outside, it would count every process of the uid.
+# A held execution (see Execution.release) first imports the modules named in ``preload`` from the
+# program's folder, then waits until the host closes the ``hold`` pipe (having written the rest
+# of the program's files); so a sandbox can be started, and its interpreter warmed, before the
+# program it will run is known.
 _BOOT = """\
 def _boot():
     import os, resource, sys
-    cpu, mem, nproc, fsize, nofile, keep, target = sys.argv[1:8]
+    cpu, mem, nproc, fsize, nofile, keep, hold, preload, target = sys.argv[1:10]
     low = 3
-    for fd in sorted(int(fd) for fd in keep.split(",") if fd):
+    for fd in sorted(int(fd) for fd in (*keep.split(","), hold) if fd):
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 1 << 20)
@@ -119,7 +123,16 @@ def _boot():
                         (resource.RLIMIT_NPROC, int(nproc)), (resource.RLIMIT_FSIZE, int(fsize)),
                         (resource.RLIMIT_NOFILE, int(nofile)), (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(kind, (value, value))
-    sys.argv = [target, *sys.argv[8:]]
+    if preload:
+        sys.path.insert(0, os.path.dirname(target))
+        for module in preload.split(","):
+            __import__(module)
+        del sys.path[0]
+    if hold:
+        while os.read(int(hold), 4096):
+            pass
+        os.close(int(hold))
+    sys.argv = [target, *sys.argv[10:]]
     with open(target, "rb") as f:
         code = compile(f.read(), target, "exec")
     globals()["__file__"] = target
@@ -508,6 +521,8 @@ class Execution:
         pass_fds: Sequence[int] = (),
         args: Sequence[str] = (),
         uid: int = NOBODY,
+        hold: bool = False,
+        preload: Sequence[str] = (),
     ) -> None:
         limits.check()
         self.limits = limits
@@ -527,6 +542,9 @@ class Execution:
         self._drained = threading.Event()  # tells the drain thread to stop
         self._drain_thread: threading.Thread | None = None
         self._output_over = False
+        self._hold_w = -1  # the host's end of the hold pipe, while the program waits on it
+        self._hold = hold
+        self._preload = ",".join(preload)
         self._tmp = Path(tempfile.mkdtemp(prefix="rewards-sandbox-"))
         try:
             self._start(code, stdin, files or {}, tuple(pass_fds), tuple(args))
@@ -546,9 +564,7 @@ class Execution:
         code_dir.mkdir()
         (code_dir / "boot.py").write_text(_BOOT)
         for name, content in files.items():
-            if name in ("boot.py", "main.py") or Path(name).name != name:
-                raise ValueError(f"sandbox file name {name!r}: a plain file name other than boot.py/main.py")
-            (code_dir / name).write_text(content)
+            self._place(name, content, chmod=False)
         (code_dir / "main.py").write_text(code)
         (host / "stdin").write_text(stdin)
         # The program's files must be readable by the sandbox uid (nobody when we are root).
@@ -562,6 +578,10 @@ class Execution:
         except CgroupUnavailable as e:
             raise SandboxUnavailableError(f"memory_enforcement='cgroup' is not possible here: {e}") from e
         keep = ",".join(str(fd) for fd in pass_fds)
+        hold_r = -1
+        if self._hold:
+            hold_r, self._hold_w = os.pipe()
+            pass_fds = (*pass_fds, hold_r)
         status_w = -1
         if self.isolation == "bwrap":
             # Counted inside the sandbox's own user namespace: the limit is the sandbox's budget.
@@ -582,7 +602,8 @@ class Execution:
             python, _ = sandbox_python()
             argv, cwd, popen_fds = [python, "-I", "-S"], str(scratch), pass_fds
         argv += [boot, str(int(limits.cpu_s)), str(limits.memory_mb * 1024 * 1024), str(nproc),
-                 str(limits.file_size_mb * 1024 * 1024), str(limits.open_files), keep, target, *args]
+                 str(limits.file_size_mb * 1024 * 1024), str(limits.open_files), keep,
+                 str(hold_r) if hold_r >= 0 else "", self._preload, target, *args]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
         if self.isolation != "bwrap":
             env["HOME"] = env["TMPDIR"] = cwd  # tempfile's files go where they are cleaned up
@@ -612,7 +633,7 @@ class Execution:
                 except OSError as e:
                     raise SandboxError(f"could not start the sandbox ({argv[0]}): {e}") from e
         finally:
-            for fd in (status_w, gate_r, *(o.write_fd for o in self._outputs)):
+            for fd in (status_w, gate_r, hold_r, *(o.write_fd for o in self._outputs)):
                 if fd >= 0:
                     os.close(fd)
             for output in self._outputs:
@@ -638,6 +659,15 @@ class Execution:
         else:
             sid = self.proc.pid
             self.guard.watch(lambda: sandbox_procs.session_members(sid))
+
+    def _place(self, name: str, content: str, chmod: bool = True) -> None:
+        """Write one of the program's files next to it (readable by the sandbox's uid)."""
+        if name in ("boot.py", "main.py") or Path(name).name != name:
+            raise ValueError(f"sandbox file name {name!r}: a plain file name other than boot.py/main.py")
+        path = self._tmp / "code" / name
+        path.write_text(content)
+        if chmod:
+            path.chmod(0o644)
 
     def _find_init(self) -> None:
         """Read the host pid of the sandbox's init from bubblewrap's status and hold a pidfd on it:
@@ -679,6 +709,20 @@ class Execution:
                 and sandbox_procs.innermost_pid(child) == 1)
 
     # -------------------------------------------------------------------- run
+
+    def release(self, files: dict[str, str] | None = None) -> None:
+        """Let a held execution (``hold=True``) run its program: place ``files`` next to it
+        (as the constructor does), then open the hold. Its wall clock starts now."""
+        assert self._hold_w >= 0, "release() of an execution that is not held"
+        for name, content in (files or {}).items():
+            self._place(name, content)
+        os.close(self._hold_w)
+        self._hold_w = -1
+        self.started = time.monotonic()
+
+    def alive(self) -> bool:
+        """Is the sandbox still running (a held one: still waiting to be released)?"""
+        return self.proc is not None and self.result is None and not self._exited(0)
 
     @property
     def pid(self) -> int:
@@ -856,12 +900,12 @@ class Execution:
             self._drain_thread = None
 
     def _release(self) -> None:
-        for name in ("_pidfd", "_init_fd", "_status_r"):
+        for name in ("_pidfd", "_init_fd", "_status_r", "_hold_w"):
             fd = getattr(self, name)
             if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-                setattr(self, name, None if name != "_status_r" else -1)
+                setattr(self, name, -1 if name in ("_status_r", "_hold_w") else None)
         self._drained.set()
         if self._drain_thread is not None:
             self._drain_thread.join()
@@ -914,15 +958,22 @@ def start_python(
     pass_fds: Sequence[int] = (),
     args: Sequence[str] = (),
     uid: int = NOBODY,
+    hold: bool = False,
+    preload: Sequence[str] = (),
 ) -> Execution:
     """Start ``code`` as a Python program in a sandbox and return at once (see :class:`Execution`).
     ``pass_fds`` stay open in the program under the same numbers (e.g. one end of a socketpair);
     ``args`` become its ``sys.argv[1:]``; ``uid`` is the user it runs as when this process is root
     (``nobody`` by default; another uid keeps two sandboxes from signalling or tracing each other
     under ``isolation="rlimits"``). Does not take an execution :func:`slot`: the caller bounds
-    its parallelism."""
+    its parallelism.
+
+    ``hold=True`` starts the sandbox and its interpreter (importing ``preload``, modules among
+    ``files``) but keeps the program waiting until :meth:`Execution.release`, which may add files
+    (the part of the program not known yet): a sandbox started ahead, off the critical path, still
+    runs exactly one program and is thrown away after it."""
     return Execution(code, stdin, limits or Limits(), resolve_isolation(isolation), files,
-                     pass_fds, args, uid)
+                     pass_fds, args, uid, hold, preload)
 
 
 def _run(

@@ -749,3 +749,20 @@ def test_rlimits_defences_each_stop_socket_theft(
     monkeypatch.setattr(checker, "_source", lambda name: trusted if name == "trusted.py" else source(name))
     code = {n: c for n, c, _, _ in FORGERIES}["steal other processes' sockets (pidfd_getfd)"]
     assert check_asserts(code, ADD, Limits(timeout_s=10), "rlimits").score == expected
+
+
+@pytest.mark.skipif(bwrap_problem() is not None, reason="bubblewrap sandbox unavailable")
+def test_pairs_started_ahead_run_one_program_each() -> None:
+    """A check takes a pair of sandboxes started ahead: nothing a solution leaves (a file in the
+    scratch, a patched builtin, a process) reaches the next check's solution or checker."""
+    leave = ("import builtins, os, subprocess, sys\n"
+             "open('/tmp/left', 'w').write('x')\n"
+             "builtins.left = 1\n"
+             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+             "def add(a, b):\n    return a + b\n")
+    find = ("import builtins, os\n"
+            "def add(a, b):\n"
+            "    return a + b + os.path.exists('/tmp/left') + hasattr(builtins, 'left')\n")
+    fn = REGISTRY["code_tests"]
+    for _ in range(3):
+        assert fn([leave, find], tests=[ADD, ADD], timeout_s=10) == [1.0, 1.0]

@@ -49,6 +49,15 @@ def processes_with(marker: str) -> list[str]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def no_checker_pool() -> None:
+    """The tests here count the sandbox processes on the machine: none of the checker's pairs
+    started ahead (by an earlier code_tests) is left waiting."""
+    from rewards.checker import close_pool
+
+    close_pool()
+
+
 @pytest.fixture
 def secret_file(tmp_path: Path) -> Path:
     path = tmp_path / "secret.txt"

@@ -58,16 +58,21 @@ into the test.
 from __future__ import annotations
 
 import ast
+import atexit
 import dataclasses
 import functools
 import logging
+import os
+import queue
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rewards.checker import wire
-from rewards.sandbox import NOBODY, Limits, SandboxError, slot, start_python, uid_mapped
+from rewards.sandbox import NOBODY, Limits, SandboxError, max_parallel, slot, start_python, uid_mapped
 
 log = logging.getLogger(__name__)
 
@@ -113,95 +118,262 @@ class CheckReport:
         return sum(self.passed) / len(self.passed) if self.passed else 0.0
 
 
+class _Pair:
+    """A solution sandbox and a checker sandbox, connected (see the module docstring), both held
+    before their programs run: started ahead of the check they will serve (:func:`_warm_pair`), or
+    for it. Each runs one check and is thrown away."""
+
+    def __init__(self, limits: Limits, checker_limits: Limits, isolation: str) -> None:
+        self.host_end, checker_control = socket.socketpair()
+        checker_end, solution_end = socket.socketpair()
+        self.made = time.monotonic()
+        self.executions: list = []
+        try:
+            self.executions.append(start_python(
+                _source("untrusted.py"), limits=limits, isolation=isolation,
+                files={"wire.py": _source("wire.py")}, pass_fds=[solution_end.fileno()],
+                args=[str(solution_end.fileno())], hold=True, preload=["wire"],
+            ))
+            self.executions.append(start_python(
+                _source("trusted.py"), limits=checker_limits, isolation=isolation,
+                files={"wire.py": _source("wire.py")},
+                pass_fds=[checker_control.fileno(), checker_end.fileno()],
+                args=[str(checker_control.fileno()), str(checker_end.fileno())],
+                uid=CHECKER_UID if uid_mapped(CHECKER_UID) else NOBODY, hold=True, preload=["wire"],
+            ))
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            for sock in (checker_control, checker_end, solution_end):
+                sock.close()  # from now on only the sandboxes hold their ends
+
+    def ready(self) -> bool:
+        return all(execution.alive() for execution in self.executions)
+
+    def close(self) -> None:
+        for execution in self.executions:
+            execution.kill("killed")
+        for execution in self.executions:
+            execution.finish()
+        self.host_end.close()
+
+
+# Pairs started ahead, per (limits, checker limits, isolation): a check takes one (its two sandboxes
+# already up, their interpreters started and ``wire`` imported) and one more is started in the
+# background, so that sandbox start-up overlaps the checks instead of preceding each of them.
+# At most max_parallel() pairs per key and two keys (a reward's limits, and one other); started by
+# one long-lived thread, because bubblewrap's --die-with-parent follows the thread that started it.
+# A pair left unused for POOL_IDLE_S is stopped: between bursts of checks no sandbox waits.
+POOL_IDLE_S = 5.0
+_POOL: dict[tuple, list[_Pair]] = {}
+_POOL_LOCK = threading.Lock()
+_POOL_KEYS = 2
+_REFILL: queue.SimpleQueue = queue.SimpleQueue()
+_REFILLER: threading.Thread | None = None
+
+
+def _warm_pair(key: tuple) -> _Pair | None:
+    """A pair started ahead for ``key`` whose sandboxes still wait, or ``None``; asks for another."""
+    global _REFILLER
+    pair = None
+    with _POOL_LOCK:
+        waiting = _POOL.setdefault(key, [])
+        _POOL[key] = _POOL.pop(key)  # most recently used last
+        while waiting and pair is None:
+            pair = waiting.pop(0)
+            if not pair.ready():
+                stale, pair = pair, None
+                stale.close()
+        if _REFILLER is None:
+            _REFILLER = threading.Thread(target=_refill_forever, name="checker-pool", daemon=True)
+            _REFILLER.start()
+    _REFILL.put(key)
+    return pair
+
+
+def _refill_forever() -> None:
+    while True:
+        try:
+            key = _REFILL.get(timeout=1.0)
+        except queue.Empty:
+            _stop_idle()
+            continue
+        with _POOL_LOCK:
+            if len(_POOL.get(key, ())) >= max_parallel():
+                continue
+            evicted = []
+            while len(_POOL) > _POOL_KEYS:
+                evicted += _POOL.pop(next(iter(_POOL)))
+        for old in evicted:
+            old.close()
+        try:
+            pair = _Pair(*key)
+        except Exception as e:  # the check that needs one starts its own, and reports the problem
+            log.debug("checker pool: could not start a pair ahead: %s", e)
+            continue
+        with _POOL_LOCK:
+            _POOL.setdefault(key, []).append(pair)
+
+
+def _stop_idle() -> None:
+    now = time.monotonic()
+    with _POOL_LOCK:
+        idle = [pair for waiting in _POOL.values() for pair in waiting if now - pair.made > POOL_IDLE_S]
+        for key, waiting in list(_POOL.items()):
+            _POOL[key] = [pair for pair in waiting if pair not in idle]
+    for pair in idle:
+        pair.close()
+
+
+def close_pool() -> None:
+    """Stop and remove the pairs started ahead (at exit, and for a caller that wants no sandbox
+    left waiting)."""
+    with _POOL_LOCK:
+        pairs = [pair for waiting in _POOL.values() for pair in waiting]
+        _POOL.clear()
+    for pair in pairs:
+        pair.close()
+
+
+def _forget_pool_in_child() -> None:
+    """After fork: the parent's pairs and refill thread are the parent's (closing the copies of
+    their descriptors here is harmless; killing their sandboxes would not be)."""
+    global _REFILLER, _REFILL, _POOL_LOCK
+    _POOL.clear()
+    _REFILLER, _REFILL, _POOL_LOCK = None, queue.SimpleQueue(), threading.Lock()
+
+
+atexit.register(close_pool)
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def check_asserts(
     code: str,
     tests: list[str],
     limits: Limits,
     isolation: str = "bwrap",
     call_timeout_s: float | None = None,
+    warm: bool = True,
 ) -> CheckReport:
     """Run ``tests`` (Python statements, non-empty) against the program ``code`` as described in
     the module docstring; ``limits.timeout_s`` bounds the whole check, ``call_timeout_s`` (default:
     the same) each call into the solution. Raises :class:`~rewards.sandbox.SandboxError` only when a
-    sandbox cannot start."""
+    sandbox cannot start. ``warm``: under bubblewrap, use a pair of sandboxes started ahead for
+    these limits and start the next one in the background (see :class:`_Pair`)."""
     call_timeout_s = float(call_timeout_s or limits.timeout_s)
     checker_limits = dataclasses.replace(
         limits, memory_mb=max(limits.memory_mb, CHECKER_MEMORY_MB), max_processes=8
     )
-    passed = [False] * len(tests)
-    errors = ["not run"] * len(tests)
-    finished, solution_state = False, None
+    if isolation == "bwrap":
+        return _check_in_pair(code, tests, limits, checker_limits, call_timeout_s, warm)
+    return _check_rlimits(code, tests, limits, checker_limits, isolation, call_timeout_s)
+
+
+def _check_in_pair(code: str, tests: list[str], limits: Limits, checker_limits: Limits,
+                   call_timeout_s: float, warm: bool) -> CheckReport:
+    """Under bubblewrap: the two sandboxes start side by side (namespaces keep them apart)."""
+    with slot():
+        key = (limits, checker_limits, "bwrap")
+        pair = _warm_pair(key) if warm else None
+        if pair is None:
+            pair = _Pair(*key)
+        started = time.monotonic()
+        deadline = started + limits.timeout_s
+        solution, checker = pair.executions
+        solution.release({"solution.py": code})
+        checker.release()
+        return _judge(pair.host_end, pair.executions, tests, call_timeout_s, deadline, None)
+
+
+def _check_rlimits(code: str, tests: list[str], limits: Limits, checker_limits: Limits,
+                   isolation: str, call_timeout_s: float) -> CheckReport:
+    """Without namespaces: the checker arms itself (non-dumpable) and gets its tests before the
+    solution exists."""
     host_end, checker_control = socket.socketpair()
     checker_end, solution_end = socket.socketpair()
     with slot():
         started = time.monotonic()
         deadline = started + limits.timeout_s
         executions: list = []
+
+        def start_solution() -> None:
+            executions.insert(0, start_python(
+                _source("untrusted.py"), limits=limits, isolation=isolation,
+                files={"wire.py": _source("wire.py"), "solution.py": code},
+                pass_fds=[solution_end.fileno()], args=[str(solution_end.fileno())],
+            ))
+            solution_end.close()
+
         try:
-            control = wire.Channel(host_end.fileno())
-
-            def start_solution() -> None:
-                executions.insert(0, start_python(
-                    _source("untrusted.py"), limits=limits, isolation=isolation,
-                    files={"wire.py": _source("wire.py"), "solution.py": code},
-                    pass_fds=[solution_end.fileno()], args=[str(solution_end.fileno())],
-                ))
-                solution_end.close()
-
-            if isolation == "bwrap":
-                start_solution()  # the two start side by side: namespaces keep them apart
             executions.append(start_python(
                 _source("trusted.py"), limits=checker_limits, isolation=isolation,
                 files={"wire.py": _source("wire.py")},
                 pass_fds=[checker_control.fileno(), checker_end.fileno()],
-                args=[str(checker_control.fileno()), str(checker_end.fileno()),
-                      *(["--non-dumpable"] if isolation == "rlimits" else [])],
+                args=[str(checker_control.fileno()), str(checker_end.fileno()), "--non-dumpable"],
                 uid=CHECKER_UID if uid_mapped(CHECKER_UID) else NOBODY,
             ))
-            checker_control.close()  # from now on only the checker holds its ends
-            checker_end.close()
-            if isolation != "bwrap":
-                # No namespaces: the checker arms itself (non-dumpable) and gets its tests before
-                # the solution exists.
-                armed = control.recv(deadline)
-                if armed.get("armed") is not True:
-                    raise wire.ChannelClosed("the checker did not start")
-                if armed.get("non_dumpable") is not True:
-                    _warn_dumpable()
-            try:
-                control.send({"tests": tests, "module_names": names_used_as_modules(tests),
-                              "call_timeout_s": call_timeout_s,
-                              "time_left_s": max(0.0, deadline - time.monotonic())})
-            except wire.WireError as e:
-                raise ValueError(f"code_tests: this example's tests are too large to check: {e}") from None
-            if isolation != "bwrap":
-                start_solution()
-            solution, checker = executions
-            while time.monotonic() < deadline:
-                try:
-                    message = control.recv(min(deadline, time.monotonic() + 0.05))
-                except wire.ChannelTimeout:
-                    solution.poll()  # memory limits: a sandbox past its limit is killed here
-                    checker.poll()
-                    continue
-                except (wire.ChannelClosed, wire.WireError):
-                    break
-                if message.get("done") is True:
-                    finished = True
-                    solution_state = message.get("solution")
-                    break
-                i = message.get("test")
-                if type(i) is int and 0 <= i < len(tests) and type(message.get("passed")) is bool:
-                    passed[i] = message["passed"]
-                    errors[i] = str(message.get("error", ""))
-        except (wire.ChannelClosed, wire.ChannelTimeout):
-            pass  # the checker ended (or never armed) before reading its tests: reported below
-        finally:
-            for execution in executions:
-                execution.kill("timeout" if not finished else "killed")
-            results = [execution.finish() for execution in executions]
+        except BaseException:
             for sock in (host_end, checker_control, checker_end, solution_end):
                 sock.close()
+            raise
+        checker_control.close()  # from now on only the checker holds its ends
+        checker_end.close()
+        return _judge(host_end, executions, tests, call_timeout_s, deadline, start_solution,
+                      closing=[solution_end])
+
+
+def _judge(host_end: socket.socket, executions: list, tests: list[str], call_timeout_s: float,
+           deadline: float, start_solution: Any, closing: list | None = None) -> CheckReport:
+    """Send the tests to the checker and collect its verdicts (the sandboxes are started; under
+    rlimits, ``start_solution`` starts the solution once the checker is armed). Always finishes
+    every execution and closes the sockets."""
+    passed = [False] * len(tests)
+    errors = ["not run"] * len(tests)
+    finished, solution_state = False, None
+    results: list = []
+    try:
+        control = wire.Channel(host_end.fileno())
+        if start_solution is not None:
+            armed = control.recv(deadline)
+            if armed.get("armed") is not True:
+                raise wire.ChannelClosed("the checker did not start")
+            if armed.get("non_dumpable") is not True:
+                _warn_dumpable()
+        try:
+            control.send({"tests": tests, "module_names": names_used_as_modules(tests),
+                          "call_timeout_s": call_timeout_s,
+                          "time_left_s": max(0.0, deadline - time.monotonic())})
+        except wire.WireError as e:
+            raise ValueError(f"code_tests: this example's tests are too large to check: {e}") from None
+        if start_solution is not None:
+            start_solution()
+        solution, checker = executions
+        while time.monotonic() < deadline:
+            try:
+                message = control.recv(min(deadline, time.monotonic() + 0.05))
+            except wire.ChannelTimeout:
+                solution.poll()  # memory limits: a sandbox past its limit is killed here
+                checker.poll()
+                continue
+            except (wire.ChannelClosed, wire.WireError):
+                break
+            if message.get("done") is True:
+                finished = True
+                solution_state = message.get("solution")
+                break
+            i = message.get("test")
+            if type(i) is int and 0 <= i < len(tests) and type(message.get("passed")) is bool:
+                passed[i] = message["passed"]
+                errors[i] = str(message.get("error", ""))
+    except (wire.ChannelClosed, wire.ChannelTimeout):
+        pass  # the checker ended (or never armed) before reading its tests: reported below
+    finally:
+        for execution in executions:
+            execution.kill("timeout" if not finished else "killed")
+        results = [execution.finish() for execution in executions]
+        for sock in (host_end, *(closing or ())):
+            sock.close()
     if not finished:
         timed_out = time.monotonic() >= deadline
         if solution_state is None:
@@ -233,6 +405,7 @@ def self_test(isolation: str) -> None:
         ["assert add(1, 2) == 3", "l = [add(1, 1)]\nassert l == [2]"],
         Limits(timeout_s=30, cpu_s=30, memory_mb=256),
         isolation,
+        warm=False,
     )
     if report.passed != [True, True]:
         raise SandboxError(
