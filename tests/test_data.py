@@ -287,12 +287,13 @@ def test_dpo_heldout_keeps_existing_solution(tmp_path):
     assert data.heldout.to_list() == [{"prompt": [user("1+1=")], "solution": "2"}]
 
 
-def test_dpo_chosen_equal_rejected_only_warns(tmp_path, caplog):
-    rows = [{"prompt": "q", "chosen": "same", "rejected": "same"}]
+def test_dpo_some_chosen_equal_rejected_only_warns(tmp_path, caplog):
+    rows = [{"prompt": "q", "chosen": "same", "rejected": "same"},
+            {"prompt": "r", "chosen": "good", "rejected": "bad"}]
     with caplog.at_level("WARNING", logger="align.data"):
         data = load(write(tmp_path, rows), "dpo")
-    assert len(data.train) == 1
-    assert "chosen == rejected" in caplog.text and "[0]" in caplog.text
+    assert len(data.train) == 2
+    assert "1 rows have chosen == rejected" in caplog.text and "[0]" in caplog.text
 
 
 # --------------------------------------------------------------------------- GRPO shapes

@@ -52,6 +52,15 @@ For a text model (`vision=False`, the default) media columns are dropped with a 
 when no text refers to them, and rows whose text has `<image>`/`<video>` placeholders are an
 error: a text model would read the placeholders as words and never see the images.
 
+Local text files (JSON, JSON Lines, CSV) are decoded strictly as UTF-8 first, a bad byte named
+by file, line and byte offset; a UTF-8 byte-order mark at the start (Excel's "CSV UTF-8") is
+accepted. A folder of data files holds one format (datasets reads one per folder and would skip
+the others). A column datasets can only hold as its Json feature (values of more than one type,
+such as a `label` of true here and "true" there, which it converts) is checked as the JSON file
+writes it, before the batched pass; normalised rows must then be all plain text or all
+conversations. A preference set whose every pair has chosen == rejected is an error (some such
+pairs: a warning with their rows).
+
 Every row is checked before any training starts, by the same batched datasets map that
 normalises it (over `data.num_proc` processes when set), and the result is cached by the
 dataset's fingerprint: a second launch on the same file, and the other ranks of a multi-process

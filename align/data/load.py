@@ -18,6 +18,7 @@ from align.data.formats import (
     REMOVED_COLUMNS,
     RowError,
     detect_format,
+    type_name,
 )
 from align.data.heldout import build_heldout
 from align.data.media import (
@@ -42,8 +43,8 @@ MAX_REPORTED_ROWS = 10  # a file with thousands of bad rows should not print tho
 
 
 def _row_label(src: Source, index: int, sample_id: Any = None) -> str:
-    lines = src.python_rows()[1]
-    line = f" (line {lines[index]})" if lines is not None else ""
+    places = src.python_rows()[1]
+    line = f" ({places[index]})" if places is not None and places[index] else ""
     ident = f" (id {sample_id!r})" if sample_id is not None else ""
     return f"{src.label}: row {index}{line}{ident}"
 
@@ -140,6 +141,12 @@ def _normalise(src: Source, fmt: str, cfg: DataConfig, media: Media | None) -> d
     if media is not None:  # replaced by the `images` column
         removed += [c for c in MEDIA_COLUMNS if c != "images"]
     remove = [c for c in removed if c in dataset.column_names]
+    if _mixed_columns(src, fmt):
+        # datasets reads a JSON column whose rows hold values of different types (booleans and
+        # strings, strings and numbers) as its Json feature, which converts some of them on the
+        # way (a "true" among booleans reads back as true): such a column is checked as the
+        # file writes it, before the map sees arrow's view of it.
+        _check_one_kind(src, _report_bad_rows(src, fmt, cfg.system_prompt, media))
     try:
         with _main_process_first():
             out = dataset.map(
@@ -161,9 +168,21 @@ def _normalise(src: Source, fmt: str, cfg: DataConfig, media: Media | None) -> d
         raise DataError(f"{_row_label_plain(src.label, bad.index, bad.sample_id)}: "
                         f"field '{bad.field}': {bad.problem}") from None
     if fmt == "preference":
-        _warn_same(src.label, out)
+        _check_same(src.label, out)
         out = out.remove_columns(_SAME)
     return out
+
+
+def _mixed_columns(src: Source, fmt: str) -> list[str]:
+    """The columns the format reads that datasets holds as its Json feature (values of more
+    than one type in the column), for a source read from JSON files (whose rows python can
+    read as written)."""
+    if not src.json_files:
+        return []
+    from datasets import Json
+
+    features = src.dataset.features
+    return [c for c in READ_COLUMNS[fmt] if c in features and isinstance(features[c], Json)]
 
 
 def _unpack_batch(batch: dict, *, code: str) -> dict:
@@ -192,10 +211,40 @@ def unpack_pairs(dataset: datasets.Dataset | None, num_proc: int | None = None):
                        desc="Unpacking pairs for KTO")
 
 
-def _warn_same(label: str, dataset: datasets.Dataset) -> None:
+def _kind(value: Any) -> str:
+    return "a plain string" if isinstance(value, str) else \
+        "a list of messages" if isinstance(value, list) else type_name(value)
+
+
+def _check_one_kind(src: Source, rows: list[dict]) -> None:
+    """Normalised rows must agree on the kind of each column: trl formats a whole dataset as
+    plain text or as conversations, and arrow stores one type per column, so a file whose rows
+    mix them (a string prompt here, a message list there) is named by its first odd row."""
+    if not rows:
+        return
+    for name, first in rows[0].items():
+        for i, row in enumerate(rows):
+            if _kind(row[name]) != _kind(first):
+                raise DataError(
+                    f"{_row_label(src, i)}: field '{name}': {_kind(row[name])}, but row 0 has "
+                    f"{_kind(first)}; one dataset is all plain text or all conversations "
+                    "(trl formats every row alike): write every row the same way"
+                )
+
+
+def _check_same(label: str, dataset: datasets.Dataset) -> None:
+    """Pairs whose chosen == rejected carry no preference: a warning with their count and rows
+    when some do (a tie in a judged set), an error when every pair does (the same column
+    mapped twice, or a generator that returned one answer twice): nothing would be learnt."""
     import pyarrow.compute as pc
 
     same = pc.indices_nonzero(dataset.data.column(_SAME).combine_chunks()).to_pylist()
+    if same and len(same) == len(dataset):
+        raise DataError(
+            f"{label}: every pair ({len(same)} of {len(dataset)} rows) has chosen == rejected, so "
+            "there is no preference to learn; check that 'chosen' and 'rejected' are different "
+            "columns (data.columns) holding the preferred and the other answer"
+        )
     if same:
         logger.warning(
             "%s: %d rows have chosen == rejected (rows %s%s); they carry no preference signal",
@@ -206,9 +255,11 @@ def _warn_same(label: str, dataset: datasets.Dataset) -> None:
         )
 
 
-def _report_bad_rows(src: Source, fmt: str, system_prompt: str | None, media: Media | None) -> None:
+def _report_bad_rows(src: Source, fmt: str, system_prompt: str | None,
+                     media: Media | None) -> list[dict]:
     """Run the format's normaliser over every row in python; raise one DataError listing the
-    bad rows (at most MAX_REPORTED_ROWS). Only runs once the batched pass has found a bad row.
+    bad rows (at most MAX_REPORTED_ROWS), or return the normalised rows. Runs once the batched
+    pass has found a bad row, or before it when a column mixes types (`_mixed_columns`).
     JSON rows are checked as python's json parsed them, the dataset's other rows as arrow
     holds them."""
     extra = ("id",) + MEDIA_COLUMNS if media is not None else ("id",)
@@ -222,16 +273,17 @@ def _report_bad_rows(src: Source, fmt: str, system_prompt: str | None, media: Me
         columns = src.dataset.select_columns(read).to_dict()
         rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
     normalise = NORMALISERS[fmt]
-    problems = []
+    problems, normalised = [], []
     for i, row in enumerate(rows):
         try:
             out = normalise(row, system_prompt)
             if media is not None:
                 attach_media(out, row, media, decode=False)
+            normalised.append(out)
         except RowError as err:
             problems.append(f"{_row_label(src, i, row.get('id'))}: field '{err.field}': {err.problem}")
     if not problems:
-        return
+        return normalised
     shown = problems[:MAX_REPORTED_ROWS]
     if len(problems) == 1:
         raise DataError(problems[0])
@@ -315,6 +367,30 @@ def load_stage_data(cfg: Any, stage: str, vision: bool = False) -> StageData:
     if stage not in STAGES:
         raise DataError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     cfg = as_data_config(cfg)
+    with _progress_bars_on_a_terminal():
+        return _load_stage_data(cfg, stage, vision)
+
+
+@contextlib.contextmanager
+def _progress_bars_on_a_terminal():
+    """datasets' progress bars (reading a file, checking its rows) where someone watches them,
+    on a terminal. Written to a log or a captured stream (a batch job, a scheduler, a CI step)
+    they are lines of redrawn bars, and a bad file's one-line error would follow them."""
+    import sys
+
+    import datasets
+
+    if sys.stderr.isatty() or datasets.are_progress_bars_disabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
+
+
+def _load_stage_data(cfg: DataConfig, stage: str, vision: bool) -> StageData:
     train_src, eval_src = load_sources(cfg, stage)
     train_src = rename_columns(train_src, cfg.columns)
     fmt = detect_format(train_src.dataset.column_names, stage, train_src.label, cfg.format)
