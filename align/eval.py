@@ -184,7 +184,7 @@ def prepare(cfg: DictConfig | dict, overrides: list[str] | None = None) -> EvalJ
     errors += check_reward_specs(rewards, "rewards", required=True)
     tools, e = build_tool_specs(tools_node, "grpo")
     errors += e
-    environment, e = build_environment(environment_ref, "grpo")
+    environment, e = build_environment(environment_ref, "grpo", tools)
     errors += e
     if stage not in ("sft", "dpo", "kto", "grpo"):
         errors.append(f"stage={stage!r}: the data layout to read, one of sft, dpo, kto, grpo")

@@ -277,58 +277,74 @@ def _excerpt(completion: Any) -> str:
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _is_finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float: no finite reward either
+        return False
+
+
 def _is_score(value: Any) -> bool:
     # numbers.Real: numpy/torch scalars count too; a bool is almost always a bug (a missing float()).
     return value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool))
 
 
-class BoundReward:
-    """A reward reference plus its config kwargs and error policy, callable the way trl calls rewards.
+class GatedReward:
+    """A reward function behind align's gate: every value it returns is checked, and its
+    ``on_error`` policy (:data:`ERROR_POLICIES`) says what a failure does.
 
-    - ``__name__`` is the display name: trl logs each reward under it (``rewards/<name>/mean``).
-    - The function is resolved and its kwargs validated at construction (fail at setup).
-    - Pickling keeps only ``(ref, kwargs, name, on_error)``; the function is resolved again, lazily,
-      in the process that unpickles it.
-    - Bound kwargs are config; a dataset column with the same name is an error rather than a silent
-      override either way (rename the column or the kwarg).
-    - ``on_error`` (:data:`ERROR_POLICIES`): with ``none``/``zero``, a batch that raises is scored
-      again sample by sample to find the failing samples; each one is logged (sample index, reward
-      name, exception, completion excerpt) at WARNING level and scored ``None``/0.0, and the
-      fraction of failing samples is reported through trl's ``log_metric`` as
-      ``rewards/<name>/error_frac`` on every call. A :class:`RewardUnavailableError` fails the
-      whole batch at once (one warning, no sample-by-sample retry). ``errors`` counts failing
-      samples over the object's lifetime. A wrong number of scores is a bug in the reward and
-      always raises.
+    One gate for every reward source: the configured rewards (:class:`BoundReward`, below) and
+    the ``get_reward()`` of an environment (wrapped by align's GRPO trainer). A failure is any of
+
+    - the call raised (a :class:`RewardUnavailableError` fails the whole batch at once; any other
+      exception under ``none``/``zero`` has the batch scored again sample by sample to find the
+      failing samples);
+    - a score that is not a number (a bool counts as one: almost always a missing ``float()``);
+    - a score that is not finite (NaN, +inf, -inf). trl reads NaN as "not applicable" and would
+      train on an infinity, so neither may pass as a score: ``None`` is how a reward says "not
+      applicable".
+
+    Under ``raise`` (the default) the first failure stops the call: an exception of the function
+    keeps its traceback (with a note naming the reward); a non-number or non-finite score raises
+    :class:`RewardError` naming the reward, the sample and its completion. Under ``none``/``zero``
+    each failing sample is logged at WARNING (sample index, reward name, cause, completion
+    excerpt) and scored ``None``/0.0, and on every call trl's ``log_metric`` receives
+
+    - ``rewards/<name>/error_frac``: the share of samples that failed, for any of the causes;
+    - ``rewards/<name>/nonfinite_frac``: the share that returned a non-finite score (the run
+      doctor names a reward for which it is ever above 0);
+    - ``rewards/<name>/batch_error_frac``: 1.0 when the call on the whole batch raised (so it was
+      scored sample by sample), else 0.0. A reward that fails on a batch and not on its samples
+      one by one is still broken (a batching bug, a flaky dependency) and must leave a trace
+      even when every sample then scores.
+
+    ``errors`` counts failing samples and ``batch_errors`` failed batch calls over the object's
+    lifetime. A wrong number of scores is a bug in the reward and always raises.
     """
 
-    def __init__(
-        self,
-        ref: str,
-        kwargs: Mapping[str, Any] | None = None,
-        name: str | None = None,
-        on_error: str = "raise",
-    ) -> None:
-        self.ref = ref
-        self.kwargs: dict[str, Any] = _plain(dict(kwargs or {}))
-        fn = resolve(ref)
-        self.__name__ = name or getattr(fn, "__name__", ref)
+    def __init__(self, fn: RewardFn, name: str, on_error: str = "raise", ref: str | None = None
+                 ) -> None:
         if on_error not in ERROR_POLICIES:
             raise RewardConfigError(
-                f"reward {self.__name__!r}: on_error must be one of {list(ERROR_POLICIES)}, got "
+                f"reward {name!r}: on_error must be one of {list(ERROR_POLICIES)}, got "
                 f"{on_error!r}{_closest(str(on_error), ERROR_POLICIES)}"
             )
-        self.on_error = on_error
-        check_reward_kwargs(fn, self.kwargs, self.__name__)
         self._fn: RewardFn | None = fn
+        self.__name__ = name
+        self.on_error = on_error
+        self.ref = ref or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', name)}"
+        self.kwargs: dict[str, Any] = {}
         self.errors = 0
-        # Set by build_rewards on its first reward: the names of all rewards of the run (their
-        # columns in trl's table must not be overwritten by a dataset column of the same name).
+        self.batch_errors = 0
         self.log_columns: tuple[str, ...] = ()
 
     @property
     def fn(self) -> RewardFn:
-        if self._fn is None:
-            self._fn = resolve(self.ref)
         return self._fn
 
     def __call__(
@@ -343,78 +359,54 @@ class BoundReward:
         n = len(completions)
         if self.log_columns:
             _log_columns(columns, n, skip=self.log_columns)
-        if self.on_error == "raise":
-            try:
-                scores = self.fn(completions=completions, **columns, **self.kwargs)
-            except Exception as e:
+        failed: dict[int, BaseException | str] = {}
+        batch_error: BaseException | None = None
+        try:
+            scores = self.fn(completions=completions, **columns, **self.kwargs)
+        except Exception as e:
+            if self.on_error == "raise":
                 if hasattr(e, "add_note"):  # Python 3.11+
                     e.add_note(
-                        f"raised by reward {self.__name__!r} ({self.ref}) on a batch of {n} completions; "
-                        "set on_error: none or zero in its config to score failing samples instead"
+                        f"raised by reward {self.__name__!r} ({self.ref}) on a batch of {n} "
+                        "completions; set on_error: none or zero in its config to score failing "
+                        "samples instead"
                     )
                 raise
-            self._check_length(scores, n)
-            bad = [i for i, v in enumerate(scores) if not _is_score(v)]
-            if bad:
-                raise RewardError(
-                    f"reward {self.__name__!r} returned a non-number at sample {bad[0]}: "
-                    f"{scores[bad[0]]!r} (rewards return floats, or None for 'not applicable')"
-                )
-            return [None if v is None else float(v) for v in scores]
-        return self._call_with_policy(completions, columns)
-
-    def _check_length(self, scores: Any, n: int) -> None:
-        if not isinstance(scores, Sequence) or isinstance(scores, (str, bytes)) or len(scores) != n:
-            got = len(scores) if isinstance(scores, Sequence) else type(scores).__name__
-            raise RewardError(
-                f"reward {self.__name__!r} returned {got} scores for {n} completions; a reward returns "
-                "one float (or None) per completion"
-            )
-
-    def _call_with_policy(
-        self, completions: Sequence[Any], columns: dict[str, Any]
-    ) -> list[float | None]:
-        n = len(completions)
-        failed: dict[int, BaseException | str] = {}
-        try:
-            scores = list(self.fn(completions=completions, **columns, **self.kwargs))
-        except RewardUnavailableError as e:
-            fill = None if self.on_error == "none" else 0.0
-            log.warning(
-                "reward %r is unavailable for the whole batch of %d (scored %s, on_error=%s): %s",
-                self.__name__, n, fill, self.on_error, e,
-            )
-            self.errors += n
-            log_metric = columns.get("log_metric")
-            if callable(log_metric):
-                log_metric(f"rewards/{self.__name__}/error_frac", 1.0 if n else 0.0)
-            return [fill] * n
-        except Exception:
-            # Which samples failed? Score them one at a time. log_extra is muted meanwhile: a sample
-            # that fails would log nothing and shift every later row of trl's completions table.
-            scores = []
-            single_columns = {**columns, "log_extra": _discard} if "log_extra" in columns else columns
-            for i in range(n):
-                try:
-                    one = self.fn(
-                        completions=[completions[i]],
-                        **_slice_columns(single_columns, i, n),
-                        **self.kwargs,
-                    )
-                    self._check_length(one, 1)
-                    scores.append(one[0])
-                except RewardError:
-                    raise
-                except Exception as e:
-                    failed[i] = e
-                    scores.append(None)
+            if isinstance(e, RewardUnavailableError):
+                return self._unavailable(e, n, columns)
+            batch_error = e
+        if batch_error is not None:  # outside the handler: a sample's error is not chained to it
+            scores, failed = self._score_one_by_one(completions, columns)
         else:
             self._check_length(scores, n)
+            scores = list(scores)
+        nonfinite = 0
         for i, value in enumerate(scores):
-            if i not in failed and not _is_score(value):
-                failed[i] = f"returned a non-number: {value!r}"
+            if i in failed:
+                continue
+            if not _is_score(value):
+                failed[i] = f"returned a non-number at sample {i}: {_short(value)}"
+            elif value is not None and not _is_finite(value):
+                failed[i] = f"returned a non-finite score at sample {i}: {_short(value)}"
+                nonfinite += 1
+        if failed and self.on_error == "raise":
+            i = min(failed)
+            raise RewardError(
+                f"reward {self.__name__!r} ({self.ref}) {failed[i]} (of {n}; completion: "
+                f"{_excerpt(completions[i])!r}); a reward returns a finite float per completion, "
+                "or None for 'not applicable'. Fix the reward, or set on_error: none or zero in "
+                "its config to score such samples instead"
+            )
         fill = None if self.on_error == "none" else 0.0
-        for i, error in failed.items():
+        if batch_error is not None:
+            self.batch_errors += 1
+            log.warning(
+                "reward %r raised on the batch of %d (%s: %s); scored again sample by sample, "
+                "%d of them failing (on_error=%s)",
+                self.__name__, n, type(batch_error).__name__, batch_error, len(failed),
+                self.on_error, exc_info=batch_error,
+            )
+        for i, error in sorted(failed.items()):
             scores[i] = fill
             detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
             log.warning(
@@ -426,7 +418,96 @@ class BoundReward:
         log_metric = columns.get("log_metric")
         if callable(log_metric):
             log_metric(f"rewards/{self.__name__}/error_frac", len(failed) / max(n, 1))
+            log_metric(f"rewards/{self.__name__}/nonfinite_frac", nonfinite / max(n, 1))
+            log_metric(f"rewards/{self.__name__}/batch_error_frac",
+                       float(batch_error is not None))
         return [None if v is None else float(v) for v in scores]
+
+    def _check_length(self, scores: Any, n: int) -> None:
+        if not isinstance(scores, Sequence) or isinstance(scores, (str, bytes)) or len(scores) != n:
+            got = len(scores) if isinstance(scores, Sequence) else type(scores).__name__
+            raise RewardError(
+                f"reward {self.__name__!r} returned {got} scores for {n} completions; a reward returns "
+                "one float (or None) per completion"
+            )
+
+    def _unavailable(self, e: BaseException, n: int, columns: Mapping[str, Any]
+                     ) -> list[float | None]:
+        fill = None if self.on_error == "none" else 0.0
+        log.warning(
+            "reward %r is unavailable for the whole batch of %d (scored %s, on_error=%s): %s",
+            self.__name__, n, fill, self.on_error, e,
+        )
+        self.errors += n
+        self.batch_errors += 1
+        log_metric = columns.get("log_metric")
+        if callable(log_metric):
+            log_metric(f"rewards/{self.__name__}/error_frac", 1.0 if n else 0.0)
+        return [fill] * n
+
+    def _score_one_by_one(
+        self, completions: Sequence[Any], columns: dict[str, Any]
+    ) -> tuple[list[Any], dict[int, BaseException]]:
+        """(scores, the samples that raised): each sample scored alone. log_extra is muted
+        meanwhile: a sample that fails would log nothing and shift every later row of trl's
+        completions table."""
+        n = len(completions)
+        scores: list[Any] = []
+        failed: dict[int, BaseException] = {}
+        single_columns = {**columns, "log_extra": _discard} if "log_extra" in columns else columns
+        for i in range(n):
+            try:
+                one = self.fn(
+                    completions=[completions[i]],
+                    **_slice_columns(single_columns, i, n),
+                    **self.kwargs,
+                )
+                self._check_length(one, 1)
+                scores.append(one[0])
+            except RewardError:
+                raise
+            except Exception as e:
+                failed[i] = e
+                scores.append(None)
+        return scores, failed
+
+    def __repr__(self) -> str:
+        return f"GatedReward(ref={self.ref!r}, name={self.__name__!r}, on_error={self.on_error!r})"
+
+
+class BoundReward(GatedReward):
+    """A reward reference plus its config kwargs and error policy, callable the way trl calls rewards.
+
+    - ``__name__`` is the display name: trl logs each reward under it (``rewards/<name>/mean``).
+    - The function is resolved and its kwargs validated at construction (fail at setup).
+    - Pickling keeps only ``(ref, kwargs, name, on_error)``; the function is resolved again, lazily,
+      in the process that unpickles it.
+    - Bound kwargs are config; a dataset column with the same name is an error rather than a silent
+      override either way (rename the column or the kwarg).
+    - Every score passes the gate of :class:`GatedReward`: ``on_error`` (:data:`ERROR_POLICIES`)
+      decides what a reward that raises, or returns a non-number or a non-finite score, does.
+    """
+
+    def __init__(
+        self,
+        ref: str,
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        on_error: str = "raise",
+    ) -> None:
+        fn = resolve(ref)
+        super().__init__(fn, name or getattr(fn, "__name__", ref), on_error, ref)
+        self.kwargs = _plain(dict(kwargs or {}))
+        check_reward_kwargs(fn, self.kwargs, self.__name__)
+        # Set by build_rewards on its first reward: the names of all rewards of the run (their
+        # columns in trl's table must not be overwritten by a dataset column of the same name).
+        self.log_columns = ()
+
+    @property
+    def fn(self) -> RewardFn:
+        if self._fn is None:
+            self._fn = resolve(self.ref)
+        return self._fn
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -444,6 +525,7 @@ class BoundReward:
         self.on_error = state.get("on_error", "raise")
         self._fn = None
         self.errors = 0
+        self.batch_errors = 0
         self.log_columns = tuple(state.get("log_columns", ()))
 
     def __repr__(self) -> str:

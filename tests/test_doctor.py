@@ -327,3 +327,22 @@ def test_a_log_the_doctor_cannot_read_never_stops_training(tmp_path, caplog):
     said = [r.getMessage() for r in caplog.records if "could not read the log" in r.getMessage()]
     assert len(said) == 1, said
     assert not (tmp_path / "doctor.json").exists() and "doctor" not in job.metrics
+
+
+def test_a_reward_that_returned_non_finite_values_is_named_at_once():
+    """One logged step with a non-finite share is a finding (a bug, not noise); a run of zeros
+    is not, and the check is skipped when no reward logs the share (on_error: raise)."""
+    history = [{"rewards/acc/nonfinite_frac": 0.0, "rewards/judge/nonfinite_frac": 0.0,
+                "step": s} for s in range(1, 9)]
+    history[5]["rewards/judge/nonfinite_frac"] = 0.25
+    (finding,) = [f for f in diagnose(history).findings if f.name == "reward_nonfinite"]
+    assert finding.line().startswith(
+        "reward_nonfinite: reward judge returned non-finite values (NaN or inf) at 1 of 8 logged "
+        "steps from step 6 to 6, up to 25% of a step's samples")
+    assert finding.evidence == {"metric": "rewards/judge/nonfinite_frac", "steps": [6],
+                                "max_frac": 0.25}
+    history[5]["rewards/judge/nonfinite_frac"] = 0.0
+    assert "reward_nonfinite" in diagnose(history).checked
+    assert not [f for f in diagnose(history).findings if f.name == "reward_nonfinite"]
+    assert any(s.startswith("reward_nonfinite (no rewards/<fn>/nonfinite_frac logged")
+               for s in diagnose([{"loss": 1.0, "step": 1}]).skipped)

@@ -348,7 +348,9 @@ def test_error_policy_scores_and_logs_the_failing_sample(
                        log_metric=metrics, log_extra=None)
     assert scores == [1.0, fill, 0.0, None]
     assert bound.errors == 1
-    assert metrics.logged == [("rewards/flaky/error_frac", 0.25)]
+    assert metrics.logged == [("rewards/flaky/error_frac", 0.25),
+                              ("rewards/flaky/nonfinite_frac", 0.0),
+                              ("rewards/flaky/batch_error_frac", 1.0)]
     (record,) = [r for r in caplog.records if "failed on sample" in r.getMessage()]
     message = record.getMessage()
     assert "reward 'flaky' failed on sample 1 of 4" in message
@@ -358,7 +360,7 @@ def test_error_policy_scores_and_logs_the_failing_sample(
 
     # A clean batch still reports its (zero) error rate, so the logged curve is continuous.
     assert bound(completions=["good"], log_metric=metrics) == [1.0]
-    assert metrics.logged[-1] == ("rewards/flaky/error_frac", 0.0)
+    assert ("rewards/flaky/error_frac", 0.0) in metrics.logged[-3:]
 
 
 def test_error_policy_raise_is_the_default(user_rewards: Path) -> None:

@@ -445,7 +445,10 @@ def test_environments(tmp_path):
     path = user_tools(tmp_path, ENVIRONMENTS, name="envs.py")
     check_environment(resolve_environment(f"{path}:Good"), "good")
     check_environment(resolve_environment(f"{path}:make_good"), "factory")  # a factory is called once
-    check_environment(resolve_environment(f"{path}:Exploding"), "lazy")  # a class is never instantiated
+    # one instance is constructed at setup, as trl constructs one per rollout
+    with pytest.raises(ToolConfigError, match=r"environment 'boom': constructing one raised "
+                                              r"RuntimeError: instantiated \(at .*envs.py:\d+\)"):
+        check_environment(resolve_environment(f"{path}:Exploding"), "boom")
     with pytest.raises(ToolConfigError, match=r"environment 'e': NoReset has no callable reset\(\) \(did you mean 'restart'\?\)"):
         check_environment(resolve_environment(f"{path}:NoReset"), "e")
     with pytest.raises(ToolSchemaError, match="environment 'e' method 'look': no docstring description"):

@@ -35,7 +35,7 @@ import math
 import re
 import threading
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from rewards.registry import _closest, _plain, check_spec_keys, load_reference
@@ -430,26 +430,119 @@ def environment_tools(cls: type) -> dict[str, Callable[..., Any]]:
     }
 
 
-def check_environment(factory: Callable[[], Any], name: str) -> None:
-    """Fail at setup unless trl can use ``factory`` as an ``environment_factory``: a callable
-    ``reset`` and, for every tool method, the same schema check as tools (:func:`check_schema`).
+def check_environment(factory: Callable[[], Any], name: str, tool_names: Iterable[str] = ()) -> None:
+    """Fail at setup unless trl can use ``factory`` as an ``environment_factory``.
 
-    A class is checked on its functions, without instantiating it. A factory function (not a class)
-    is called once here, to get an instance whose class is checked: it should be cheap and free of
-    side effects (trl calls it once per rollout anyway)."""
-    if inspect.isclass(factory):
-        cls = factory
-    else:
-        try:
-            cls = type(factory())
-        except Exception as e:
-            raise ToolConfigError(f"environment {name!r}: its factory raised {_one_line(e)}") from e
-    reset = inspect.getattr_static(cls, "reset", None)
-    if reset is None or not callable(getattr(cls, "reset", None)):
-        public = [n for n in dir(cls) if not n.startswith("_")]
+    Checked, each failure one line naming the environment:
+
+    - one instance is constructed here, as trl constructs one per rollout (with no arguments):
+      an ``__init__`` (or factory) that raises would otherwise stop the run at its first step,
+      after the model loaded. It should be cheap and free of side effects;
+    - ``reset`` is a method defined on the class (trl lists the class's functions: a classmethod,
+      a callable object or a value under that name is not found by it), and so is ``get_reward``
+      when the class has one (trl would drop a ``get_reward`` it cannot list, and the
+      environment's reward with it, without a word);
+    - every tool method passes the tools' schema check (:func:`check_schema`);
+    - no tool method has the name of a tool of the ``tools:`` section (``tool_names``): trl keys
+      a rollout's tools by name, so one would silently hide the other from the model.
+    """
+    try:
+        instance = factory()
+    except Exception as e:
         raise ToolConfigError(
-            f"environment {name!r}: {cls.__name__} has no callable reset(){_closest('reset', public)}; "
-            "trl calls it before every rollout. Add 'def reset(self) -> str | None'"
-        )
-    for method, fn in environment_tools(cls).items():
+            f"environment {name!r}: constructing one raised {_one_line(e)} (at {_raised_at(e)}); "
+            "trl constructs one instance per rollout with no arguments, so it must construct"
+        ) from e
+    cls = type(instance)
+    for hook, required in (("reset", True), ("get_reward", False)):
+        problem = _hook_problem(cls, hook, required)
+        if problem:
+            raise ToolConfigError(f"environment {name!r}: {problem}")
+    tools = environment_tools(cls)
+    for method, fn in tools.items():
         check_schema(fn, f"environment {name!r} method {method!r}")
+    clash = sorted(set(tools) & set(tool_names))
+    if clash:
+        raise ToolConfigError(
+            f"environment {name!r}: method {clash[0]!r} of {cls.__name__} has the name of the tool "
+            f"tools.{clash[0]}; the model calls tools by name and would reach only one of them. "
+            "Rename the method or the tools entry"
+        )
+
+
+def _hook_problem(cls: type, hook: str, required: bool) -> str | None:
+    """What is wrong with ``cls``'s ``reset``/``get_reward`` for trl, or None."""
+    usage = ("trl calls reset(**row) before every rollout. Add 'def reset(self, **kwargs) -> "
+             "str | None'" if hook == "reset" else
+             "trl calls get_reward() when a rollout ends. Define 'def get_reward(self) -> float'")
+    if inspect.getattr_static(cls, hook, _MISSING) is _MISSING:
+        if not required:
+            return None
+        public = [n for n in dir(cls) if not n.startswith("_")]
+        return f"{cls.__name__} has no callable {hook}(){_closest(hook, public)}; {usage}"
+    value = getattr(cls, hook)
+    if not callable(value):
+        return f"{cls.__name__}.{hook} is a {type(value).__name__}, which is not callable; {usage}"
+    if not inspect.isfunction(value):
+        return (f"{cls.__name__}.{hook} is a {type(value).__name__}, not a method defined on the "
+                f"class (trl looks for functions on the class and would not find it); {usage}")
+    return None
+
+
+_MISSING = object()
+
+
+def _raised_at(e: BaseException) -> str:
+    """file:line where ``e`` was raised (its innermost frame)."""
+    tb = e.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+
+
+def environment_failure(e: BaseException, classes: Iterable[type],
+                        factories: Iterable[Callable[..., Any]] = ()) -> str | None:
+    """One line naming the environment and method ``e`` was raised in, or None when it was not
+    raised inside one of ``classes``' methods (or a factory function of ``factories``).
+
+    The environment's code is called by trl itself (``reset`` and ``__init__`` inside its
+    generation step), where align cannot wrap the call; the traceback says which method was
+    running. The outermost such frame names the hook trl called; the innermost frame, where it
+    was raised."""
+    codes: dict[Any, str] = {}
+    for cls in classes:
+        for attr, fn in inspect.getmembers(cls, inspect.isfunction):
+            codes.setdefault(fn.__code__, f"{cls.__name__}.{attr}")
+    for factory in factories:
+        if inspect.isfunction(factory):
+            codes.setdefault(factory.__code__, f"the factory {factory.__name__}()")
+    tb = e.__traceback__
+    while tb is not None:
+        where = codes.get(tb.tb_frame.f_code)
+        if where is not None:
+            owner = where.split(".")[0]
+            return (f"environment {owner}: {where} raised {_one_line(e)} (at {_raised_at(e)}); "
+                    "fix the environment (its tool methods may raise: the model gets the error, "
+                    "but its __init__, reset and get_reward must not)")
+        tb = tb.tb_next
+    return None
+
+
+def environment_reward(cls: type) -> Any:
+    """The reward of environment class ``cls`` (its ``get_reward()``, one score per rollout of
+    this class, None for the others), behind the rewards' gate
+    (:class:`rewards.registry.GatedReward`, ``on_error: raise``): a NaN or infinite score, or a
+    non-number, stops the run with one line naming the environment and the sample, as any
+    reward's would. Named after the class, as trl logs it."""
+    from rewards.registry import GatedReward
+
+    def get_reward(completions: Any, environments: Any = None, **kwargs: Any) -> list:
+        if environments is None or len(environments) != len(completions):
+            raise ValueError(f"environment {cls.__name__}: get_reward needs one environment "
+                             "instance per completion (trl passes them as environments=)")
+        return [e.get_reward() if type(e) is cls else None for e in environments]
+
+    return GatedReward(get_reward, cls.__name__, "raise",
+                       ref=f"environment {cls.__module__}.{cls.__qualname__}.get_reward")

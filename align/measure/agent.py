@@ -17,9 +17,28 @@ assistant ...), so the same reward functions score training and held-out samples
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+
+from align.errors import AlignError
+
+
+class RolloutError(AlignError, RuntimeError):
+    """An environment's ``__init__``/``reset``/``get_reward`` raised during a rollout, or a reward
+    (an environment's included) broke its contract under ``on_error: raise`` (a non-finite score,
+    a non-number). Reported as one line naming the environment and method, or the reward and the
+    sample: the run cannot go on, and the fix is in the user's code, not in align."""
+
+
+def environment_failure_line(e: BaseException, classes, factories=()) -> str:
+    """The one line for an exception raised while running an environment (see
+    :func:`tools.registry.environment_failure`), with a fallback that names the call."""
+    from tools.registry import _one_line, _raised_at, environment_failure
+
+    return (environment_failure(e, classes, factories)
+            or f"environment: {_one_line(e)} (at {_raised_at(e)})")
 
 
 @dataclass
@@ -41,8 +60,6 @@ class ToolRollouts:
 def environment_tools(instance) -> list[Callable]:
     """An environment instance's tools: its public methods but reset and get_reward (trl's rule,
     read on the class so that properties are not evaluated)."""
-    import inspect
-
     return [getattr(instance, name) for name, _ in inspect.getmembers(type(instance),
                                                                       inspect.isfunction)
             if name not in ("reset", "get_reward") and not name.startswith("_")]
@@ -54,11 +71,18 @@ def reset_environments(environment, rows: list[dict], prompts: list[list[dict]])
     instances, out = [], []
     for row, prompt in zip(rows, prompts, strict=True):
         if hasattr(environment, "keys"):
-            instance = environment[row["environment"]]()
+            factory = environment[row["environment"]]
             kwargs = {k: v for k, v in row.items() if k != "environment"}
         else:
-            instance, kwargs = environment(), row
-        observation = instance.reset(**kwargs)
+            factory, kwargs = environment, row
+        instance = None
+        try:
+            instance = factory()
+            observation = instance.reset(**kwargs)
+        except Exception as e:
+            classes = [type(instance)] if instance is not None else (
+                [factory] if inspect.isclass(factory) else [])
+            raise RolloutError(environment_failure_line(e, classes, [factory])) from e
         if isinstance(observation, str):
             prompt = prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + observation}]
         instances.append(instance)
@@ -203,9 +227,32 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
     finally:
         if was_training is not None:
             model.train(was_training)
-    rewards = [(type(e).__name__, e.get_reward()) if e is not None and hasattr(e, "get_reward")
-               else None for e in instances]
+    rewards = environment_rewards(instances, completions)
     return ToolRollouts(completions, completion_ids, calls, failures, by_tool, rewards)
+
+
+def environment_rewards(instances: list, completions: list) -> list:
+    """Per rollout, (its environment's class name, get_reward()) or None (no environment, or no
+    get_reward), each class's scores through the rewards' gate as in training
+    (:func:`tools.registry.environment_reward`): a get_reward that raises or returns NaN, an
+    infinity or a non-number is a :class:`RolloutError`."""
+    from rewards.registry import RewardError
+    from tools.registry import environment_reward
+
+    out: list = [None] * len(instances)
+    classes = {type(e) for e in instances
+               if e is not None and inspect.isfunction(getattr(type(e), "get_reward", None))}
+    for cls in sorted(classes, key=lambda c: c.__qualname__):
+        try:
+            scores = environment_reward(cls)(completions=completions, environments=instances)
+        except RewardError as e:
+            raise RolloutError(str(e)) from e
+        except Exception as e:
+            raise RolloutError(environment_failure_line(e, [cls])) from e
+        for i, (instance, score) in enumerate(zip(instances, scores)):
+            if type(instance) is cls:
+                out[i] = (cls.__name__, score)
+    return out
 
 
 def environment_reward_figures(rollouts: ToolRollouts) -> dict[str, float]:

@@ -35,6 +35,10 @@ What is checked (trl 1.16's metric names; the thresholds are the fields of Docto
                             max_completion_length) at >= `truncation_ratio` (median of `window`)
   entropy_collapse          GRPO: `entropy` at <= `entropy_floor` (median of `window` logged steps)
                             and <= `entropy_fraction` x its mean over the first `window`
+  reward_nonfinite          GRPO: a reward returned NaN or +/-inf (`rewards/<fn>/nonfinite_frac`
+                            above 0, logged by rewards under on_error none or zero, which score
+                            those samples None or 0) at any logged step: one is a bug in the
+                            reward, not noise, as a non-finite loss is
   kl_high                   GRPO with beta > 0: `kl` at >= `kl_max` (median of `window`)
   chosen_likelihood_falling DPO, KTO: `rewards/chosen` (beta x the log-ratio of the chosen answers
                             to the reference model) below 0 at every one of `window` logged
@@ -43,6 +47,7 @@ What is checked (trl 1.16's metric names; the thresholds are the fields of Docto
 
 A pattern must hold over a window of logged steps (the median of the window, or every point
 of it), never one noisy point; the evidence gives the mean over the steps the pattern held.
+Non-finite values are the exception: one is a finding (nan_loss's loss, reward_nonfinite).
 A check whose metrics are not in the log is skipped and named as not checked.
 """
 
@@ -339,6 +344,36 @@ def _truncation(history, cfg):
                     "mean_length": length, "max_length": longest}), None
 
 
+NONFINITE_FRAC = re.compile(r"^rewards/(?P<name>.+)/nonfinite_frac$")
+
+
+def _reward_nonfinite(history, cfg):
+    names = sorted({m["name"] for entry in history for k in entry
+                    if (m := NONFINITE_FRAC.match(k))})
+    if not names:
+        return [], ("no rewards/<fn>/nonfinite_frac logged (GRPO rewards log it under "
+                    "on_error none or zero; under raise a non-finite reward stops the run)")
+    found = []
+    for name in names:
+        metric = f"rewards/{name}/nonfinite_frac"
+        points = series(history, metric)
+        bad = [(s, v) for s, v in points if not (math.isfinite(v) and v <= 0)]
+        if not bad:
+            continue
+        ongoing = bad[-1][0] == points[-1][0]
+        worst = max((v for _, v in bad if math.isfinite(v)), default=1.0)
+        found.append(Finding(
+            "reward_nonfinite", bad[0][0], None if ongoing else bad[-1][0],
+            f"reward {name} returned non-finite values (NaN or inf) at {len(bad)} of "
+            f"{len(points)} logged steps {_since(bad[0][0], None if ongoing else bad[-1][0])}, "
+            f"up to {worst:.0%} of a step's samples (scored as its on_error says, not trained on)",
+            f"fix reward {name}: it must return a finite float per completion, or None for "
+            "'not applicable'; see its scores on the run's completions with "
+            "python -m rewards score RUN",
+            {"metric": metric, "steps": [s for s, _ in bad][:20], "max_frac": worst}))
+    return found, None
+
+
 def _entropy_collapse(history, cfg):
     if not series(history, "reward"):
         return None, "no reward logged (entropy is checked for GRPO only: SFT lowers it)"
@@ -406,6 +441,7 @@ CHECKS = {
     "reward_constant": _reward_constant,
     "truncation": _truncation,
     "entropy_collapse": _entropy_collapse,
+    "reward_nonfinite": _reward_nonfinite,
     "kl_high": _kl_high,
     "chosen_likelihood_falling": _chosen_likelihood_falling,
 }
@@ -435,7 +471,10 @@ def read_history(folder: Path) -> tuple[list[dict], Path] | None:
     folder = Path(folder)
     log_file = folder / "log_history.jsonl"
     if log_file.is_file():
-        rows = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+        from align.files import restore_nonfinite
+
+        rows = [restore_nonfinite(json.loads(line)) for line in
+                log_file.read_text().splitlines() if line.strip()]
         return rows, log_file
     states = [folder / "trainer_state.json"] if (folder / "trainer_state.json").is_file() else []
     states += sorted(folder.glob("checkpoint-*/trainer_state.json"),

@@ -292,8 +292,11 @@ class Job:
         trainer.save_model(str(final))  # main process only, gathers ZeRO-3 shards itself
         if self.is_main:
             # The per-step log, also when no checkpoint (and so no trainer_state.json) is saved.
-            write_jsonl(self.out_dir / "log_history.jsonl", trainer.state.log_history)
-            write_json(self.out_dir / "metrics.json", self.metrics)
+            # Both carry what trl and transformers logged: a loss that diverged to NaN is kept as
+            # null with a note (align.files.strict_json), never a bare NaN.
+            write_jsonl(self.out_dir / "log_history.jsonl", trainer.state.log_history,
+                        nonfinite="note")
+            write_json(self.out_dir / "metrics.json", self.metrics, nonfinite="note")
             for line in summary_lines(self):
                 print(line)
             print(f"run folder: {self.out_dir}")

@@ -259,9 +259,10 @@ def build_tool_specs(specs: Any, stage: str) -> tuple[tuple, list[str]]:
         return (), [f"tools: {' '.join(str(exc).split())}"]
 
 
-def build_environment(ref: Any, stage: str) -> tuple[Any, list[str]]:
+def build_environment(ref: Any, stage: str, tools: tuple = ()) -> tuple[Any, list[str]]:
     """`environment`: an import path, or {name: import path} (the dataset's `environment` column
-    picks one per row), resolved and checked (a callable `reset`, documented tool methods)."""
+    picks one per row), resolved and checked (one instance constructed, a callable `reset`,
+    documented tool methods, none named like one of the built `tools`)."""
     if ref is None:
         return None, []
     if stage != "grpo":
@@ -278,7 +279,7 @@ def build_environment(ref: Any, stage: str) -> tuple[Any, list[str]]:
             continue
         try:
             factory = resolve_environment(one)
-            check_environment(factory, one)
+            check_environment(factory, one, [t.__name__ for t in tools])
         except (ValueError, ImportError, TypeError) as exc:
             errors.append(f"{where}: {' '.join(str(exc).split())}")
             continue
@@ -544,7 +545,7 @@ def decide(cfg: DictConfig | Mapping, stage: str,
         heldout_rewards, _ = build_reward_specs(plain.get("rewards"), "rewards", required=False)
     tools, e = build_tool_specs(plain.get("tools"), stage)
     errors += e
-    environment, e = build_environment(plain.get("environment"), stage)
+    environment, e = build_environment(plain.get("environment"), stage, tools)
     errors += e
     raise_if(_without_echoes(errors, cfg))
     if stage == "rm":  # the checkpoint is loaded as a reward model: one score per sequence

@@ -33,16 +33,24 @@ batches (pixel values per image) are not joined here.
 trl internals used, each pinned by tests/test_dynamic_sampling.py so that a trl upgrade fails
 loudly: `_generate_and_score_completions(inputs)` returning per-row tensors (the keys below),
 `_calculate_rewards(...)` returning every process's rewards gathered in process order,
-`reward_weights`, `num_generations`, `_metrics`.
+`reward_weights`, `num_generations`, `_metrics`. For environments (the GRPOTrainer class
+docstring), pinned by tests/test_nonfinite_rewards.py: `environment_factories`,
+`_environment_pool` ({name: [instances]}) and `reward_func_names` (an environment's reward
+appended after the configured ones, named after its class).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 from trl import GRPOTrainer as TrlGRPOTrainer
 from trl.trainer.utils import nanstd
+
+from align.measure.agent import RolloutError
+from rewards.registry import RewardError
+from tools.registry import environment_failure, environment_reward
 
 #: trl's per-row outputs joined across rounds, with the side and value they are padded with
 #: (None: the tokenizer's pad token).
@@ -58,10 +66,31 @@ JOINABLE = set(PAD_LEFT) | set(PAD_RIGHT) | set(PER_ROW) | set(RECOMPUTED)
 
 class GRPOTrainer(TrlGRPOTrainer):
     """trl's GRPOTrainer; with `args.dynamic_sampling` (align.trainers.config.GRPOConfig) it
-    trains on groups whose rewards vary (see the module docstring). Without it, trl's own."""
+    trains on groups whose rewards vary (see the module docstring). Without it, trl's own.
+
+    Environments (trl's `environment_factory`): the reward trl builds from each environment
+    class's `get_reward` is replaced by the same function behind the rewards' gate
+    (tools.registry.environment_reward: a NaN, an infinity or a non-number stops the run naming
+    the environment and the sample, as any reward under `on_error: raise` does). An
+    environment's `__init__`, `reset` or `get_reward` that raises, and a reward's broken
+    contract, end the run with one line (align.measure.agent.RolloutError, exit status 2 from
+    the entry point) naming the environment and method or the reward, instead of trl's
+    traceback. A tool method that raises is trl's business: the model gets the error."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        factories = kwargs.get("environment_factory")
+        factories = list(factories.values()) if isinstance(factories, dict) else \
+            [factories] if factories is not None else []
+        try:
+            super().__init__(*args, **kwargs)  # trl constructs one instance of each environment
+        except Exception as e:
+            line = environment_failure(e, [f for f in factories if inspect.isclass(f)], factories)
+            if line is None:
+                raise
+            raise RolloutError(line) from e
+        funcs = kwargs.get("reward_funcs", args[1] if len(args) > 1 else None)
+        self._gate_environment_rewards(
+            len(funcs) if isinstance(funcs, (list, tuple)) else int(funcs is not None))
         self._dynamic = bool(getattr(self.args, "dynamic_sampling", False))
         self._last_rewards: torch.Tensor | None = None
         # Fresh prompts: the draws of one generation are a function of (seed, process, step,
@@ -75,10 +104,36 @@ class GRPOTrainer(TrlGRPOTrainer):
         return rewards
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        if not self._dynamic or not self.model.training:
-            return output
-        return self._fill_with_informative_groups(inputs, output)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            if not self._dynamic or not self.model.training:
+                return output
+            return self._fill_with_informative_groups(inputs, output)
+        except RewardError as e:  # the gate's message names the reward and the sample
+            raise RolloutError(str(e)) from e
+        except Exception as e:
+            line = environment_failure(e, self._environment_classes(),
+                                       (self.environment_factories or {}).values())
+            if line is None:
+                raise
+            raise RolloutError(line) from e
+
+    # ------------------------------------------------------------------ environments
+
+    def _environment_classes(self) -> list[type]:
+        """The classes of the environment instances trl has made so far (its pool)."""
+        pools = getattr(self, "_environment_pool", None) or {}
+        return list({type(i): None for pool in pools.values() for i in pool})
+
+    def _gate_environment_rewards(self, configured: int) -> None:
+        """Put the rewards trl appended for environments (after the `configured` ones, named
+        after their class) behind the gate; an async get_reward stays trl's (the gate is
+        synchronous)."""
+        classes = {cls.__name__: cls for cls in self._environment_classes()}
+        for i in range(configured, len(self.reward_funcs)):
+            cls = classes.get(self.reward_func_names[i])
+            if cls is not None and not inspect.iscoroutinefunction(cls.get_reward):
+                self.reward_funcs[i] = environment_reward(cls)
 
     # ------------------------------------------------------------------ dynamic sampling
 
