@@ -64,8 +64,9 @@ BACKENDS = ("hf", "vllm", "endpoint")
 #: align_sections brings the training sections in empty (align.run.conf.SECTIONS)
 TOP_LEVEL = ("name", "seed", "output_dir", "resume", "model", "peft", "data", "rewards",
              "prompts", "generator", "select", "trainer", "tools", "logger", "heldout", "doctor")
-#: generator keys that do not change what is sampled: a resumed run may change them
-TRANSPORT_KEYS = ("concurrency", "timeout_s", "total_timeout_s", "max_retries",
+#: generator keys that say how to reach the sampler, not what it samples: a resumed run may
+#: change them (the same model served at another address, with another key, other timeouts)
+TRANSPORT_KEYS = ("base_url", "concurrency", "timeout_s", "total_timeout_s", "max_retries",
                   "preflight_timeout_s", "api_key_env", "vllm_kwargs")
 PARTIAL = "partial"
 
@@ -421,7 +422,9 @@ def _sampling_keys(config: dict) -> dict:
     """The parts of a config that decide what is sampled (resuming must keep them)."""
     generator = {k: v for k, v in (config.get("generator") or {}).items()
                  if k not in TRANSPORT_KEYS}
-    return {"seed": config.get("seed"), "model": config.get("model"), "data": config.get("data"),
+    # an endpoint samples the model generator.model names: the `model` section is unused
+    model = None if generator.get("backend") == "endpoint" else config.get("model")
+    return {"seed": config.get("seed"), "model": model, "data": config.get("data"),
             "prompts": config.get("prompts"), "rewards": config.get("rewards"),
             "generator": generator}
 

@@ -22,8 +22,9 @@ sending, and receiving the whole answer: a server that trickles bytes is cut off
 ``total_timeout_s`` the deadline of one reward call, shared by every request, retry and backoff of
 the batch. Connection errors, timeouts, 429 and 5xx and answers that are not JSON are retried
 ``max_retries`` times with exponential backoff (``backoff_s``, doubled each time; a ``Retry-After``
-header takes its place, and a wait past the deadline is not waited); then
-:class:`JudgeUnavailableError` names the URL and how to start a server. Once one sample has found the
+header takes its place, up to ``timeout_s``: a server asking for an hour is asked again after
+``timeout_s``, and a wait past the deadline is not waited); then :class:`JudgeUnavailableError`
+names the URL and what the server last answered (its status and the ``Retry-After`` it asked). Once one sample has found the
 endpoint unavailable, the others stop trying. That error is a
 :class:`~rewards.registry.RewardUnavailableError`: with ``on_error: none``/``zero`` the whole batch
 is filled at once instead of retried sample by sample, so a dead endpoint costs at most
@@ -40,6 +41,7 @@ import email.utils
 import http.client
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -50,6 +52,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from rewards.registry import RewardUnavailableError, register
@@ -104,6 +107,7 @@ class Budget:
     news that the endpoint is unavailable (the other samples then stop trying)."""
 
     def __init__(self, total_timeout_s: float | None) -> None:
+        self.total_timeout_s = total_timeout_s
         self.deadline = None if total_timeout_s is None else time.monotonic() + total_timeout_s
         self.unavailable = threading.Event()
 
@@ -178,20 +182,57 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> t
 
 def retry_after(headers: Any) -> float | None:
     """Seconds a ``Retry-After`` header asks a client to wait (a number of seconds or an HTTP
-    date); None without one. ``headers``: any mapping with a case-insensitive ``get``
-    (http.client's, httpx's)."""
+    date); None without one, or with one that is no finite number. ``headers``: any mapping
+    with a case-insensitive ``get`` (http.client's, httpx's)."""
     value = headers.get("Retry-After") if headers is not None else None
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class RetryWait:
+    """How long a client waits before its next try, and why: its own backoff, or what the
+    server's ``Retry-After`` asked, cut to ``cap_s``. The cap exists because a server may ask
+    for anything (``Retry-After: 3600`` from a rate limiter), and a client with no total
+    deadline would sleep that long per retry; both OpenAI-style clients (this module's judge,
+    align's endpoint generator) cap it at their request timeout."""
+
+    seconds: float
+    #: what the server's Retry-After asked (None: no header, the backoff decides)
+    asked: float | None = None
+    cap_s: float = math.inf
+    #: the config key that sets the cap, for messages
+    cap_key: str = ""
+
+    @classmethod
+    def after(cls, headers: Any, backoff_s: float, cap_s: float, cap_key: str) -> RetryWait:
+        """The wait after an answer with ``headers`` (None: no answer): what its Retry-After
+        asks, at most ``cap_s``; else ``backoff_s``."""
+        asked = retry_after(headers)
+        if asked is None:
+            return cls(backoff_s, None, cap_s, cap_key)
+        return cls(min(asked, cap_s), asked, cap_s, cap_key)
+
+    def describe(self) -> str:
+        """Why the wait is as long as it is, e.g. '1.0 s: Retry-After asked 3600 s, at most
+        timeout_s=1 s is waited'."""
+        if self.asked is None:
+            return f"{self.seconds:.1f} s of backoff"
+        if self.asked <= self.cap_s:
+            return f"{self.seconds:.1f} s, as Retry-After asked"
+        return (f"{self.seconds:.1f} s: Retry-After asked {self.asked:g} s, at most "
+                f"{self.cap_key}={self.cap_s:g} s is waited")
 
 
 def chat_completion(
@@ -212,13 +253,16 @@ def chat_completion(
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     body = json.dumps(payload).encode()
-    last, attempts, wait = "", 0, 0.0
+    last, attempts, wait = "", 0, RetryWait(0.0)
+    busy = False  # the last try was answered, with a status that asks to come back later
     for attempt in range(max_retries + 1):
         if attempt:
-            if wait >= budget.left():
-                last += f"; the next attempt ({wait:.1f} s away) would start past total_timeout_s"
+            if wait.seconds >= budget.left():
+                last += (f"; the next attempt would start past "
+                         f"total_timeout_s={budget.total_timeout_s:g} s (it waits "
+                         f"{wait.describe()})")
                 break
-            if budget.unavailable.wait(wait):
+            if budget.unavailable.wait(wait.seconds):
                 last += "; another sample found the endpoint unavailable"
                 break
         if budget.left() <= 0:
@@ -228,7 +272,7 @@ def chat_completion(
             last = last or "another sample found the endpoint unavailable"
             break
         attempts += 1
-        wait = backoff_s * 2**attempt
+        wait, busy = RetryWait(backoff_s * 2**attempt), False
         request_timeout = min(timeout_s, budget.left())
         try:
             status, reply_headers, data = _post(url, body, headers, request_timeout)
@@ -239,9 +283,10 @@ def chat_completion(
             last = f"{type(e).__name__}: {e}"
             continue
         if status in _RETRY_STATUS:
+            wait, busy = RetryWait.after(reply_headers, wait.seconds, timeout_s, "timeout_s"), True
             last = f"HTTP {status}: {data[:500].decode(errors='replace')}"
-            asked = retry_after(reply_headers)
-            wait = asked if asked is not None else wait
+            if wait.asked is not None:
+                last += f" (Retry-After: {wait.asked:g} s)"
             continue
         if status >= 400:
             raise JudgeError(f"LLM judge {url} answered HTTP {status}: {data[:500].decode(errors='replace')}")
@@ -260,6 +305,12 @@ def chat_completion(
                 f"LLM judge {url} answered without choices[0].message.content: {str(reply)[:300]}"
             ) from e
     budget.unavailable.set()
+    if busy:  # the server is up: saying "unreachable" would send the user after the wrong cause
+        raise JudgeUnavailableError(
+            f"LLM judge {url} kept asking to come back later, {attempts} attempts (last: {last}). "
+            "The server is up but rate-limited or overloaded: lower concurrency, or raise "
+            "total_timeout_s / max_retries"
+        )
     raise JudgeUnavailableError(
         f"LLM judge {url} unreachable after {attempts} attempts (last: {last}). Is the "
         "server running? e.g. `vllm serve MODEL --port 8000` gives base_url http://localhost:8000/v1"
@@ -294,7 +345,14 @@ def _check_judge(
         raise ValueError(f"rubric is not a valid format template: {e}") from e
     if "completion" not in _fields(rubric):
         raise ValueError("rubric must contain {completion}")
-    if not isinstance(max_score, (int, float)) or max_score <= 0:
+    # nan passes a range check (it compares false) and inf removes a deadline: every number
+    # here must be a finite one
+    for name, value in (("max_score", max_score), ("timeout_s", timeout_s),
+                        ("total_timeout_s", total_timeout_s), ("backoff_s", backoff_s),
+                        ("temperature", temperature)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if max_score <= 0:
         raise ValueError(f"max_score must be > 0, got {max_score!r}")
     if api_key_env is not None and not isinstance(api_key_env, str):
         raise ValueError("api_key_env is the NAME of an environment variable holding the key")
@@ -302,8 +360,8 @@ def _check_judge(
                         ("max_tokens", max_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (name != "max_retries"):
             raise ValueError(f"{name} must be a {'non-negative' if name == 'max_retries' else 'positive'} int")
-    if not timeout_s > 0 or backoff_s < 0 or not total_timeout_s > 0:
-        raise ValueError("timeout_s and total_timeout_s must be > 0 and backoff_s >= 0")
+    if not timeout_s > 0 or backoff_s < 0 or not total_timeout_s > 0 or temperature < 0:
+        raise ValueError("timeout_s and total_timeout_s must be > 0, backoff_s and temperature >= 0")
 
 
 @register("llm_judge", check=_check_judge)

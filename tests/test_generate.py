@@ -174,6 +174,7 @@ class Teacher:
 
     def __init__(self):
         self.mode, self.fail, self.requests, self.auth, self.times = "ok", 0, [], [], []
+        self.retry_after = "1"  # the Retry-After of mode 429's answers
         self.release = threading.Event()
         teacher = self
 
@@ -209,7 +210,8 @@ class Teacher:
                     teacher.release.wait(30)
                     return
                 if mode == "429" and count <= teacher.fail:
-                    return self.reply(429, {"error": "slow down"}, [("Retry-After", "1")])
+                    return self.reply(429, {"error": "slow down"},
+                                      [("Retry-After", teacher.retry_after)])
                 if mode == "fail_after" and count > teacher.fail:
                     return self.reply(400, {"error": {"message": "quota exhausted"}})
                 if mode == "fail_first":
@@ -322,6 +324,70 @@ def test_429_with_retry_after_is_honoured_then_succeeds(teacher, tmp_path):
     assert stats["samples"] == 8 and len(teacher.requests) == 4
     assert teacher.times[1] - teacher.times[0] >= 0.95  # waited what Retry-After asked
     assert teacher.times[2] - teacher.times[1] >= 0.95
+
+
+def test_a_retry_after_of_an_hour_is_cut_to_the_request_timeout(teacher, tmp_path):
+    """A rate limiter answers every request `429, Retry-After: 3600`. With no total deadline
+    (the default) each wait is cut to generator.timeout_s, and the run ends after
+    generator.max_retries naming the status and the wait the server asked for."""
+    teacher.mode, teacher.fail, teacher.retry_after = "429", 10**6, "3600"
+    (tmp_path / "notes.txt").write_text("the user's own file\n")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "align" / "generate.py"), *endpoint_overrides(
+            teacher, "generator.timeout_s=1", "generator.max_retries=2", "generator.concurrency=1",
+            "generator.batch_size=1", "prompts.max_prompts=1"), "hydra.run.dir=run"],
+        check=False, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "failed 3 times, the last with HTTP 429" in last, done.stderr[-2000:]
+    assert "(Retry-After: 3600 s)" in last and "Traceback" not in done.stderr
+    assert len(teacher.requests) == 3
+
+
+def test_a_deadline_that_cuts_a_retry_short_names_the_status_and_the_retry_after(teacher,
+                                                                                 tmp_path):
+    """The next try would start past generator.total_timeout_s: the error says why the prompt
+    had to wait (HTTP 429, the Retry-After asked, the cap), not only that time ran out."""
+    from align.generate import run
+
+    teacher.mode, teacher.fail, teacher.retry_after = "429", 10**6, "3600"
+    with pytest.raises(AlignError) as info:
+        run(compose_generate(tmp_path, *endpoint_overrides(
+            teacher, "generator.timeout_s=20", "generator.total_timeout_s=10",
+            "generator.concurrency=1", "generator.batch_size=1", "prompts.max_prompts=1")))
+    message = str(info.value)
+    assert message.startswith("prompt 0: HTTP 429: ") and "(Retry-After: 3600 s)" in message
+    assert "Retry-After asked 3600 s, at most generator.timeout_s=20 s is waited" in message
+    assert "past generator.total_timeout_s=10 s" in message
+    assert len(teacher.requests) == 1
+
+
+def test_a_resumed_endpoint_run_may_reach_the_model_another_way(teacher, tmp_path, monkeypatch):
+    """The same model served at another address, with another key variable, other timeouts,
+    retries and concurrency: how the sampler is reached, not what it samples. Resuming takes
+    them; a setting that changes the samples is still refused."""
+    from align.generate import run
+
+    teacher.mode, teacher.fail = "fail_after", 8
+    with pytest.raises(AlignError, match="quota exhausted"):
+        run(compose_generate(tmp_path, *endpoint_overrides(teacher, "generator.concurrency=1")))
+    moved = Teacher()
+    monkeypatch.setenv("TEACHER_KEY", "sk-moved-secret-654321")
+    try:
+        stats = run(compose_generate(tmp_path, *[
+            o.replace(teacher.url, moved.url) for o in endpoint_overrides(
+                teacher, "generator.api_key_env=TEACHER_KEY", "generator.timeout_s=30",
+                "generator.total_timeout_s=600", "generator.max_retries=5",
+                "generator.concurrency=2", "generator.preflight_timeout_s=9", "resume=true")]))
+    finally:
+        moved.close()
+    assert stats["resumed_prompts"] == 8 and len(moved.requests) == 4
+    assert set(moved.auth) == {"Bearer sk-moved-secret-654321"}
+    samples = read_jsonl(tmp_path / "samples.jsonl")
+    assert sorted({s["prompt_index"] for s in samples}) == list(range(12)) and len(samples) == 48
+    with pytest.raises(ConfigError, match=r"other settings \(generator.temperature\)"):
+        run(compose_generate(tmp_path, *endpoint_overrides(
+            teacher, "generator.temperature=0.5", "resume=true")))
 
 
 @pytest.mark.parametrize("mode,message", [

@@ -93,7 +93,7 @@ def judge(url: str, n: int = 1, **kwargs) -> list:
         ("hang", r"no complete answer within \d\.\d s"),
         ("trickle", r"no complete answer within \d\.\d s"),  # each read is fast, the request is not
         ("not json", "not JSON"),
-        ("429:3600:99", r"HTTP 429.*would start past total_timeout_s"),  # a wait we cannot afford
+        ("429:3600:99", r"HTTP 429: slow down \(Retry-After: 3600 s\)"),  # asked again after timeout_s
     ],
 )
 def test_a_misbehaving_endpoint_costs_seconds(server: str, mode: str, message: str) -> None:
@@ -142,3 +142,37 @@ def test_an_unavailable_judge_fills_the_batch_at_once(
 
 def test_a_healthy_endpoint_still_scores(server: str) -> None:
     assert judge(server, n=3) == [0.7, 0.7, 0.7]
+
+
+def test_a_retry_after_of_an_hour_is_cut_to_timeout_s(server: str) -> None:
+    """A rate limiter asks for an hour twice, then answers: the judge asks again after
+    timeout_s each time instead of giving up (or, with no deadline, sleeping an hour)."""
+    Misbehaving.mode = "429:3600:2"
+    assert judge(server, timeout_s=0.5, total_timeout_s=60, max_retries=3) == [0.7]
+    assert len(Misbehaving.seen) == 3
+
+
+@pytest.mark.parametrize("header", ["inf", "nan", "-5"])
+def test_a_retry_after_that_is_no_wait_falls_back_to_the_backoff(server: str, header: str) -> None:
+    Misbehaving.mode = f"429:{header}:1"
+    assert judge(server, backoff_s=0.01, total_timeout_s=60) == [0.7]
+    assert len(Misbehaving.seen) == 2
+
+
+def test_a_deadline_that_cuts_a_retry_short_names_the_status_and_the_retry_after(server: str) -> None:
+    Misbehaving.mode = "429:3600:99"
+    with pytest.raises(JudgeUnavailableError) as info:
+        judge(server, timeout_s=5, total_timeout_s=2, max_retries=3)
+    message = str(info.value)
+    assert "HTTP 429: slow down (Retry-After: 3600 s); the next attempt would start past " \
+           "total_timeout_s=2 s (it waits 5.0 s: Retry-After asked 3600 s, at most timeout_s=5 s " \
+           "is waited)" in message
+    assert "Is the server running" not in message and len(Misbehaving.seen) == 1
+
+
+def test_a_server_that_keeps_asking_to_wait_is_not_called_unreachable(server: str) -> None:
+    Misbehaving.mode = "429:0:99"
+    with pytest.raises(JudgeUnavailableError, match="kept asking to come back later, 3 attempts"
+                       ) as info:
+        judge(server, max_retries=2, total_timeout_s=60)
+    assert "unreachable" not in str(info.value) and len(Misbehaving.seen) == 3

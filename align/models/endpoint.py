@@ -14,7 +14,11 @@ an unreachable server, a wrong URL, a refused key or an unknown model name fails
 in one line. Requests run `concurrency` at a time; each has `timeout_s`, and the whole job has
 `total_timeout_s` (no request waits past it). 429, 5xx, timeouts and dropped connections are
 retried up to `max_retries` times with exponential backoff, waiting what a `Retry-After`
-header asks for when there is one; other 4xx answers fail at once with the server's message.
+header asks for when there is one, up to `timeout_s` (a rate limiter's `Retry-After: 3600` is
+asked again after `timeout_s`, not slept through: rewards.judge.RetryWait, the rule both
+OpenAI-style clients share); other 4xx answers fail at once with the server's message. A wait
+that would end past `total_timeout_s` is not started: the error names the deadline, the
+status the server answered and the `Retry-After` it asked.
 The first prompt that fails stops the job: queued prompts are dropped, those in flight end
 without another try, and the error is the last thing said. A base URL without the `/v1` that
 the server (vLLM's, for one) serves under fails the preflight with the URL to use.
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from align.errors import AlignError
-from rewards.judge import retry_after
+from rewards.judge import RetryWait
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +176,15 @@ class EndpointSampler:
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
-    def _deadline_error(self, index: int) -> EndpointError:
-        return EndpointError(
-            f"generator.total_timeout_s={self.endpoint.total_timeout_s:g} s reached while "
-            f"prompt {index} was waiting for the endpoint; the prompts finished so far are "
-            "kept: run again into the same run folder to continue")
+    def _deadline_error(self, index: int, cause: str = "") -> EndpointError:
+        """The deadline reached, or (`cause`: why the next try would start past it) about to
+        be: the message names what made the prompt wait, not only the deadline."""
+        what = (f"prompt {index}: {cause}, past generator.total_timeout_s="
+                f"{self.endpoint.total_timeout_s:g} s" if cause else
+                f"generator.total_timeout_s={self.endpoint.total_timeout_s:g} s reached while "
+                f"prompt {index} was waiting for the endpoint")
+        return EndpointError(f"{what}; the prompts finished so far are kept: run again into "
+                             "the same run folder to continue")
 
     def request(self, index: int, prompt: Any) -> list[str]:
         """The `n` completions of one prompt (`index`: its row, for messages and the seed)."""
@@ -193,7 +201,7 @@ class EndpointSampler:
             if self.stop.is_set():
                 raise EndpointError("stopped")
             timeout = ep.timeout_s if remaining is None else min(ep.timeout_s, remaining)
-            wait_s = None
+            wait = RetryWait(min(0.5 * 2 ** attempt, MAX_BACKOFF_S))
             try:
                 response = self.client.post(url, json=body, timeout=timeout)
             except httpx.TimeoutException:
@@ -208,19 +216,21 @@ class EndpointSampler:
                 problem = f"HTTP {response.status_code}: {_excerpt(response.text)}"
                 if response.status_code not in RETRY_STATUS:
                     raise EndpointError(f"POST {path} for prompt {index} failed with {problem}")
-                wait_s = retry_after(response.headers)
+                wait = RetryWait.after(response.headers, wait.seconds, ep.timeout_s,
+                                       "generator.timeout_s")
+                if wait.asked is not None:
+                    problem += f" (Retry-After: {wait.asked:g} s)"
             if self.stop.is_set():  # another prompt failed: no more tries, nothing logged
                 raise EndpointError("stopped")
             if attempt == ep.max_retries:
                 break
-            if wait_s is None:
-                wait_s = min(0.5 * 2 ** attempt, MAX_BACKOFF_S)
             remaining = self._remaining()
-            if remaining is not None and wait_s >= remaining:
-                raise self._deadline_error(index)
-            log.info("prompt %d: %s; trying again in %.1f s (%d/%d)", index, problem, wait_s,
-                     attempt + 1, ep.max_retries)
-            if self.stop.wait(wait_s):
+            if remaining is not None and wait.seconds >= remaining:
+                raise self._deadline_error(index, f"{problem}; the next try would start "
+                                                  f"after {wait.describe()}")
+            log.info("prompt %d: %s; trying again in %s (%d/%d)", index, problem,
+                     wait.describe(), attempt + 1, ep.max_retries)
+            if self.stop.wait(wait.seconds):
                 raise EndpointError("stopped")
         raise EndpointError(f"POST {path} for prompt {index} failed {ep.max_retries + 1} times, "
                             f"the last with {problem} (generator.max_retries={ep.max_retries})")
