@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterable, Mapping
+import math
+import typing
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -51,8 +53,51 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+#: Field metadata marking a number where infinity means something (`inf` is then taken, never
+#: `nan`); without it, every number of a section must be finite.
+INFINITE_OK = "infinite_ok"
+
+
+def non_finite(value: Any, key: str) -> Iterator[tuple[str, float]]:
+    """(key, number) for each number in `value` that is nan or +/-inf, looking into mappings and
+    lists (`key.sub`, `key[0]`): a section's free-form dicts (model_kwargs, vllm_kwargs ...)
+    reach a library that would take the value as it is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield key, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from non_finite(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from non_finite(v, f"{key}[{i}]")
+
+
+def finite_message(key: str, value: float, nullable: bool) -> str:
+    """The one line for a number that is not finite (`nullable`: the field takes null)."""
+    return f"config key '{key}'={value}: must be a finite number" + (" (or null)" if nullable else "")
+
+
+def _non_finite_fields(values: Mapping, cls: type, where: str) -> list[str]:
+    """One message per field of a section (`values`: converted to the field types) holding nan
+    or +/-inf (inf passes where the field is marked INFINITE_OK). Why: nan compares false with
+    everything, so a range check such as `threshold <= x` or `x > 0` silently passes it or
+    turns a check off, and inf turns a deadline or a limit into none; null is the explicit way
+    to say "off"."""
+    errors = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        nullable = type(None) in typing.get_args(hints.get(f.name))
+        for key, value in non_finite(values.get(f.name), f"{where}.{f.name}"):
+            if math.isinf(value) and key == f"{where}.{f.name}" and f.metadata.get(INFINITE_OK):
+                continue
+            errors.append(finite_message(key, value, nullable and key == f"{where}.{f.name}"))
+    return errors
+
+
 def check_dataclass(node: Any, cls: type, where: str) -> tuple[Any, list[str]]:
-    """Check a config section against a dataclass schema: unknown keys, then value types.
+    """Check a config section against a dataclass schema: unknown keys, then value types, then
+    that every number is finite (nan and +/-inf from the command line or YAML are refused,
+    naming the key, unless the field's metadata says INFINITE_OK).
 
     Returns (an instance of `cls`, error messages). Values are converted the way OmegaConf
     would (e.g. "3" -> 3 for an int field); a failed conversion names the key.
@@ -68,6 +113,10 @@ def check_dataclass(node: Any, cls: type, where: str) -> tuple[Any, list[str]]:
         schema = OmegaConf.structured(cls)
         OmegaConf.set_readonly(schema, False)  # frozen dataclasses give read-only nodes
         merged = OmegaConf.merge(schema, to_container(node))
+        # before the class's own checks (__post_init__), which nan would slip through
+        errors = _non_finite_fields(OmegaConf.to_container(merged), cls, where)
+        if errors:
+            return None, errors
         return OmegaConf.to_object(merged), []
     except AlignError as exc:  # the class's own value checks (__post_init__)
         return None, [str(exc)]

@@ -8,6 +8,8 @@ check here names the key and what it takes, in one line:
 - every value against its field's type hint in the library's own dataclass (numbers, booleans,
   strings, lists, the choices of Literal and enum fields), read from align.fields' cache so
   that these checks run before trl or peft is imported;
+- every number finite, in lists and mappings too: no field of trl's or peft's configs means
+  anything by nan or inf, and nan passes every range check (it compares false);
 - the ranges trl's trainers assume (`RULES`) and the loss types their loss code knows
   (`LOSS_TYPES`, pinned to the installed trl by tests/test_values.py);
 - the combinations trl's trainers reject in their constructors (DPO loss vs f-divergence and
@@ -21,6 +23,8 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from align.schema import non_finite
 
 #: Loss types the loss code of trl 1.16's trainers knows (the configs take any string).
 LOSS_TYPES = {
@@ -189,6 +193,10 @@ def check_types(section: Mapping, fields: Mapping[str, dict], where: str, owner:
             continue  # an unknown key is the key check's message
         schema = fields[key]["schema"]
         if value is None and _allows_none(schema):
+            continue
+        bad = next(non_finite(value, f"{where}.{key}"), None)
+        if bad is not None:
+            errors.append(f"{bad[0]}={bad[1]}: must be a finite number ({owner})")
             continue
         element = _list_of(schema)
         if element is not None and not isinstance(value, (list, tuple)) and matches(value, element):
