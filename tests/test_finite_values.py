@@ -177,3 +177,17 @@ def test_a_number_that_is_not_finite_is_one_line_naming_the_key(tmp_path, script
     assert last.startswith("error: invalid config: ") and key in last, done.stderr[-2000:]
     assert "must be a finite number" in last and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_selection_refuses_a_threshold_or_margin_that_is_not_finite():
+    """The library functions generation and DPO's on-policy rounds select with: nan would keep
+    every sample (`score < nan` is false) or every pair."""
+    from align.data.select import preference_pairs, rejection_sample
+
+    groups = [[{"prompt": "p", "completion": "a", "reward": 0.0},
+               {"prompt": "p", "completion": "b", "reward": 1.0}]]
+    for number in NOT_FINITE:
+        with pytest.raises(ValueError, match="threshold must be a finite number"):
+            rejection_sample(groups, threshold=number)
+        with pytest.raises(ValueError, match="min_margin must be a finite number"):
+            preference_pairs(groups, min_margin=number)

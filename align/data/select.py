@@ -75,6 +75,8 @@ def rejection_sample(groups: Iterable[Sequence[Mapping]], threshold: float,
     ``below_threshold``, ``exact_duplicates``, ``near_duplicates``, ``over_limit``,
     ``prompts``, ``prompts_kept``.
     """
+    if not math.isfinite(threshold):  # nan would keep every sample: `score < nan` is false
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
     if max_per_prompt < 1:
         raise ValueError(f"max_per_prompt must be >= 1, got {max_per_prompt}")
     if near_duplicate is not None and not 0.0 < near_duplicate <= 1.0:
@@ -137,8 +139,8 @@ def preference_pairs(groups: Iterable[Sequence[Mapping]], min_margin: float = 0.
     can hold them) take no part and are counted as ``empty`` (samples, not prompts). Counts also
     hold ``prompts`` and ``pairs``.
     """
-    if min_margin < 0:
-        raise ValueError(f"min_margin must be >= 0, got {min_margin}")
+    if not (math.isfinite(min_margin) and min_margin >= 0):  # nan would pass `gap < nan`
+        raise ValueError(f"min_margin must be a finite number >= 0, got {min_margin}")
     if isinstance(pairs_per_prompt, bool) or pairs_per_prompt < 1:
         raise ValueError(f"pairs_per_prompt must be an integer >= 1, got {pairs_per_prompt}")
     if ties not in PAIR_TIES:
