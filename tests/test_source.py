@@ -44,13 +44,22 @@ class Hub(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hub(monkeypatch):
+def online(monkeypatch):
+    """The hub reachable, also where the user exported HF_HUB_OFFLINE=1: huggingface_hub read it
+    when it was first imported (test_secrets imports it first), so its constant goes too."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture
+def hub(monkeypatch, online):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     yield Hub.answers
     Hub.answers.clear()
     server.shutdown()
@@ -83,12 +92,11 @@ def test_a_hub_that_does_not_answer_fails_at_the_deadline(hub, monkeypatch):
     assert time.monotonic() - started < 10
 
 
-def test_a_closed_port_fails_at_once(monkeypatch):
+def test_a_closed_port_fails_at_once(monkeypatch, online):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(ConfigError, match="did not answer"):
         source.resolve_source("org/model")
 
@@ -117,6 +125,18 @@ def test_local_folders_and_tiny_models(tmp_path, tiny_base_path, monkeypatch):
             source.resolve_source(missing)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+        source.resolve_source("org/model")
+
+
+def test_offline_as_huggingface_hub_read_it_at_import(hub, monkeypatch):
+    """HF_HUB_OFFLINE unset after huggingface_hub read it (a notebook that unsets it): the hub
+    library still refuses every request, so align says the hub is off, not that it did not
+    answer."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub["org/model"] = (403, "GatedRepo")
+    with pytest.raises(ConfigError, match="the hub is off"):
         source.resolve_source("org/model")
 
 

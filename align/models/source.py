@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from pathlib import Path
 
 from align.errors import ConfigError
@@ -42,8 +43,13 @@ class HubUnavailable(ConfigError):
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(k, "").lower() in _TRUTHY
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """Offline as the environment says now, or as huggingface_hub read it when it was imported
+    (it reads HF_HUB_OFFLINE once, and refuses every request by that value thereafter)."""
+    if any(os.environ.get(k, "").lower() in _TRUTHY
+           for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    constants = sys.modules.get("huggingface_hub.constants")
+    return bool(constants is not None and constants.is_offline_mode())
 
 
 def looks_like_path(name: str) -> bool:
