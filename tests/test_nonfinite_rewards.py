@@ -169,6 +169,18 @@ def test_a_nan_loss_in_the_log_is_strict_json_and_still_found_by_the_doctor(tmp_
     assert [f.name for f in diagnose(read).findings] == ["nan_loss"]
 
 
+def test_the_doctors_report_of_a_nan_log_is_strict_json(tmp_path):
+    from align.measure.doctor import write_report
+
+    history = [{"frac_reward_zero_std": 1.0, "reward_std": float("nan"), "step": s}
+               for s in range(1, 7)]
+    diagnosis = diagnose(history)
+    assert [f.name for f in diagnosis.findings] == ["zero_reward_spread"]
+    report = strict_loads(write_report(tmp_path, diagnosis, "training").read_text())
+    assert report["findings"][0]["evidence"]["reward_std_mean"] is None
+    assert report["nonfinite"] == {"/findings/0/evidence/reward_std_mean": "nan"}
+
+
 # --------------------------------------------------------------------------- environments
 
 

@@ -492,7 +492,9 @@ def write_report(folder: Path, diagnosis: Diagnosis, source: str) -> Path:
     from align.files import write_json
 
     path = Path(folder) / DOCTOR_FILE
-    write_json(path, {"source": source, **diagnosis.to_dict()})
+    # The evidence is read from what trl logged (a NaN reward_std, a diverged loss): kept as null
+    # with a note, as the log itself is, rather than failing the report of a finished run.
+    write_json(path, {"source": source, **diagnosis.to_dict()}, nonfinite="note")
     return path
 
 
