@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> dict:
 
     spec = job.spec
     data = load_stage_data(spec.data, "dpo", vision=spec.model.is_vision)
-    job.begin()
+    job.begin(data)
     model, tokenizer, peft_config = build_model(spec.model, spec.peft)
     job.measure("before", model, tokenizer, data.heldout, pairs=data.eval)
     trainer = DPOTrainer(model=model, ref_model=None, args=job.args, train_dataset=data.train,

@@ -28,7 +28,7 @@ def run(cfg: DictConfig) -> dict:
 
     spec = job.spec
     data = load_stage_data(spec.data, "grpo", vision=spec.model.is_vision)
-    job.begin()
+    job.begin(data)
     model, tokenizer, peft_config = build_model(spec.model, spec.peft)
     job.measure("before", model, tokenizer, data.heldout)
     environment = spec.environment

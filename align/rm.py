@@ -28,7 +28,7 @@ def run(cfg: DictConfig) -> dict:
 
     spec = job.spec
     data = load_stage_data(spec.data, "rm", vision=spec.model.is_vision)
-    job.begin()
+    job.begin(data)
     model, tokenizer, peft_config = build_model(spec.model, spec.peft)
     job.measure("before", model, tokenizer, None, pairs=data.eval)
     trainer = RewardTrainer(model=model, args=job.args, train_dataset=data.train,

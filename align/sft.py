@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> dict:
     spec = job.spec
     data = load_stage_data(spec.data, "sft", vision=spec.model.is_vision)
     check_tool_turns_masked(data.train, spec.data.path, spec.trainer.assistant_only_loss)
-    job.begin()
+    job.begin(data)
     model, tokenizer, peft_config = build_model(spec.model, spec.peft)
     job.measure("before", model, tokenizer, data.heldout)
     trainer = SFTTrainer(model=model, args=job.args, train_dataset=data.train,

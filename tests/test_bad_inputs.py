@@ -28,6 +28,9 @@ register()
 
 # (stage, command-line overrides, what the one line must name)
 BAD = [
+    ("sft", ["stop_grace_s=nan"], "stop_grace_s=nan: a positive number of seconds"),
+    ("grpo", ["stop_grace_s=0"], "stop_grace_s=0: a positive number of seconds"),
+    ("dpo", ["stop_grace_s=soon"], "stop_grace_s='soon': a positive number of seconds"),
     ("grpo", ["trainer.learning_rate=abc"], "trainer.learning_rate='abc': expected a number"),
     ("grpo", ["trainer.learning_rate=-1e-5"], "trainer.learning_rate=-1e-05: must be"),
     ("grpo", ["trainer.per_device_train_batch_size=0"], "per_device_train_batch_size=0"),

@@ -186,6 +186,35 @@ def test_killed_and_resumed_run_matches_uninterrupted(stage, tmp_path):
     assert json.loads((half / "trainer_state.json").read_text())["global_step"] == MAX_STEPS
 
 
+@pytest.mark.slow
+def test_sigterm_in_a_generation_buffer_resumes_exactly(tmp_path):
+    """GRPO pre-empted by SIGTERM at step 10, in the middle of a generation buffer and off the
+    save schedule: the checkpoint the signal saves carries trl's state too, and the relaunch
+    ends with the uninterrupted run's weights and log."""
+    import torch
+
+    run_to_end("grpo", tmp_path / "reference", SLURM_JOB_ID="1")
+    (reference,) = (tmp_path / "reference" / "outputs" / "grpo").iterdir()
+    signalled = "callbacks=[tests.test_lifecycle:SignalAtStep]"
+    cmd, env = command("grpo", tmp_path / "job", SLURM_JOB_ID="7",
+                       ALIGN_TEST_SIGNAL_AT_STEP=f"{KILL_AT}:SIGTERM")
+    proc = subprocess.run([*cmd, signalled], cwd=tmp_path / "job", env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    # trl reads a deprecated transformers attribute around every generation; align silences it
+    assert "is_gradient_checkpointing" not in proc.stdout + proc.stderr
+    folder = tmp_path / "job" / "outputs" / "grpo" / "slurm-7"
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-8"]
+    assert list((folder / f"checkpoint-{KILL_AT}").glob("trl_state_*.pt"))
+
+    run_to_end("grpo", tmp_path / "job", SLURM_JOB_ID="7")
+    ref_weights, got_weights = weights(reference / "final"), weights(folder / "final")
+    assert ref_weights.keys() == got_weights.keys()
+    assert all(torch.equal(ref_weights[k], got_weights[k]) for k in ref_weights)
+    ref_log, got_log = log_entries(reference)[:-1], log_entries(folder)[:-1]
+    assert got_log == ref_log
+
+
 # --------------------------------------------------------------------------- fast checks
 
 

@@ -35,10 +35,12 @@ from align.errors import AlignError, ConfigError
 from align.files import write_atomic, write_json, write_jsonl
 from align.run.resume import (
     changed_keys,
+    finished_run,
     latest_checkpoint,
     read_state,
     resolve_checkpoint,
     restore_trl_state,
+    train_or_load,
     trl_state_saver,
     warn_unlogged_steps,
     whole_run_train_loss,
@@ -62,8 +64,14 @@ class Job:
     # ------------------------------------------------------------------ setup
     @classmethod
     def start(cls, cfg: DictConfig | Mapping, stage: str, facts: DeviceFacts | None = None) -> Job:
-        """Parse and check the config (align.run.spec); loads no model and no data."""
+        """Parse and check the config (align.run.spec); loads no model and no data. A launch
+        with `resume=true` into a run that finished with this config raises
+        :class:`FinishedRun` (align.run.resume.finished_run): there is nothing to do."""
         job = cls(parse_spec(cfg, stage, facts))
+        if job.spec.resume is True:
+            done = finished_run(job.out_dir, job.spec.config)
+            if done is not None:
+                raise done
         freeze_startup_objects()
         return job
 
@@ -84,10 +92,14 @@ class Job:
     def is_main(self) -> bool:
         return is_main_process()
 
-    def begin(self) -> None:
+    def begin(self, data=None) -> None:
         """Create the run folder, write the resolved config, start tracking. Call after the
-        data has been loaded and checked, so that bad data leaves no run behind."""
+        data has been loaded and checked, so that bad data leaves no run behind; with the
+        stage's data, also check that the run can give what a sweep optimises."""
         from transformers import set_seed
+
+        if data is not None:
+            self._check_objective(data)
 
         set_seed(self.spec.seed)
         before = set(self.out_dir.iterdir()) if self.out_dir.is_dir() else None
@@ -103,6 +115,27 @@ class Job:
             if self.is_main:  # a run stopped at its start leaves nothing of its own behind
                 self._remove_new_files(before)
             raise
+
+    def _check_objective(self, data) -> None:
+        """A held-out `objective` needs held-out data. A sweep cannot rank runs without it: an
+        error before training. A single run trains and saves as usual, and its task returns
+        None (the end of a finished run is never an error)."""
+        objective = self.spec.objective
+        if not objective or not objective.startswith("heldout_"):
+            return
+        measured = self.spec.heldout.enabled and (data.heldout is not None
+                                                  or data.eval is not None)
+        if measured:
+            return
+        why = ("heldout.enabled=false" if not self.spec.heldout.enabled
+               else "the data has no held-out split")
+        fix = ("set data.eval_fraction (e.g. 0.05), data.eval_split or data.eval_path"
+               if self.spec.heldout.enabled else "set heldout.enabled=true")
+        if in_multirun():
+            raise ConfigError(f"objective={objective}: a sweep ranks runs by it, but {why}; "
+                              f"{fix}, or set objective=train.final_loss")
+        log.warning("objective=%s will not be measured (%s): the run trains and saves as usual; "
+                    "%s to measure it", objective, why, fix)
 
     def _remove_new_files(self, before: set | None) -> None:
         if before is None:
@@ -249,14 +282,21 @@ class Job:
         return None
 
     def train(self, trainer) -> None:
+        """Train, from the checkpoint resume names. A signal stops training with a checkpoint
+        and raises align.run.stop.Stopped (the entry point exits with 128 + its number); a
+        checkpoint at the last step is loaded, not trained further."""
+        from align.run.stop import stopping_on_signals
+
         checkpoint = self.resume_checkpoint()
         state = read_state(checkpoint) if checkpoint is not None else {}
         if checkpoint is not None:
             warn_unlogged_steps(checkpoint, state)
             restore_trl_state(trainer, checkpoint, state["global_step"])
             self._restore_heldout_curve(state.get("log_history", []))
-        trainer.add_callback(trl_state_saver(trainer))
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with stopping_on_signals(trainer, self.out_dir, self.spec.stop_grace_s):
+            # after the stop callback, so that a checkpoint a signal asks for has trl's state too
+            trainer.add_callback(trl_state_saver(trainer))
+            result = train_or_load(trainer, checkpoint)
         self.metrics["train"] = dict(result.metrics)
         self.metrics["train"]["global_step"] = result.global_step
         if checkpoint is not None:
@@ -345,6 +385,17 @@ def freeze_startup_objects() -> None:
         return
     gc.freeze()
     gc.enable()
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra sweep (`-m`)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError):
+        return False
 
 
 def hydra_run_names(name: str) -> tuple[str | None, str]:

@@ -103,6 +103,72 @@ def warn_unlogged_steps(checkpoint: Path, state: dict) -> None:
                     "than an uninterrupted run's; the weights are unaffected", checkpoint.name)
 
 
+class FinishedRun(Exception):
+    """`resume=true` into a run that already finished with the same config: nothing to train.
+    The entry point prints the message and returns the run's metrics (exit 0), so a requeued
+    job that has finished stays finished."""
+
+    def __init__(self, message: str, metrics: dict):
+        self.metrics = metrics
+        super().__init__(message)
+
+
+def finished_run(out_dir: Path, config: Any) -> FinishedRun | None:
+    """A FinishedRun when `out_dir` holds a finished run (final/ and metrics.json, written
+    last) whose config.yaml differs from `config` in `resume` alone; else None (a changed
+    config, e.g. a raised trainer.max_steps, continues from the latest checkpoint)."""
+    from omegaconf import OmegaConf
+
+    metrics_file, final = out_dir / "metrics.json", out_dir / "final"
+    if not (metrics_file.is_file() and final.is_dir() and (out_dir / "config.yaml").is_file()):
+        return None
+    try:
+        metrics = json.loads(metrics_file.read_text())
+        old = OmegaConf.to_container(OmegaConf.load(out_dir / "config.yaml"))
+    except (OSError, ValueError):
+        return None
+    new = OmegaConf.to_container(OmegaConf.create(dict(config)))
+    if [k for k in changed_keys(old, new) if k != "resume"]:
+        return None
+    step = (metrics.get("train") or {}).get("global_step")
+    return FinishedRun(f"resume=true: {out_dir} finished (step {step}; final/ and metrics.json "
+                       "are there) with this config, so there is nothing to do. To train "
+                       "further, raise trainer.max_steps", metrics)
+
+
+class _AtLastStep(Exception):
+    pass
+
+
+def train_or_load(trainer, checkpoint: Path | None):
+    """`trainer.train`, resumed from `checkpoint`; a checkpoint already at the last step is
+    loaded and nothing is trained. (transformers runs one more step when resumed at its last
+    one: a finished run relaunched grew a step, and a new checkpoint, at every launch.) The load
+    is transformers' own resume (DeepSpeed and FSDP included), stopped before the first step."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import TrainOutput
+
+    class StopBeforeFirstStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                raise _AtLastStep
+
+    if checkpoint is None:
+        return trainer.train()
+    guard = StopBeforeFirstStep()
+    trainer.add_callback(guard)
+    try:
+        return trainer.train(resume_from_checkpoint=str(checkpoint))
+    except _AtLastStep:
+        state = trainer.state
+        log.info("resume: %s is at the last step (%d): loaded, nothing left to train",
+                 checkpoint.name, state.global_step)
+        trainer.is_in_train = False
+        return TrainOutput(state.global_step, 0.0, {})
+    finally:
+        trainer.remove_callback(guard)
+
+
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(old) + [k for k in new if k not in old]

@@ -26,6 +26,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,8 +61,8 @@ log = logging.getLogger(__name__)
 STAGES = ("sft", "dpo", "kto", "rm", "grpo")
 TRL_CONFIGS = {"sft": "SFTConfig", "dpo": "DPOConfig", "kto": "KTOConfig", "rm": "RewardConfig",
                "grpo": "GRPOConfig"}
-TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "callbacks", "objective",
-             "environment", "on_policy") + SECTIONS
+TOP_LEVEL = ("stage", "name", "seed", "output_dir", "resume", "stop_grace_s", "callbacks",
+             "objective", "environment", "on_policy") + SECTIONS
 #: Sections that must hold something (GRPO's rewards are checked on their own).
 REQUIRED_SECTIONS = ("model", "peft", "data", "trainer", "logger", "heldout")
 
@@ -93,6 +94,9 @@ class Decisions:
     out_dir: Path
     #: None/False: fresh; True: the latest complete checkpoint; str: a checkpoint folder
     resume: bool | str | None
+    #: how long a signal waits for the training step to end before exiting (align.run.stop);
+    #: None: as long as the step takes
+    stop_grace_s: float | None
     #: the model with its source resolved (a local folder or a checked hub id) and the device
     #: decisions made: dtype, attention kernel, gradient checkpointing are never "auto" here
     model: ModelConfig
@@ -191,6 +195,11 @@ def _check_top_level(plain: dict) -> list[str]:
     seed = plain.get("seed", 42)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         errors.append(f"seed={seed!r}: must be an integer in [0, 2**32)")
+    grace = plain.get("stop_grace_s")
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float))
+                              or not math.isfinite(grace) or grace <= 0):
+        errors.append(f"stop_grace_s={grace!r}: a positive number of seconds, or null to wait "
+                      "for the training step however long it takes")
     objective = plain.get("objective")
     if objective is not None and (not isinstance(objective, str) or "." not in objective):
         errors.append(f"objective={objective!r}: a dotted key into metrics.json, e.g. "
@@ -637,6 +646,7 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     return Decisions(
         stage=stage, name=str(plain.get("name") or stage), seed=int(plain.get("seed", 42)),
         out_dir=out_dir, resume=plain.get("resume"),
+        stop_grace_s=None if plain.get("stop_grace_s") is None else float(plain["stop_grace_s"]),
         model=_decide_model(model, source, bool(checkpointing), facts), model_asked=model,
         peft=peft_plan, data=data, trainer_set=MappingProxyType(trainer_set),
         trainer_kwargs=MappingProxyType(kwargs), rewards=rewards,
