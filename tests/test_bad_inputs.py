@@ -28,6 +28,7 @@ register()
 
 # (stage, command-line overrides, what the one line must name)
 BAD = [
+    ("sft", ["tools=calculator"], "'tools' is not a key of the sft config: it holds the tools"),
     ("sft", ["stop_grace_s=nan"], "stop_grace_s=nan: a positive number of seconds"),
     ("grpo", ["stop_grace_s=0"], "stop_grace_s=0: a positive number of seconds"),
     ("dpo", ["stop_grace_s=soon"], "stop_grace_s='soon': a positive number of seconds"),
