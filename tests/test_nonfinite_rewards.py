@@ -311,8 +311,8 @@ def test_a_reset_that_raises_in_training_is_one_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(("fail", "expected"), [
     ("get_reward", "environment Calc: Calc.get_reward raised KeyError: 'score'"),
-    ("nan reward", "reward 'Calc' (environment envs.Calc.get_reward) returned a non-finite score "
-                   "at sample 0: nan"),
+    ("nan reward", "reward 'Calc' (environment Calc.get_reward) returned a non-finite score at "
+                   "sample 0: nan"),
     ("second __init__", "environment Calc: Calc.__init__ raised OSError: no licence left"),
 ])
 def test_an_environment_failing_in_training_is_one_line(tmp_path, fail, expected):
@@ -324,8 +324,8 @@ def test_an_environment_failing_in_training_is_one_line(tmp_path, fail, expected
 @pytest.mark.slow
 @pytest.mark.parametrize(("fail", "expected"), [
     ("reset", "environment Calc: Calc.reset raised ValueError: no board for this row"),
-    ("nan reward", "reward 'Calc' (environment envs.Calc.get_reward) returned a non-finite score "
-                   "at sample 0: nan"),
+    ("nan reward", "reward 'Calc' (environment Calc.get_reward) returned a non-finite score at "
+                   "sample 0: nan"),
 ])
 def test_an_environment_failing_in_heldout_measurement_is_one_line(tmp_path, fail, expected):
     """The held-out measurement before training runs the environment as training does."""

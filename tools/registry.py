@@ -545,4 +545,4 @@ def environment_reward(cls: type) -> Any:
         return [e.get_reward() if type(e) is cls else None for e in environments]
 
     return GatedReward(get_reward, cls.__name__, "raise",
-                       ref=f"environment {cls.__module__}.{cls.__qualname__}.get_reward")
+                       ref=f"environment {cls.__qualname__}.get_reward")

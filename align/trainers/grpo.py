@@ -78,6 +78,9 @@ class GRPOTrainer(TrlGRPOTrainer):
     traceback. A tool method that raises is trl's business: the model gets the error."""
 
     def __init__(self, *args, **kwargs):
+        funcs = kwargs.get("reward_funcs", args[1] if len(args) > 1 else None)
+        # counted before trl appends the environments' rewards (to this very list)
+        configured = len(funcs) if isinstance(funcs, (list, tuple)) else int(funcs is not None)
         factories = kwargs.get("environment_factory")
         factories = list(factories.values()) if isinstance(factories, dict) else \
             [factories] if factories is not None else []
@@ -88,9 +91,7 @@ class GRPOTrainer(TrlGRPOTrainer):
             if line is None:
                 raise
             raise RolloutError(line) from e
-        funcs = kwargs.get("reward_funcs", args[1] if len(args) > 1 else None)
-        self._gate_environment_rewards(
-            len(funcs) if isinstance(funcs, (list, tuple)) else int(funcs is not None))
+        self._gate_environment_rewards(configured)
         self._dynamic = bool(getattr(self.args, "dynamic_sampling", False))
         self._last_rewards: torch.Tensor | None = None
         # Fresh prompts: the draws of one generation are a function of (seed, process, step,
