@@ -318,12 +318,14 @@ def test_tool_and_environment_files_are_checked_at_setup(tmp_path):
         ([f"+tools.mul.fn={undocumented}:mul"], "docstring"),
         ([f"environment={envs}:NoReset"], "reset"),
         ([f"environment={envs}:Calk"], "did you mean 'Calc'"),
+        # Calc's method `calculator` and the tool would share one name: the model reaches one
+        ([f"environment={envs}:Calc", "tools=calculator"], "name of the tool tools.calculator"),
     ]:
         with pytest.raises(ConfigError, match=expected):
             decide(compose_grpo(tmp_path, *overrides), "grpo")
-    good = decide(compose_grpo(tmp_path, f"environment={envs}:Calc", "tools=calculator",
+    good = decide(compose_grpo(tmp_path, f"environment={envs}:Calc", "+tools.calc.fn=calculator",
                                "trainer.max_tool_calling_iterations=3"), "grpo")
-    assert good.environment.__name__ == "Calc" and good.tools[0].__name__ == "calculator"
+    assert good.environment.__name__ == "Calc" and good.tools[0].__name__ == "calc"
     assert good.trainer_kwargs["max_tool_calling_iterations"] == 3
 
 
