@@ -45,9 +45,10 @@ TRAINER_KWARGS = frozenset(
     }
 )
 SPEC_KEYS = ("fn", "weight", "kwargs", "on_error")
-#: What a reward that raises does to training: ``raise`` stops it (the default: a broken reward
-#: should be noticed at step 1, not after a day of training on zeros); ``none`` scores the failing
-#: samples ``None`` (left out of the mean, like "not applicable"); ``zero`` scores them 0.0.
+#: What a reward that fails (raises, or returns a non-number or a NaN/infinite score) does to
+#: training: ``raise`` stops it (the default: a broken reward should be noticed at step 1, not
+#: after a day of training on zeros); ``none`` scores the failing samples ``None`` (left out of
+#: the mean, like "not applicable"); ``zero`` scores them 0.0. See :class:`GatedReward`.
 ERROR_POLICIES = ("raise", "none", "zero")
 #: Characters of a failing completion quoted in the log.
 EXCERPT_CHARS = 200
@@ -257,7 +258,8 @@ def _plain(value: Any) -> Any:
 
 
 class RewardError(RuntimeError):
-    """A reward function broke its contract (wrong number of scores) or failed under ``on_error: raise``."""
+    """A reward function broke its contract: the wrong number of scores (always), or a score that
+    is not a number or not finite under ``on_error: raise``."""
 
 
 class RewardUnavailableError(RuntimeError):
