@@ -22,6 +22,13 @@ class ConfigError(AlignError, ValueError):
     """The composed config is invalid: an unknown key, a bad value or an impossible combination."""
 
 
+class RolloutError(AlignError, RuntimeError):
+    """An environment's ``__init__``/``reset``/``get_reward`` raised during a rollout, or a reward
+    (an environment's included) broke its contract under ``on_error: raise`` (a non-finite score,
+    a non-number). Reported as one line naming the environment and method, or the reward and the
+    sample: the run cannot go on, and the fix is in the user's code, not in align."""
+
+
 class MissingExtraError(AlignError, ImportError):
     """An optional dependency is needed by the chosen config but is not installed."""
 

@@ -22,14 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from align.errors import AlignError
-
-
-class RolloutError(AlignError, RuntimeError):
-    """An environment's ``__init__``/``reset``/``get_reward`` raised during a rollout, or a reward
-    (an environment's included) broke its contract under ``on_error: raise`` (a non-finite score,
-    a non-number). Reported as one line naming the environment and method, or the reward and the
-    sample: the run cannot go on, and the fix is in the user's code, not in align."""
+from align.errors import RolloutError
 
 
 def environment_failure_line(e: BaseException, classes, factories=()) -> str:

@@ -48,7 +48,7 @@ import torch
 from trl import GRPOTrainer as TrlGRPOTrainer
 from trl.trainer.utils import nanstd
 
-from align.measure.agent import RolloutError
+from align.errors import RolloutError
 from rewards.registry import RewardError
 from tools.registry import environment_failure, environment_reward
 
@@ -73,7 +73,7 @@ class GRPOTrainer(TrlGRPOTrainer):
     (tools.registry.environment_reward: a NaN, an infinity or a non-number stops the run naming
     the environment and the sample, as any reward under `on_error: raise` does). An
     environment's `__init__`, `reset` or `get_reward` that raises, and a reward's broken
-    contract, end the run with one line (align.measure.agent.RolloutError, exit status 2 from
+    contract, end the run with one line (align.errors.RolloutError, exit status 2 from
     the entry point) naming the environment and method or the reward, instead of trl's
     traceback. A tool method that raises is trl's business: the model gets the error."""
 
