@@ -144,7 +144,9 @@ def test_dpo_chosen_likelihood_falling(tmp_path, caplog):
                         "doctor.window=3"))
     history = [h for h in read_history(tmp_path)[0] if "rewards/chosen" in h]
     chosen = [h["rewards/chosen"] for h in history]
-    fell = sum(c < 0 for c in chosen[1:]) >= len(chosen) - 2  # below the reference after step 1
+    # Below the reference over the second half of the run (the step where it turns varies with
+    # the CPU's float summation order: step 2 on one machine, step 4 on another).
+    fell = len(chosen) >= 8 and all(c < 0 for c in chosen[len(chosen) // 2:])
     assert fell, f"the chosen answers did not get less likely in this run: {chosen}"
     found = {f["name"]: f for f in report(tmp_path)["findings"]}
     assert list(found) == ["chosen_likelihood_falling"]
