@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewards.registry import BoundReward, RewardConfigError, build_rewards
+from rewards.registry import BoundReward, RewardConfigError, RewardError, build_rewards
 
 #: Columns of trl's completions table that describe the training step, not the example.
 TRL_TABLE_COLUMNS = ("step", "advantage")
@@ -442,6 +442,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return score_command(args)
-    except (BenchError, RewardConfigError) as e:
+    except (BenchError, RewardConfigError, RewardError) as e:
         print(f"error: {e}", file=__import__("sys").stderr)
         return 2

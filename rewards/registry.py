@@ -201,6 +201,24 @@ def resolve(ref: str) -> RewardFn:
     return obj
 
 
+def _nonfinite_in(value: Any, path: str = "") -> str | None:
+    """Where in a bound kwarg (a number, or lists and mappings of them) a float is NaN or
+    infinite: "" for the value itself, "[2]" or ".key" inside it; None when all are finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, Mapping):
+        items = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _nonfinite_in(item, where)
+        if found is not None:
+            return found
+    return None
+
+
 def check_reward_kwargs(fn: RewardFn, kwargs: Mapping[str, Any], name: str) -> None:
     """Fail at setup if ``fn`` cannot be called as a reward with the bound ``kwargs``.
 
@@ -238,6 +256,13 @@ def check_reward_kwargs(fn: RewardFn, kwargs: Mapping[str, Any], name: str) -> N
             raise RewardConfigError(
                 f"reward {name!r} got an unknown kwarg {key!r}{_closest(key, accepted)}. "
                 f"It accepts: {', '.join(sorted(accepted)) or '(no kwargs)'}."
+            )
+    for key, value in kwargs.items():
+        where = _nonfinite_in(value)
+        if where is not None:
+            raise RewardConfigError(
+                f"reward {name!r}: kwarg {key}{where} is not a finite number; give a number "
+                "(a bound that means 'none' is null where the reward takes one)"
             )
     check = getattr(fn, "check_kwargs", None)
     if callable(check):

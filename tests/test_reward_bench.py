@@ -116,6 +116,19 @@ def test_bench_errors(tmp_path: Path, content: str, args: list, message: str,
     assert not path.with_name("bad.scored.jsonl").exists()
 
 
+def test_a_reward_that_breaks_its_contract_is_one_line(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """A NaN score under on_error: raise (the default): the gate's message, no traceback."""
+    user = tmp_path / "user.py"
+    user.write_text("def nan(completions, **kw):\n    return [float('nan')] * len(completions)\n")
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"completion": "x"}\n')
+    assert main(["score", str(path), f"+rewards.n.fn={user}:nan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nan" in err.lower() and len(err.splitlines()) == 1, err
+    assert not path.with_name("bad.scored.jsonl").exists()
+
+
 def test_load_samples_errors(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match="no such file"):
         load_samples(tmp_path / "missing.jsonl")

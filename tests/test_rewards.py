@@ -584,11 +584,30 @@ def test_build_rewards_accepts_omegaconf() -> None:
             "supplied by the trainer",
         ),
         ({"f": {"fn": "acuracy"}}, "did you mean 'accuracy'"),
+        (
+            {"f": {"fn": "length_band", "kwargs": {"min_len": float("nan"), "max_len": 5}}},
+            r"kwarg min_len is not a finite number",
+        ),
+        (
+            {"f": {"fn": "overlong", "kwargs": {"max_completion_len": float("inf"),
+                                                "soft_punish_cache": 4}}},
+            r"kwarg max_completion_len is not a finite number",
+        ),
     ],
 )
 def test_build_rewards_errors(specs: dict, match: str) -> None:
     with pytest.raises(RewardConfigError, match=match):
         build_rewards(specs)
+
+
+def test_nonfinite_kwargs_are_found_inside_lists_and_mappings(tmp_path: Path) -> None:
+    path = tmp_path / "user.py"
+    path.write_text("def f(completions, bands=None, **kwargs):\n    return [1.0] * len(completions)\n")
+    for bands, where in (([1.0, float("-inf")], r"bands\[1\]"), ({"low": float("nan")}, r"bands\.low"),
+                         ([{"x": [0.0, float("inf")]}], r"bands\[0\]\.x\[1\]")):
+        with pytest.raises(RewardConfigError, match=f"kwarg {where} is not a finite number"):
+            build_rewards({"f": {"fn": f"{path}:f", "kwargs": {"bands": bands}}})
+    build_rewards({"f": {"fn": f"{path}:f", "kwargs": {"bands": [1.0, 2, {"x": -3.5}]}}})
 
 
 def test_build_rewards_rejects_kwarg_shadowing_a_column(tmp_path: Path) -> None:
