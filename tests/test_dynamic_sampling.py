@@ -112,7 +112,10 @@ def test_zero_spread_groups_are_replaced_by_informative_ones(tmp_path, tiny_sft_
         assert (batch["prompt_mask"][:, -1] == 1).all()
         assert (batch["completion_mask"][:, 0] == 1).all()
     # half the prompts score 1.0 whatever is written: groups were dropped and regenerated
-    assert min(logged(trainer, "frac_reward_zero_std")) >= 0.25
+    # (how many of a step's prompts have even answers is a draw: which one depends on the CPU's
+    # float summation, through the samples drawn before it; 1 of 8 at some step on an Intel Xeon)
+    zero_std = logged(trainer, "frac_reward_zero_std")
+    assert min(zero_std) > 0 and max(zero_std) >= 0.25, zero_std
     assert all(r >= 1 for r in logged(trainer, "dynamic_sampling/extra_rounds"))
     assert all(g > 1 for g in logged(trainer, "dynamic_sampling/generated_groups"))
     assert logged(trainer, "dynamic_sampling/zero_spread_kept") == [0.0, 0.0, 0.0]
