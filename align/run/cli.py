@@ -318,11 +318,17 @@ def _remove_what_hydra_made() -> None:
         return  # the run wrote something of its own: the error leaves it for the user to see
     if before is None and made != {p.name for p in folder.iterdir()}:
         return
-    for name in made:
+    for name in made:  # another launch sharing the folder may remove them first
         path = folder / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    if (before is None or not before.existed) and not any(folder.iterdir()):
-        folder.rmdir()
-        for parent in (before.new_ancestors if before else ()):
-            if parent.is_dir() and not any(parent.iterdir()):
-                parent.rmdir()
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    try:
+        if (before is None or not before.existed) and not any(folder.iterdir()):
+            folder.rmdir()
+            for parent in (before.new_ancestors if before else ()):
+                if parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
+    except OSError:
+        pass  # a launch sharing the folder removed it, or wrote into it, meanwhile
