@@ -199,7 +199,8 @@ def _reporting_user_errors(run: Callable) -> Callable:
         except (Stopped, KeyboardInterrupt) as exc:
             # A signal: one line, and the run folder as it is (a relaunch resumes from it).
             stopped = exc if isinstance(exc, Stopped) else Stopped(2, "stopped by SIGINT")
-            print(f"error: {stopped}", file=sys.stderr, flush=True)
+            sys.stderr.write(f"error: {stopped}\n")  # one write: the ranks share a stderr
+            sys.stderr.flush()
             raise SystemExit(stopped.exit_status) from None
         finally:
             gc.enable()  # had the run stopped before Job.start resumed it
