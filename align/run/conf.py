@@ -50,13 +50,17 @@ def run_id() -> str:
 
 
 def _process_start_time(pid: int) -> float | None:
-    """Wall-clock start time of a process, from /proc (Linux); None where unavailable."""
+    """Wall-clock start time of a process, from /proc (Linux); None where unavailable. The boot
+    time (`btime`, whole seconds) plus the start in clock ticks: the same number at every read,
+    in every process (now minus the uptime moved with the moment of reading, and a start near a
+    second's boundary named two run folders: the one the launch checked and the one it made)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         ticks = int(stat.rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
         return None
 
 
