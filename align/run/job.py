@@ -403,14 +403,11 @@ def hydra_run_names(name: str) -> tuple[str | None, str]:
     carries the command-line overrides so runs can be told apart."""
     try:
         from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
 
         hc = HydraConfig.get()
     except (ImportError, ValueError):
         return None, name
     overrides = hc.job.override_dirname
     run_name = f"{name}:{overrides}" if overrides else name
-    group = None
-    if hc.mode == RunMode.MULTIRUN:
-        group = f"{name}-{Path(hc.sweep.dir).name}"
+    group = f"{name}-{Path(hc.sweep.dir).name}" if in_multirun() else None
     return group, run_name
