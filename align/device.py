@@ -22,25 +22,39 @@ MIB = 2**20
 
 @dataclass(frozen=True)
 class Setup:
-    """How a launch spreads over processes: GPUs per node, nodes, DeepSpeed ZeRO and offload."""
+    """How a launch spreads over processes: GPUs per node, nodes, DeepSpeed ZeRO or FSDP, and
+    offload."""
 
     gpus: int = 1
     nodes: int = 1
-    zero: int = 0  # 0 = no DeepSpeed (DDP or one GPU)
+    zero: int = 0  # 0 = no DeepSpeed (DDP, FSDP or one GPU)
     offload_optimizer: bool = False
     offload_params: bool = False
+    fsdp: int = 0  # FSDP version (1 or 2); 0 = no FSDP
+
+    @property
+    def processes(self) -> int:
+        return self.gpus * self.nodes
+
+    @property
+    def sharded_params(self) -> bool:
+        """Every weight is split across the ranks (ZeRO-3, FSDP): no rank holds the whole model
+        while the trainer runs."""
+        return self.zero == 3 or self.fsdp > 0
 
 
 def setup_from_env() -> Setup:
     """The process setup of this launch, from what `accelerate launch` exports."""
     env = os.environ
     deepspeed = env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    fsdp = env.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     return Setup(
         gpus=int(env.get("LOCAL_WORLD_SIZE") or 1),
         nodes=max(1, int(env.get("WORLD_SIZE") or 1) // int(env.get("LOCAL_WORLD_SIZE") or 1)),
         zero=int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 0) if deepspeed else 0,
         offload_optimizer=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE") == "cpu",
         offload_params=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE") == "cpu",
+        fsdp=int(env.get("FSDP_VERSION") or 1) if fsdp else 0,
     )
 
 
@@ -116,6 +130,7 @@ CARDS = {
     "t4": _card("Tesla T4", 15360, (7, 5)),  # no bfloat16, no flash-attn 2
     "rtx4090": _card("NVIDIA GeForce RTX 4090", 24564, (8, 9)),
     "a100-80gb": _card("NVIDIA A100-SXM4-80GB", 81920, (8, 0)),
+    "h100": _card("NVIDIA H100 80GB HBM3", 81559, (9, 0)),
     "h200": _card("NVIDIA H200", 143771, (9, 0)),  # measured: benchmarks/RESULTS.md
 }
 CPU = DeviceFacts()

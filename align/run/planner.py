@@ -104,7 +104,7 @@ def activation_bytes(shape: ModelShape, tokens: int, w: int, checkpointing: bool
 
 
 def read_launch(path: Path, gpus: int | None) -> Setup:
-    """ZeRO stage, offload and process count from an accelerate config file."""
+    """ZeRO stage or FSDP version, offload and process count from an accelerate config file."""
     import yaml
 
     cfg = yaml.safe_load(Path(path).read_text())
@@ -115,6 +115,8 @@ def read_launch(path: Path, gpus: int | None) -> Setup:
         zero=int(ds.get("zero_stage", 0)) if cfg.get("distributed_type") == "DEEPSPEED" else 0,
         offload_optimizer=ds.get("offload_optimizer_device", "none") == "cpu",
         offload_params=ds.get("offload_param_device", "none") == "cpu",
+        fsdp=int((cfg.get("fsdp_config") or {}).get("fsdp_version", 1))
+        if cfg.get("distributed_type") == "FSDP" else 0,
     )
     return setup
 
