@@ -328,8 +328,11 @@ class Job:
 
     def save(self, trainer) -> dict:
         """Save the final model/adapter, tokenizer and metrics; return the metrics."""
+        from align.trainers.fsdp import save_full_model
+
         final = self.out_dir / "final"
-        trainer.save_model(str(final))  # main process only, gathers ZeRO-3 shards itself
+        # Every rank calls it: ZeRO-3 and FSDP gather the shards (the main process writes).
+        save_full_model(trainer, str(final))
         if self.is_main:
             # The per-step log, also when no checkpoint (and so no trainer_state.json) is saved.
             # Both carry what trl and transformers logged: a loss that diverged to NaN is kept as

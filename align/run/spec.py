@@ -668,6 +668,15 @@ def parse_spec(cfg: DictConfig | Mapping, stage: str,
     decided = decide(cfg, stage, facts)
     trainer = _build_trl(trl_config_class(stage), dict(decided.trainer_kwargs))
     raise_if(values.check_trainer_combinations(trainer, stage))
+    # trl's config has set up the process group (transformers' TrainingArguments does): what
+    # accelerate will make of the launch is known now, before data or a model is loaded.
+    problem = launch_problem(Launch.of_process(trainer), decided.device,
+                             bool(decided.trainer_kwargs.get("use_cpu")))
+    if problem:
+        raise ConfigError(problem)
+    from align.trainers.fsdp import shard_on_cpu
+
+    shard_on_cpu(trainer)
     fields = {f.name: getattr(decided, f.name) for f in dataclasses.fields(Decisions)}
     return RunSpec(trainer=trainer, **fields)
 
@@ -686,3 +695,87 @@ def _build_trl(config_class, kwargs: dict):
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"trainer: trl's {config_class.__name__} rejected the values: "
                           f"{library_message(exc)}") from None
+
+# --------------------------------------------------------------------------- the launch
+
+#: accelerate's process groups on an accelerator, where it turns an FSDP launch into FSDP
+ACCELERATOR_GROUPS = ("MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_MUSA",
+                      "MULTI_SDAA", "MULTI_HPU", "MULTI_NEURON")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a launch asks accelerate for (the environment `accelerate launch` exports from its
+    config file) and the process group this process got (set up by trl's config)."""
+
+    #: distributed_type: FSDP (ACCELERATE_USE_FSDP)
+    fsdp: bool = False
+    #: distributed_type: DEEPSPEED (ACCELERATE_USE_DEEPSPEED)
+    deepspeed: bool = False
+    #: processes the launcher started (WORLD_SIZE)
+    processes: int = 1
+    #: accelerate's distributed type of this process's group: NO (none), MULTI_CPU (gloo),
+    #: MULTI_GPU, DEEPSPEED ...
+    group: str = "NO"
+    #: ACCELERATE_USE_CPU: accelerate builds no DeepSpeed engine then
+    accelerate_cpu: bool = False
+
+    @classmethod
+    def of_process(cls, args, env: Mapping | None = None) -> Launch:
+        """This process's launch; `args`: trl's config, built (its process group set up)."""
+        env = os.environ if env is None else env
+        state = getattr(args, "distributed_state", None)
+        group = str(getattr(state, "distributed_type", "NO")).split(".")[-1]
+        return cls(fsdp=env.get("ACCELERATE_USE_FSDP", "").lower() == "true",
+                   deepspeed=env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true",
+                   processes=int(env.get("WORLD_SIZE") or 1), group=group,
+                   accelerate_cpu=env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1"))
+
+    @property
+    def asked(self) -> str:
+        if self.deepspeed:
+            return "DeepSpeed"
+        if self.fsdp:
+            return "FSDP"
+        return "DDP" if self.processes > 1 else "one process"
+
+    @property
+    def outcome(self) -> str:
+        """What the trainer's Accelerator will run (accelerate 1.16's AcceleratorState, and FSDP
+        on a CPU group, which align.trainers.fsdp.shard_on_cpu adds)."""
+        if self.group == "NO":
+            return "one process"
+        if self.group == "DEEPSPEED" or (self.deepspeed and not self.accelerate_cpu):
+            return "DeepSpeed"
+        if self.fsdp and (self.group in ACCELERATOR_GROUPS or self.group == "MULTI_CPU"):
+            return "FSDP"
+        return "DDP"
+
+
+def launch_problem(launch: Launch, facts: dev.DeviceFacts, use_cpu: bool) -> str | None:
+    """Why this launch would silently train with another setup than it asks for (None: it
+    trains as asked): FSDP or DeepSpeed that becomes plain DDP, several processes of which each
+    trains alone. `use_cpu`: trl's config asks for the CPU (align sets it on CPU)."""
+    asked, outcome = launch.asked, launch.outcome
+    if asked == outcome:
+        return None
+    setting = {"DeepSpeed": "distributed_type: DEEPSPEED in the accelerate config",
+               "FSDP": "distributed_type: FSDP in the accelerate config",
+               "DDP": f"{launch.processes} processes"}.get(asked, "one process")
+    if outcome == "one process":
+        got = (f"each of its {launch.processes} processes would train alone"
+               if launch.processes > 1 else "it would train as one plain process")
+        if not facts.cuda and not use_cpu:
+            fix = ("trainer.use_cpu=false on a machine without a CUDA GPU leaves accelerate "
+                   "without a process group: remove trainer.use_cpu=false")
+        else:
+            fix = ("accelerate set up no process group: launch with `accelerate launch "
+                   "--config_file launch/<setup>.yaml`, and check `accelerate env`")
+    elif asked == "DeepSpeed" and launch.accelerate_cpu:
+        got = f"it would train with {outcome}"
+        fix = ("ACCELERATE_USE_CPU is set in the environment, and accelerate builds no DeepSpeed "
+               "engine then: unset it (DeepSpeed trains on CPU as launched)")
+    else:
+        got = f"it would train with {outcome}"
+        fix = "check the launch config against launch/ (accelerate env shows what it read)"
+    return f"the launch asks for {asked} ({setting}), but {got}: {fix}"
