@@ -747,7 +747,8 @@ class Launch:
             return "one process"
         if self.group == "DEEPSPEED" or (self.deepspeed and not self.accelerate_cpu):
             return "DeepSpeed"
-        if self.fsdp and (self.group in ACCELERATOR_GROUPS or self.group == "MULTI_CPU"):
+        if self.group == "FSDP" or (
+                self.fsdp and (self.group in ACCELERATOR_GROUPS or self.group == "MULTI_CPU")):
             return "FSDP"
         return "DDP"
 
