@@ -200,7 +200,115 @@ def gradient_checkpointing(requested, planned_without: float | None, facts: Devi
     return auto_checkpointing(planned_without, facts.memory_bytes)
 
 
-def heldout_on_main_process(facts: DeviceFacts) -> bool:
-    """Whether the main process can generate alone for held-out measurement: not under ZeRO-3,
-    which shards every weight across the ranks (measure the saved model afterwards instead)."""
-    return facts.setup.zero != 3
+# --------------------------------------------------------------------------- placement
+
+#: how the model reaches its device before training (Placement.load)
+LOAD_DEVICE_MAP = "device_map"  # align loads it onto the rank's device (from_pretrained)
+LOAD_BITSANDBYTES = "bitsandbytes"  # QLoRA: quantised onto the rank's device as it loads
+LOAD_DEEPSPEED = "deepspeed"  # ZeRO-3: zero.Init partitions it at load; the engine places
+LOAD_FSDP = "fsdp"  # FSDP: loaded on CPU (rank 0 only, with fsdp_cpu_ram_efficient_loading,
+#                     the others on meta); the trainer shards it onto the rank's device
+LOAD_CPU = "cpu"  # no accelerator: from_pretrained's own default
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one rank's model lives and where and by which ranks align's own generations and
+    forward passes run (held-out before/after/during training, DPO's on-policy rounds,
+    generate.py and eval.py with the hf backend). The decision of `placement`."""
+
+    #: this rank's device: the model is there before training (unless sharded: see `load`),
+    #: and every generation of this rank runs there
+    device: str
+    #: how the model gets there: LOAD_DEVICE_MAP, LOAD_BITSANDBYTES, LOAD_DEEPSPEED, LOAD_FSDP
+    #: or LOAD_CPU
+    load: str
+    #: who generates: "main" (the main process alone: one process) or "all" (every rank its
+    #: share of the prompts, the completions gathered to every rank; the main process scores)
+    ranks: str
+    #: the weights are sharded across the ranks (ZeRO-3, FSDP): every rank runs the same number
+    #: of generate calls and forward passes in lockstep (transformers' synced_gpus), and
+    #: forward-only figures (losses, log-probabilities) run on every rank over the same rows
+    synced: bool
+    #: "before" measurements run when training begins (the trainer has sharded the model;
+    #: before that no rank holds it whole, and under FSDP's cpu-ram-efficient loading the
+    #: other ranks hold it on meta); otherwise as soon as the model is built
+    before_at_train_begin: bool
+
+    @property
+    def device_map(self) -> dict | None:
+        """What load_model passes to from_pretrained as device_map (None: the library's own
+        placement: CPU, zero.Init, FSDP's loading)."""
+        return {"": self.device} if self.load in (LOAD_DEVICE_MAP, LOAD_BITSANDBYTES) else None
+
+    @property
+    def scores_on_every_rank(self) -> bool:
+        """Forward-only figures run on every rank (in lockstep), not on the main process alone."""
+        return self.synced
+
+
+def placement(facts: DeviceFacts, quantized: bool = False, local_rank: int = 0) -> Placement:
+    """Where the model lives and who generates, for these facts (the launch is `facts.setup`),
+    with QLoRA (`quantized`) or not, on the rank of `local_rank` on its node.
+
+    - On a CUDA card every rank uses its own card, `cuda:<local rank>` (as accelerate and
+      torchrun number them): the model is loaded straight onto it (QLoRA: bitsandbytes quantises
+      it there, trl's get_kbit_device_map), so held-out "before" and on-policy sampling run on
+      the GPU. The trainer would have moved it there anyway, but only after "before" ran on the
+      CPU: hours for a 1.5B model and 500 prompts. ZeRO-1/2 keep whole weights per GPU too.
+    - ZeRO-3 and FSDP shard the weights: align passes no device_map (transformers refuses one
+      under ZeRO-3; FSDP loads on CPU and shards onto the card), "before" waits until training
+      begins, and every rank generates in lockstep: a rank generating alone would wait forever
+      for the others' shards.
+    - With several processes every rank generates its share of the prompts and the figures are
+      gathered, so no rank waits in a collective while another generates for minutes.
+    - On CPU the same rules hold with "cpu" as every rank's device (DDP and FSDP over gloo)."""
+    setup = facts.setup
+    device = f"cuda:{local_rank}" if facts.cuda else "cpu"
+    if setup.zero == 3:
+        load = LOAD_DEEPSPEED
+    elif setup.fsdp:
+        load = LOAD_FSDP
+    elif not facts.cuda:
+        load = LOAD_CPU
+    else:
+        load = LOAD_BITSANDBYTES if quantized else LOAD_DEVICE_MAP
+    sharded = setup.sharded_params
+    return Placement(device=device, load=load, ranks="all" if setup.processes > 1 else "main",
+                     synced=sharded and setup.processes > 1, before_at_train_begin=sharded)
+
+
+def heldout_measurable(facts: DeviceFacts, multi_turn: bool) -> bool:
+    """Whether held-out measurement can run in this launch. It can everywhere (see `placement`)
+    but for multi-turn generation with tools or an environment on sharded weights: how many
+    generate calls a rank makes depends on its own replies, so the ranks cannot stay in
+    lockstep (measure the saved model afterwards: align/eval.py)."""
+    return not (multi_turn and facts.setup.sharded_params and facts.setup.processes > 1)
+
+
+def local_rank() -> int:
+    """This process's rank on its node, as accelerate, torchrun and DeepSpeed export it."""
+    return int(os.environ.get("LOCAL_RANK") or 0)
+
+
+class PlacementError(RuntimeError):
+    """A model is not on the device its placement names."""
+
+
+def check_placement(model, place: Placement, where: str) -> None:
+    """Raise PlacementError naming both devices when a parameter of `model` is not on
+    `place.device` (e.g. on meta: FSDP's loading left this rank without the weights, or on the
+    CPU while the decision names a card). Every generation path calls it before generating.
+    A ZeRO-3 parameter is a placeholder whose data DeepSpeed fetches (ds_id): not checked."""
+    import torch
+
+    want = torch.device(place.device)
+    for name, param in model.named_parameters():
+        if hasattr(param, "ds_id"):
+            continue
+        have = param.device
+        if have.type != want.type or (want.index is not None and have.index != want.index):
+            raise PlacementError(
+                f"{where}: the model's parameter {name} is on {have}, but the placement decided "
+                f"for this rank is {place.device} (load: {place.load}); "
+                "align.device.placement decides where the model lives")

@@ -363,7 +363,9 @@ def run(cfg: DictConfig) -> dict:
     from transformers import set_seed
 
     from align.data import load_stage_data
+    from align.device import check_placement
     from align.files import write_atomic
+    from align.models.factory import process_placement
     from rewards import build_rewards
 
     job = prepare(cfg)  # everything is checked before a model or dataset is loaded
@@ -392,6 +394,7 @@ def run(cfg: DictConfig) -> dict:
             lengths = counts = None
     else:
         model, tokenizer = load_for_inference(job.model)
+        check_placement(model, process_placement(), "eval.backend=hf")
         images = list(heldout["images"]) if "images" in heldout.column_names else None
         if job.tools or job.environment is not None:
             samples, lengths, counts = generate_with_tools_any(

@@ -357,10 +357,14 @@ def make_generator(job: GenerateJob):
             return out
 
         return sample, lambda: None
+    from align.device import check_placement
     from align.measure.generation import generate_completions
+    from align.models.factory import process_placement
     from align.models.inference import load_for_inference
 
+    # Each rank samples its own batches (run: k % world) on its own device: the placement's.
     model, tokenizer = load_for_inference(job.model)
+    check_placement(model, process_placement(), "generator.backend=hf")
 
     def sample(rows, first, batch, on_done):
         repeated = [r["prompt"] for r in rows for _ in range(g.n)]

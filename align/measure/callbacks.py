@@ -11,7 +11,11 @@ the same measurement as before and after training) and the figures go
   - into metrics.json under `heldout_during` (a list of {step, train_s, <reward>: value};
     train_s: seconds of training in this launch, the measurements themselves left out).
 
-Only the main process measures; the others wait at the next collective step as usual.
+Every rank takes part where align.device.placement says so (each generates its share of the
+prompts, in lockstep on sharded weights); the main process scores and records.
+
+PendingMeasurements runs the "before" measurements that wait for training to begin: on sharded
+weights (ZeRO-3, FSDP) no rank holds the model whole before the trainer has prepared it.
 """
 
 from __future__ import annotations
@@ -41,17 +45,23 @@ class HeldoutCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         every = self.job.spec.heldout.eval_steps
-        if not every or state.global_step % every or not self.job.is_main:
+        place = self.job.placement
+        if not every or state.global_step % every or (place.ranks == "main"
+                                                       and not self.job.is_main):
             return
+        from align.device import check_placement
         from align.measure.heldout import evaluate_with_samples
 
+        check_placement(model, place, f"held-out measurement at step {state.global_step}")
         began = time.perf_counter()
         # training seconds of this launch so far: time-to-accuracy curves compare runs by it
         train_s = round(began - self.started - self.measuring, 2)
         figures, rows = evaluate_with_samples(model, self.tokenizer, self.dataset,
                                               self.reward_funcs, self.job.spec.heldout,
-                                              *self.job.tool_measurement())
+                                              *self.job.tool_measurement(), place=place)
         self.measuring += time.perf_counter() - began
+        if not self.job.is_main:
+            return
         names = [fn.__name__ for fn in self.reward_funcs]
         logged = {f"heldout/{n}": figures[n] for n in names}
         logged["heldout/completion_tokens_mean"] = figures["completion_tokens_mean"]
@@ -74,6 +84,28 @@ class HeldoutCallback(TrainerCallback):
             run.log({**logged, "heldout/samples": table, "train/global_step": state.global_step})
         log.info("step %d held-out %s", state.global_step,
                  ", ".join(f"{k}={v:.3f}" for k, v in logged.items()))
+
+
+class PendingMeasurements(TrainerCallback):
+    """Run the job's "before" measurements that wait for training to begin (align.run.job:
+    `Job.pending`), on every rank, with the model as the trainer prepared it. A launch that
+    resumes from a checkpoint skips them: the trainer has loaded the checkpoint's weights by
+    then, and they would not be the model before training."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        job = self.job
+        job.training_began = True
+        pending, job.pending = job.pending, []
+        if job.resumed_from is not None:
+            if pending and job.is_main:
+                log.info("held-out before training: not measured when resuming on sharded "
+                         "weights (the trainer has loaded %s)", job.resumed_from.name)
+            return
+        for measure in pending:
+            measure(model)
 
 
 class DoctorCallback(TrainerCallback):

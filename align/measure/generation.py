@@ -12,6 +12,9 @@ image parts of the prompt messages are filled in order, as trl does in training.
 from __future__ import annotations
 
 import contextlib
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def _render(tokenizer, prompt) -> str:
@@ -40,6 +43,7 @@ def generate_completions(
     progress: bool = False,
     images: list | None = None,
     top_p: float | None = None,
+    synced: bool | None = None,
 ) -> list[str]:
     """Generate one completion per prompt and return the decoded new text, stripped.
 
@@ -55,6 +59,9 @@ def generate_completions(
         progress: show a tqdm bar over batches.
         images: vision-language models only: one list of images per prompt (``tokenizer`` is
             then the model's processor).
+        synced: transformers' ``synced_gpus``: every rank generates in lockstep, as sharded
+            weights (ZeRO-3, FSDP) need (align.device.Placement.synced); None: transformers
+            decides.
     """
     import torch
 
@@ -103,6 +110,8 @@ def generate_completions(
         "do_sample": do_sample,
         "pad_token_id": pad_id,
     }
+    if synced is not None:
+        gen_kwargs["synced_gpus"] = synced
     if do_sample:
         gen_kwargs["temperature"] = temperature
         if top_p is not None:
@@ -157,3 +166,34 @@ def generate_completions(
         if was_training:
             model.train()
     return completions
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process's torch.distributed group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def share_across_ranks(items: list, work, ranks: str = "all") -> list:
+    """`work(items)` (one result per item, in order) spread over the ranks of the process
+    group: each rank takes an equal share (the last ones padded with copies of the first item,
+    so that every rank makes the same number of calls: lockstep generation needs it), and the
+    results come back whole, in order, on every rank. `ranks="main"` or a single process: the
+    caller's rank does all of it."""
+    rank, world = rank_and_world()
+    if ranks == "main" or world == 1 or not items:
+        return list(work(items))
+    import torch.distributed as dist
+
+    size = -(-len(items) // world)
+    mine = items[rank * size:(rank + 1) * size]
+    log.info("rank %d of %d: %d of %d items, each rank generates its share", rank, world,
+             len(mine), len(items))
+    padded = mine + [items[0]] * (size - len(mine))
+    results = list(work(padded))[:len(mine)]
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, results)
+    return [r for part in gathered for r in part]

@@ -52,7 +52,7 @@ def check_heldout_config(cfg: HeldoutConfig) -> list[str]:
 
 def evaluate(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig,
              tools: tuple = (), max_tool_iterations: int | None = None,
-             environment=None) -> dict[str, float]:
+             environment=None, place=None) -> dict[str, float]:
     """Mean of each reward over greedy completions of `dataset` (a prompt dataset).
 
     Rewards that return None for a sample (not applicable) leave it out of that mean; the
@@ -62,16 +62,21 @@ def evaluate(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig,
     `tool_failure_rate` (calls that failed: unknown tool, bad arguments, the tool raised). With
     an `environment` (GRPO's), each prompt gets its own instance as in training, its methods
     as tools, and its `get_reward()` is one more figure, named after its class as trl names it.
+
+    `place` (align.device.Placement; None: this process alone) says which ranks generate: with
+    ranks="all" every rank of the launch calls this, generates its share of the prompts (in
+    lockstep where `place.synced`), and the main process scores them all; the other ranks get
+    empty figures.
     """
     return evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg, tools,
-                                 max_tool_iterations, environment)[0]
+                                 max_tool_iterations, environment, place)[0]
 
 
 def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutConfig,
                           tools: tuple = (), max_tool_iterations: int | None = None,
-                          environment=None) -> tuple[dict[str, float], list[dict]]:
+                          environment=None, place=None) -> tuple[dict[str, float], list[dict]]:
     """`evaluate`, plus one row per prompt: prompt, completion, solution, each reward."""
-    from align.measure.generation import generate_completions
+    from align.measure.generation import generate_completions, rank_and_world, share_across_ranks
 
     if cfg.max_samples is not None and len(dataset) > cfg.max_samples:
         dataset = dataset.select(range(cfg.max_samples))
@@ -79,14 +84,22 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutC
     images = list(dataset["images"]) if "images" in dataset.column_names else None
     metrics: dict[str, float] = {}
     lengths = None
+    ranks = place.ranks if place is not None else "main"
+    synced = place.synced if place is not None else None
     if tools or environment is not None:
         from align.measure.agent import environment_reward_figures, generate_with_tools
 
-        rollouts = generate_with_tools(model, tokenizer, list(dataset["prompt"]), tools,
-                                       max_new_tokens=cfg.max_new_tokens,
-                                       batch_size=cfg.batch_size,
-                                       max_iterations=max_tool_iterations,
-                                       environment=environment, rows=list(dataset))
+        def roll(rows):
+            out = generate_with_tools(model, tokenizer, [r["prompt"] for r in rows], tools,
+                                      max_new_tokens=cfg.max_new_tokens,
+                                      batch_size=cfg.batch_size,
+                                      max_iterations=max_tool_iterations,
+                                      environment=environment, rows=rows)
+            return list(zip(out.completions, out.completion_ids, out.calls, out.failures,
+                            out.environment_rewards))
+
+        per_prompt = share_across_ranks(list(dataset), roll, ranks)
+        rollouts = ToolRolloutsView(*(map(list, zip(*per_prompt)) if per_prompt else ([],) * 5))
         metrics.update(environment_reward_figures(rollouts))
         completions = rollouts.completions
         lengths = [len(ids) for ids in rollouts.completion_ids]
@@ -95,10 +108,16 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutC
         metrics["tool_calls_mean"] = calls / max(len(completions), 1)
         metrics["tool_failure_rate"] = sum(rollouts.failures) / calls if calls else 0.0
     else:
-        completions = generate_completions(
-            model, tokenizer, list(dataset["prompt"]), max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size, images=images,
-        )
+        def complete(items):
+            return generate_completions(
+                model, tokenizer, [p for p, _ in items], max_new_tokens=cfg.max_new_tokens,
+                batch_size=cfg.batch_size, synced=synced,
+                images=[i for _, i in items] if images is not None else None)
+
+        completions = share_across_ranks(
+            list(zip(dataset["prompt"], images or [None] * len(dataset))), complete, ranks)
+    if ranks == "all" and rank_and_world()[0] != 0:
+        return {}, []  # the main process scores: rewards may call judges or run code
     columns = {k: list(dataset[k]) for k in dataset.column_names if k != "prompt"}
     rows = [{"prompt": p, "completion": c, "solution": s}
             for p, c, s in zip(dataset["prompt"], completions,
@@ -123,6 +142,18 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutC
     log.info("held-out evaluation of %d prompts took %.1fs", len(completions),
              time.perf_counter() - started)
     return metrics, rows
+
+
+@dataclass
+class ToolRolloutsView:
+    """The per-prompt parts of align.measure.agent.ToolRollouts that held-out figures read,
+    put back together from the ranks' shares."""
+
+    completions: list
+    completion_ids: list
+    calls: list
+    failures: list
+    environment_rewards: list
 
 
 def summary_lines(before: dict | None, after: dict | None, names: list[str]) -> list[str]:

@@ -9,7 +9,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from align.device import DeviceFacts, attention, model_dtype
+from align.device import (
+    LOAD_CPU,
+    DeviceFacts,
+    Placement,
+    attention,
+    check_placement,
+    model_dtype,
+)
 from align.errors import ConfigError
 from align.models.adapters import PeftPlan
 from align.models.config import VISION_KINDS, ModelConfig
@@ -126,8 +133,11 @@ def load_processing_class(cfg: ModelConfig):
     return load_tokenizer(cfg)
 
 
-def load_model(cfg: ModelConfig, quantization: dict[str, Any] | None = None):
-    """Load the model (optionally 4/8-bit through bitsandbytes for QLoRA)."""
+def load_model(cfg: ModelConfig, quantization: dict[str, Any] | None = None,
+               place: Placement | None = None):
+    """Load the model (optionally 4/8-bit through bitsandbytes for QLoRA) where `place`
+    (align.device.placement; default: this process's, from its device and launch) puts it: onto
+    this rank's card, or left to ZeRO-3's zero.Init and FSDP's loading, which shard it."""
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
@@ -149,8 +159,12 @@ def load_model(cfg: ModelConfig, quantization: dict[str, Any] | None = None):
         if "bnb_4bit_compute_dtype" not in quant:
             quant["bnb_4bit_compute_dtype"] = kwargs["dtype"]
         kwargs["quantization_config"] = BitsAndBytesConfig(**quant)
+    place = place or process_placement(quantized=bool(quantization))
+    if place.device_map is not None:
+        kwargs["device_map"] = place.device_map
     path = resolve_path(cfg.name_or_path)
-    log.info("loading %s (%s, attention=%s)", path, kwargs["dtype"], kwargs["attn_implementation"])
+    log.info("loading %s (%s, attention=%s) onto %s (%s)", path, kwargs["dtype"],
+             kwargs["attn_implementation"], place.device, place.load)
     if cfg.kind == "sequence_classification":
         # A reward model: one score per sequence. A causal LM checkpoint loads with a new,
         # randomly initialised score head (seeded: the job sets the seed before loading).
@@ -161,23 +175,34 @@ def load_model(cfg: ModelConfig, quantization: dict[str, Any] | None = None):
     model = auto.from_pretrained(path, **kwargs)
     if cfg.kind in VISION_KINDS:
         freeze_parts(model, cfg)
+    if place.device_map is not None or place.load == LOAD_CPU:
+        # sharded loads leave other ranks' weights on meta until the trainer shards them
+        check_placement(model, place, f"loading {path}")
     if cfg.gradient_checkpointing is True:
         # KV caching is useless with checkpointing during training and transformers warns.
         model.config.use_cache = False
     return model
 
 
-def build_model(model_cfg: ModelConfig, peft: PeftPlan):
+def process_placement(quantized: bool = False) -> Placement:
+    """This process's placement (align.device.placement): its device and launch as detected."""
+    from align.device import local_rank, placement
+
+    return placement(DeviceFacts.detect(), quantized, local_rank())
+
+
+def build_model(model_cfg: ModelConfig, peft: PeftPlan, place: Placement | None = None):
     """(model, processing class, peft config) for any stage; the trainer applies the adapter
     (peft config None: full fine-tuning). `peft` is the checked plan (align.models.adapters).
 
     The processing class is the tokenizer for text models and the processor for
-    vision-language models; pass it to trl as processing_class either way."""
+    vision-language models; pass it to trl as processing_class either way. `place`: where the
+    model goes (default: this process's placement)."""
     from align.models.adapters import target_vision_parts
 
     processing_class = load_processing_class(model_cfg)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    model = load_model(model_cfg, peft.quantization)
+    model = load_model(model_cfg, peft.quantization, place)
     peft_config = copy.deepcopy(peft.peft_config)  # the plan stays as it was parsed
     if model_cfg.is_vision and peft_config is not None:
         target_vision_parts(peft_config, peft.apply_to, model)

@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from align.device import DeviceFacts
+from align.device import DeviceFacts, Placement, check_placement, local_rank, placement
 from align.errors import AlignError, ConfigError
 from align.files import write_atomic, write_json, write_jsonl
 from align.run.resume import (
@@ -60,6 +60,12 @@ class Job:
     metrics: dict = field(default_factory=dict)
     #: held-out preference margins of the model before training (DPO's reference)
     reference_margins: list | None = None
+    #: "before" measurements waiting for training to begin (sharded weights: see `placement`)
+    pending: list = field(default_factory=list)
+    #: training has begun (the trainer has prepared, and if so sharded, the model)
+    training_began: bool = False
+    #: the checkpoint this launch resumes from, once `train` has found it
+    resumed_from: Path | None = None
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -91,6 +97,13 @@ class Job:
     @property
     def is_main(self) -> bool:
         return is_main_process()
+
+    @property
+    def placement(self) -> Placement:
+        """Where this rank's model lives and who measures (align.device.placement): a function
+        of the spec's device facts, the PEFT method and this process's local rank."""
+        return placement(self.spec.device, self.spec.peft.quantization is not None,
+                         local_rank())
 
     def begin(self, data=None) -> None:
         """Create the run folder, write the resolved config, start tracking. Call after the
@@ -190,6 +203,10 @@ class Job:
             from align.measure.callbacks import HeldoutCallback
 
             callbacks.append(HeldoutCallback(self, tokenizer, heldout, list(spec.heldout_rewards)))
+        if spec.heldout.enabled and self.placement.before_at_train_begin:
+            from align.measure.callbacks import PendingMeasurements
+
+            callbacks.append(PendingMeasurements(self))
         return callbacks
 
     # ------------------------------------------------------------------ held-out data
@@ -200,24 +217,39 @@ class Job:
                 self.spec.environment)
 
     def measure(self, when: str, model, tokenizer, dataset, pairs=None) -> dict | None:
-        """Held-out figures (main process only); logged under heldout_<when>. With `pairs`
+        """Held-out figures, returned on the main process (None elsewhere) and logged under
+        heldout_<when>. Call on every rank: `placement` decides which ranks generate (each its
+        share, in lockstep on sharded weights) and when "before" runs (when training begins,
+        on sharded weights). With `pairs`
         (held-out prompt/chosen/rejected rows) also the preference figures of
         align.measure.metrics.preference_accuracy: log-prob ranking and, after training, the DPO
         implicit-reward accuracy against the model as it was before training; for a reward model
         (the rm stage) its pairwise accuracy and margin (align.measure.metrics.reward_accuracy)."""
         heldout = self.spec.heldout
-        if not heldout.enabled or not self.is_main:
+        if not heldout.enabled:
             return None
-        if dataset is None and pairs is None and when == "before":
+        place = self.placement
+        if when == "before" and place.before_at_train_begin and not self.training_began:
+            # No rank holds the sharded model whole yet: measure when training begins.
+            self.pending.append(lambda model: self.measure(when, model, tokenizer, dataset, pairs))
+            return None
+        funcs = list(self.spec.heldout_rewards) if dataset is not None else []
+        # Generation is shared by every rank where placement says so; forward-only figures run
+        # on the main process alone, or on every rank in lockstep where the weights are sharded.
+        if not (self.is_main or place.scores_on_every_rank or (funcs and place.ranks == "all")):
+            return None
+        check_placement(model, place, f"held-out measurement {when} training")
+        if dataset is None and pairs is None and when == "before" and self.is_main:
             log.warning("held-out measurement: the data has no eval split, so nothing is measured; "
                         "set data.eval_fraction (e.g. 0.02), data.eval_split or data.eval_path")
-        funcs = list(self.spec.heldout_rewards) if dataset is not None else []
         figures: dict = {}
         if funcs:
             from align.measure.heldout import evaluate
 
             figures.update(evaluate(model, tokenizer, dataset, funcs, heldout,
-                                    *self.tool_measurement()))
+                                    *self.tool_measurement(), place=place))
+        if not (self.is_main or place.scores_on_every_rank):
+            return None
         if pairs is not None and self.stage == "rm":
             from align.measure.metrics import reward_accuracy
 
@@ -234,22 +266,30 @@ class Job:
                     model, tokenizer, pairs, heldout.max_samples, heldout.batch_size)
             figures.update(preference_accuracy(model, tokenizer, pairs, heldout.max_samples,
                                                heldout.batch_size, self.reference_margins))
-        return self._record(when, figures)
+        return self._record(when, figures) if self.is_main else None
 
     def measure_loss(self, when: str, trainer, rows) -> dict | None:
-        """SFT's held-out loss (main process only): the model's loss on the eval split as trl
+        """SFT's held-out loss (returned on the main process; on sharded weights every rank
+        computes it in lockstep, "before" when training begins): the model's loss on the eval split as trl
         feeds it (its tokenisation, collator and completion masks: what training lowers), before
         or after training, recorded as `heldout_<when>.loss` with the number of held-out `rows`
         (trl may pack them into fewer sequences) as `loss/n`. Nothing goes into the trainer's log
         history, so a resumed run's log stays the uninterrupted run's."""
         heldout = self.spec.heldout
-        if not heldout.enabled or not self.is_main or trainer.eval_dataset is None:
+        if not heldout.enabled or trainer.eval_dataset is None:
             return None
+        place = self.placement
+        if when == "before" and place.before_at_train_begin and not self.training_began:
+            self.pending.append(lambda model: self.measure_loss(when, trainer, rows))
+            return None
+        if not (self.is_main or place.scores_on_every_rank):
+            return None
+        check_placement(trainer.model, place, f"held-out loss {when} training")
         from align.measure.metrics import heldout_loss
 
         loss = heldout_loss(trainer.model, trainer.eval_dataset, trainer.data_collator,
                             heldout.batch_size)
-        if loss != loss:  # nothing labelled to score
+        if loss != loss or not self.is_main:  # nothing labelled to score; or not the main rank
             return None
         return self._record(when, {"loss": loss, "loss/n": len(rows)})
 
@@ -288,6 +328,7 @@ class Job:
         from align.run.stop import stopping_on_signals
 
         checkpoint = self.resume_checkpoint()
+        self.resumed_from = checkpoint
         state = read_state(checkpoint) if checkpoint is not None else {}
         if checkpoint is not None:
             warn_unlogged_steps(checkpoint, state)

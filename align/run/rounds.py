@@ -33,7 +33,10 @@ The run folder:
   rounds.json    per round: held-out accuracy before -> after, pairs, weights
   compare.md/csv `python -m align.compare` over the rounds
 
-Rounds run in one process (all of a launch's ranks would sample the same pairs).
+Under several processes (DDP, ZeRO-1/2) every rank samples its share of the round's prompts on
+its own device (align.device.placement), the main process scores them and pairs them, and every
+rank trains on the pairs it wrote. Weights sharded by ZeRO-3 or FSDP are whole on no rank
+before the round's trainer is built, so sampling cannot run there: refused at the start.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ from types import MappingProxyType
 
 from align.data import DataConfig, DataError, load_stage_data
 from align.data.select import preference_pairs, reward_histogram, score_groups
-from align.errors import AlignError
+from align.device import Placement, check_placement
+from align.errors import AlignError, ConfigError
 from align.files import write_atomic, write_json, write_jsonl
 from align.run.job import Job
 from align.run.spec import RunSpec
@@ -73,18 +77,33 @@ def prompt_rows(train, spec: RunSpec) -> list[dict]:
     return list(rows)
 
 
-def sample_pairs(model, tokenizer, rows: list[dict], spec: RunSpec, seed: int
-                 ) -> tuple[list[dict], dict]:
+def sample_pairs(model, tokenizer, rows: list[dict], spec: RunSpec, seed: int,
+                 place: Placement | None = None) -> tuple[list[dict], dict] | None:
     """The round's preference pairs from `model`'s own samples for `rows`, and what happened
-    (prompts, samples, pair counts by reason, reward histogram)."""
-    from align.measure.generation import generate_completions
+    (prompts, samples, pair counts by reason, reward histogram). With `place` ranks="all" every
+    rank calls it and samples its share (each with its own seed); the main process scores and
+    returns the pairs, the others None."""
+    from align.measure.generation import (
+        generate_completions,
+        rank_and_world,
+        share_across_ranks,
+    )
 
     op = spec.on_policy
     n = op.samples_per_prompt
-    prompts = [row["prompt"] for row in rows for _ in range(n)]
-    texts = generate_completions(model, tokenizer, prompts, max_new_tokens=op.max_new_tokens,
-                                 batch_size=op.batch_size, do_sample=True,
-                                 temperature=op.temperature, seed=seed)
+    ranks = place.ranks if place is not None else "main"
+    if place is not None:
+        check_placement(model, place, "on-policy sampling")
+    rank = rank_and_world()[0] if ranks == "all" else 0
+
+    def sample(prompts):
+        return generate_completions(model, tokenizer, prompts, max_new_tokens=op.max_new_tokens,
+                                    batch_size=op.batch_size, do_sample=True,
+                                    temperature=op.temperature, seed=seed + 7919 * rank)
+
+    texts = share_across_ranks([row["prompt"] for row in rows for _ in range(n)], sample, ranks)
+    if rank != 0:
+        return None
     # A chat prompt's completion is an assistant turn, as trl hands it to rewards in GRPO. An
     # empty completion (the end token first) is scored but never paired (preference_pairs
     # leaves it out: no training row can hold it).
@@ -124,6 +143,11 @@ def run_rounds(job: Job) -> dict:
 
     spec = job.spec
     op = spec.on_policy
+    place = job.placement
+    if place.before_at_train_begin:
+        raise ConfigError("on_policy.enabled=true samples from the policy before each round's "
+                          "trainer is built, and weights sharded by ZeRO-3 or FSDP are whole on "
+                          "no rank then: launch with launch/ddp.yaml, zero1.yaml or zero2.yaml")
     data = load_stage_data(spec.data, "dpo", vision=spec.model.is_vision)
     rows = prompt_rows(data.train, spec)
     root = spec.out_dir
@@ -137,10 +161,11 @@ def run_rounds(job: Job) -> dict:
     first: dict = {}
     for k in range(1, op.rounds + 1):
         rjob = Job(round_spec(spec, k, start))
-        model, tokenizer, peft_config = build_model(rjob.spec.model, spec.peft)
+        model, tokenizer, peft_config = build_model(rjob.spec.model, spec.peft, place)
         seed = spec.seed * 1000 + k  # each round (and each run seed) samples its own
         part = rows[(k - 1) * op.prompts_per_round:k * op.prompts_per_round]
-        pairs, stats = sample_pairs(model, tokenizer, part, spec, seed)
+        # every rank gets the main process's pairs: they all stop, or all train on the same file
+        pairs, stats = from_main(sample_pairs(model, tokenizer, part, spec, seed, place))
         log.info("on-policy round %d/%d: %d prompts x %d samples -> %d pairs (%s)", k,
                  op.rounds, len(part), op.samples_per_prompt, len(pairs),
                  ", ".join(f"{key} {v}" for key, v in stats["pairs"].items()))
@@ -152,12 +177,13 @@ def run_rounds(job: Job) -> dict:
         pairs_file = rjob.out_dir / "pairs.jsonl"
         if rjob.is_main:
             write_jsonl(pairs_file, pairs)
+        barrier()  # the file is whole before any rank reads it
         # Through the data layer, as `align/dpo.py data=local data.path=<pairs.jsonl>` reads
         # them: every row checked and normalised the same way.
         train = load_stage_data(DataConfig(name="on_policy", path=str(pairs_file)), "dpo").train
         rjob.metrics["on_policy"] = {"round": k, "rounds": op.rounds,
                                      "start": rjob.spec.model.name_or_path, **stats}
-        before = rjob.measure("before", model, tokenizer, data.heldout, pairs=data.eval)
+        rjob.measure("before", model, tokenizer, data.heldout, pairs=data.eval)
         trainer = DPOTrainer(model=model, ref_model=None, args=rjob.args, train_dataset=train,
                              eval_dataset=rjob.trl_eval_dataset(data), processing_class=tokenizer,
                              peft_config=peft_config,
@@ -165,8 +191,10 @@ def run_rounds(job: Job) -> dict:
         rjob.train(trainer)
         after = rjob.measure("after", trainer.model, tokenizer, data.heldout, pairs=data.eval)
         rjob.save(trainer)
+        before = rjob.metrics.get("heldout_before")
         first = first or dict(before or {})
         start = next_start(trainer, tokenizer, rjob, peft_config is not None)
+        barrier()  # the next round's weights are written before any rank loads them
         summary.append({"round": k, "folder": rjob.out_dir.name,
                         "start": rjob.spec.model.name_or_path, "pairs": len(pairs),
                         "accuracy_before": (before or {}).get("accuracy"),
@@ -183,6 +211,29 @@ def run_rounds(job: Job) -> dict:
                       f"{s['accuracy_after']:.3f}, {s['pairs']} pairs")
         print(f"run folder: {root}")
     return metrics
+
+
+def from_main(value):
+    """The main process's `value` on every rank of the process group (itself without one)."""
+    from align.measure.generation import rank_and_world
+
+    if rank_and_world()[1] == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank of the process group (nothing without one)."""
+    from align.measure.generation import rank_and_world
+
+    if rank_and_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def next_start(trainer, tokenizer, rjob: Job, adapter: bool):

@@ -638,9 +638,12 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     if checkpointing:
         kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
 
-    if heldout.enabled and not dev.heldout_on_main_process(facts):
-        log.warning("held-out measurement is off under DeepSpeed ZeRO-3; evaluate the saved "
-                    "model afterwards: python align/eval.py run_dir=%s", out_dir)
+    multi_turn = bool(tools) or environment is not None
+    if heldout.enabled and not dev.heldout_measurable(facts, multi_turn):
+        log.warning("held-out measurement is off: generation with tools or an environment cannot "
+                    "keep the ranks in lockstep on weights sharded by %s; evaluate the saved "
+                    "model afterwards: python align/eval.py run_dir=%s",
+                    "ZeRO-3" if facts.setup.zero == 3 else "FSDP", out_dir)
         heldout = dataclasses.replace(heldout, enabled=False)
 
     return Decisions(

@@ -1,0 +1,197 @@
+"""Placement (align.device.placement): where the model lives before training and which ranks
+generate, for every launch file x the facts of real cards and of the CPU x QLoRA; the check every
+generation path makes; the real paths on CPU; and 2-process launches that measure held-out data
+with every rank generating its share."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from align.device import (
+    CARDS,
+    CPU,
+    LOAD_BITSANDBYTES,
+    LOAD_CPU,
+    LOAD_DEEPSPEED,
+    LOAD_DEVICE_MAP,
+    LOAD_FSDP,
+    Placement,
+    PlacementError,
+    check_placement,
+    heldout_measurable,
+    placement,
+)
+from align.run.conf import CONF_DIR, register
+from align.run.planner import read_launch
+
+register()
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH_FILES = sorted(p.name for p in (REPO / "launch").glob("*.yaml"))
+
+#: launch file -> (load on a card, ranks that generate, lockstep, "before" when training begins).
+#: On CPU the load is LOAD_CPU where a card's is LOAD_DEVICE_MAP; QLoRA on a card:
+#: LOAD_BITSANDBYTES where the weights are not sharded.
+EXPECTED = {
+    "single_gpu.yaml": (LOAD_DEVICE_MAP, "main", False, False),
+    "ddp.yaml": (LOAD_DEVICE_MAP, "all", False, False),
+    "zero1.yaml": (LOAD_DEVICE_MAP, "all", False, False),
+    "zero2.yaml": (LOAD_DEVICE_MAP, "all", False, False),
+    "zero3.yaml": (LOAD_DEEPSPEED, "all", True, True),
+    "zero3_offload.yaml": (LOAD_DEEPSPEED, "all", True, True),
+    "fsdp2.yaml": (LOAD_FSDP, "all", True, True),
+}
+
+
+def test_every_launch_file_has_its_expectations():
+    assert LAUNCH_FILES == sorted(EXPECTED), "a launch file without expectations (or gone)"
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["full", "qlora"])
+@pytest.mark.parametrize("card", [*CARDS, "cpu"])
+@pytest.mark.parametrize("launch", sorted(EXPECTED))
+def test_placement_of_every_launch_on_every_card(launch, card, quantized):
+    setup = read_launch(REPO / "launch" / launch, None)
+    facts = (CPU if card == "cpu" else CARDS[card]).with_setup(setup)
+    load, ranks, synced, later = EXPECTED[launch]
+    if card == "cpu" and load == LOAD_DEVICE_MAP:
+        load = LOAD_CPU
+    elif quantized and load == LOAD_DEVICE_MAP:
+        load = LOAD_BITSANDBYTES
+    for rank in (0, 3):
+        place = placement(facts, quantized, local_rank=rank)
+        device = "cpu" if card == "cpu" else f"cuda:{rank}"
+        assert place == Placement(device=device, load=load, ranks=ranks, synced=synced,
+                                  before_at_train_begin=later)
+        # align loads it onto the rank's card itself, or leaves it to ZeRO-3 / FSDP / the CPU
+        assert place.device_map == ({"": device} if load in (LOAD_DEVICE_MAP, LOAD_BITSANDBYTES)
+                                    else None)
+    assert place.scores_on_every_rank is synced
+    # multi-turn held-out generation cannot stay in lockstep on sharded weights
+    assert heldout_measurable(facts, multi_turn=True) is not synced
+    assert heldout_measurable(facts, multi_turn=False)
+
+
+def test_one_process_of_a_sharded_launch_is_not_in_lockstep():
+    setup = read_launch(REPO / "launch" / "fsdp2.yaml", 1)
+    place = placement(CARDS["h100"].with_setup(setup))
+    assert (place.ranks, place.synced, place.load) == ("main", False, LOAD_FSDP)
+
+
+# ----------------------------------------------------------------------------- the check
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_base_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(tiny_base_path),
+            AutoTokenizer.from_pretrained(tiny_base_path))
+
+
+def test_check_names_both_devices(tiny_base_path, tiny):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_base_path))
+    with pytest.raises(PlacementError, match=r"is on meta, but the placement decided for this "
+                                             r"rank is cpu"):
+        check_placement(meta, placement(CPU), "held-out measurement")
+    with pytest.raises(PlacementError, match=r"held-out.*is on cpu.*is cuda:1 \(load: device_map\)"):
+        check_placement(tiny[0], placement(CARDS["h100"], local_rank=1), "held-out measurement")
+    check_placement(tiny[0], placement(CPU), "held-out measurement")
+
+
+def test_load_model_puts_the_model_where_the_placement_says(tiny_base_path):
+    from align.models.config import ModelConfig
+    from align.models.factory import load_model
+
+    cfg = ModelConfig(name_or_path=str(tiny_base_path), dtype="float32",
+                      attn_implementation="sdpa")
+    on_cpu = load_model(cfg)  # this process's placement: CPU here
+    assert {p.device.type for p in on_cpu.parameters()} == {"cpu"}
+    # as on a card: align hands transformers the rank's device as the device map
+    mapped = Placement(device="cpu", load=LOAD_DEVICE_MAP, ranks="main", synced=False,
+                       before_at_train_begin=False)
+    assert {p.device.type for p in load_model(cfg, place=mapped).parameters()} == {"cpu"}
+    # a model that does not land where the decision says is an error at load, naming both
+    elsewhere = Placement(device="meta", load=LOAD_CPU, ranks="main", synced=False,
+                          before_at_train_begin=False)
+    with pytest.raises(PlacementError, match=r"loading .*is on cpu, but the placement decided "
+                                             r"for this rank is meta \(load: cpu\)"):
+        load_model(cfg, place=elsewhere)
+
+
+def compose_run(stage, out, *overrides):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(stage, overrides=["logger=none", "heldout.max_samples=4",
+                                          f"output_dir={out}", *overrides])
+
+
+def test_heldout_measurement_refuses_a_model_elsewhere(tmp_path, tiny_base_path):
+    """The held-out paths check the model against the placement before generating: a model the
+    decision does not put here is an error naming both devices, not a silent run elsewhere."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from align.data import load_stage_data
+    from align.models import build_model
+    from align.run.job import Job
+
+    job = Job.start(compose_run("grpo", tmp_path), "grpo")
+    data = load_stage_data(job.spec.data, "grpo")
+    model, tokenizer, _ = build_model(job.spec.model, job.spec.peft)
+    assert {p.device.type for p in model.parameters()} == {job.placement.device} == {"cpu"}
+    figures = job.measure("before", model, tokenizer, data.heldout)
+    assert figures["samples"] == 4
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_base_path))
+    with pytest.raises(PlacementError, match="held-out measurement after training: .* on meta"):
+        job.measure("after", meta, tokenizer, data.heldout)
+
+
+def test_sharing_across_ranks_in_one_process_is_the_whole_work():
+    from align.measure.generation import share_across_ranks
+
+    assert share_across_ranks(list(range(5)), lambda xs: [x * 2 for x in xs]) == [0, 2, 4, 6, 8]
+    assert share_across_ranks([], lambda xs: xs) == []
+
+
+# ----------------------------------------------------------------------------- launches
+
+
+def launch(config, stage, cwd, *overrides, processes=2, timeout=900):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    proc = subprocess.run(
+        [accelerate, "launch", "--config_file", str(REPO / "launch" / config),
+         "--num_processes", str(processes), str(REPO / "align" / f"{stage}.py"),
+         "logger=none", "trainer.max_steps=2", "trainer.save_strategy=no", *overrides],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    folders = [p for p in (Path(cwd) / "outputs" / stage).iterdir() if p.is_dir()]
+    assert len(folders) == 1
+    return proc, folders[0], json.loads((folders[0] / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_the_heldout_prompts(tmp_path):
+    """2 processes over gloo (launch/ddp.yaml): each rank generates half of the held-out prompts
+    before, during and after training; the main process scores all of them."""
+    proc, _, metrics = launch("ddp.yaml", "grpo", tmp_path, "heldout.max_samples=6",
+                              "heldout.eval_steps=1", "trainer.per_device_train_batch_size=8",
+                              "trainer.num_generations=4")
+    assert metrics["world_size"] == 2
+    for when in ("heldout_before", "heldout_after"):
+        assert metrics[when]["samples"] == 6
+    assert [p["step"] for p in metrics["heldout_during"]] == [1, 2]
+    output = proc.stdout + proc.stderr  # Hydra's log handler writes to stdout
+    shares = [line for line in output.splitlines() if "generates its share" in line]
+    # before, at steps 1 and 2, after: on both ranks
+    assert sum("rank 1 of 2: 3 of 6" in line for line in shares) == 4, output[-4000:]
+    assert sum("rank 0 of 2: 3 of 6" in line for line in shares) == 4
