@@ -195,3 +195,47 @@ def test_ddp_ranks_share_the_heldout_prompts(tmp_path):
     # before, at steps 1 and 2, after: on both ranks
     assert sum("rank 1 of 2: 3 of 6" in line for line in shares) == 4, output[-4000:]
     assert sum("rank 0 of 2: 3 of 6" in line for line in shares) == 4
+
+
+def test_sharded_weights_measure_before_when_training_begins(tmp_path):
+    """Where the weights are sharded (here FSDP's facts for one process), "before" cannot run
+    when the model is built: it waits for training to begin, then runs with the model the trainer
+    prepared, held-out figures and SFT's loss alike."""
+    from trl import SFTTrainer
+
+    from align.data import load_stage_data
+    from align.device import Setup
+    from align.models import build_model
+    from align.run.job import Job
+
+    cfg = compose_run("sft", tmp_path, "trainer.max_steps=1", "trainer.save_strategy=no",
+                      "trainer.per_device_train_batch_size=4", "heldout.max_samples=4",
+                      "data.max_eval_samples=4")
+    job = Job.start(cfg, "sft", facts=CPU.with_setup(Setup(gpus=1, fsdp=2)))
+    assert job.placement.before_at_train_begin
+    data = load_stage_data(job.spec.data, "sft")
+    job.begin(data)
+    model, tokenizer, peft_config = build_model(job.spec.model, job.spec.peft)
+    assert job.measure("before", model, tokenizer, data.heldout) is None
+    trainer = SFTTrainer(model=model, args=job.args, train_dataset=data.train,
+                         eval_dataset=job.trl_eval_dataset(data), processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=job.callbacks(tokenizer, data.heldout))
+    assert job.measure_loss("before", trainer, data.eval) is None
+    assert len(job.pending) == 2 and "heldout_before" not in job.metrics
+    job.train(trainer)
+    before = job.metrics["heldout_before"]
+    assert before["samples"] == 4 and before["loss/n"] == 4 and not job.pending
+
+
+def test_on_policy_rounds_are_refused_on_sharded_weights(tmp_path):
+    from align.device import Setup
+    from align.errors import ConfigError
+    from align.run.job import Job
+    from align.run.rounds import run_rounds
+
+    cfg = compose_run("dpo", tmp_path / "run", "experiment=iterative_dpo")
+    job = Job.start(cfg, "dpo", facts=CPU.with_setup(Setup(gpus=2, zero=3)))
+    with pytest.raises(ConfigError, match="on_policy.enabled=true samples from the policy before "
+                                          ".*launch with launch/ddp.yaml"):
+        run_rounds(job)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
