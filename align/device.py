@@ -13,7 +13,6 @@ process setup of the launch), so CPU tests run every branch with the facts of re
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from dataclasses import dataclass, field
 
@@ -83,8 +82,17 @@ class DeviceFacts:
     count: int = 0
     #: CUDA compute capability, e.g. (9, 0) for Hopper; None on CPU
     capability: tuple[int, int] | None = None
-    #: the flash-attn package is installed
+    #: attention kernels installed, as transformers' own checks find them
+    #: (transformers.utils.is_flash_attn_{2,3,4}_available, is_kernels_available):
+    #: flash-attn 2 (`flash-attn`, imports as flash_attn)
     flash_attn: bool = False
+    #: FlashAttention-3 (`flash-attn-3`, the Hopper build, imports as flash_attn_interface)
+    flash_attn_3: bool = False
+    #: FlashAttention-4 (`flash-attn-4`, CuTe DSL, Hopper and Blackwell)
+    flash_attn_4: bool = False
+    #: the `kernels` package: attention kernels from the hub (`kernels-community/...`), and
+    #: transformers' stand-in for a flash_attention_N whose package is not installed
+    kernels: bool = False
     #: processes, nodes, DeepSpeed ZeRO stage and offload of this launch
     setup: Setup = field(default_factory=Setup)
 
@@ -102,27 +110,50 @@ class DeviceFacts:
         """flash-attn 2 runs here: installed, on an Ampere or newer card."""
         return self.flash_attn and self.bf16
 
+    def flash_installed(self, version: int) -> bool:
+        """The package of FlashAttention `version` (2, 3 or 4) is installed."""
+        return {2: self.flash_attn, 3: self.flash_attn_3, 4: self.flash_attn_4}[version]
+
     @classmethod
     def detect(cls) -> DeviceFacts:
         """This process's facts (imports torch)."""
         import torch
 
-        flash = importlib.util.find_spec("flash_attn") is not None
+        kernels = attention_packages()
         setup = setup_from_env()
         if not torch.cuda.is_available():
-            return cls(flash_attn=flash, setup=setup)
+            return cls(**kernels, setup=setup)
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
         return cls(accelerator="cuda", name=props.name, memory_bytes=int(props.total_memory),
                    count=torch.cuda.device_count(), capability=(props.major, props.minor),
-                   flash_attn=flash, setup=setup)
+                   **kernels, setup=setup)
 
     def with_setup(self, setup: Setup) -> DeviceFacts:
         return dataclasses.replace(self, setup=setup)
 
 
+def attention_packages() -> dict[str, bool]:
+    """The attention kernels installed here, as transformers finds them: its own checks test the
+    distribution's name and version, not only that a module imports (a leftover `flash_attn`
+    folder, or flash-attn-4's, is not flash-attn 2), and report FlashAttention usable only where
+    torch has CUDA. The hub-kernel fallback is not probed (it would download)."""
+    from transformers.utils import (
+        is_flash_attn_2_available,
+        is_flash_attn_3_available,
+        is_flash_attn_4_available,
+        is_kernels_available,
+    )
+
+    return {"flash_attn": is_flash_attn_2_available(),
+            "flash_attn_3": is_flash_attn_3_available(),
+            "flash_attn_4": is_flash_attn_4_available(),
+            "kernels": is_kernels_available()}
+
+
 def _card(name: str, mib: int, capability: tuple[int, int]) -> DeviceFacts:
-    return DeviceFacts("cuda", name, mib * MIB, 1, capability, flash_attn=True)
+    # flash-attn 2 installed; kernels too (transformers 5 depends on it)
+    return DeviceFacts("cuda", name, mib * MIB, 1, capability, flash_attn=True, kernels=True)
 
 
 #: Facts of real cards (memory as nvidia-smi reports it), for tests and for planning.
@@ -146,20 +177,97 @@ def model_dtype(requested: str, facts: DeviceFacts) -> str:
     return "bfloat16" if facts.bf16 else "float32"
 
 
+#: The least CUDA compute capability each FlashAttention version runs on: transformers' own
+#: (FLASH_ATTENTION_COMPATIBILITY_MATRIX: FA3 Ampere, FA4 Hopper; a test keeps them in step),
+#: and Ampere for flash-attn 2, which needs bfloat16 to train.
+FLASH_MIN_CAPABILITY = {2: (8, 0), 3: (8, 0), 4: (9, 0)}
+_ARCHITECTURE = {(8, 0): "an Ampere", (9, 0): "a Hopper"}
+
+
+def auto_flash_order(capability: tuple[int, int]) -> tuple[int, ...]:
+    """The FlashAttention versions `auto` tries on a card, best first: FA3 is written for Hopper
+    (its kernels use Hopper's TMA and warpgroup instructions) and is the fastest there; FA4 for
+    Blackwell (and Hopper); flash-attn 2 runs on every card from Ampere on."""
+    if capability[0] == 9:
+        return (3, 4, 2)
+    if capability[0] >= 10:
+        return (4, 2)
+    return (2,)
+
+
 def attention(requested: str, facts: DeviceFacts) -> str:
-    """`model.attn_implementation`: auto is flash_attention_2 where it runs, sdpa otherwise."""
+    """`model.attn_implementation`: auto is the best installed FlashAttention for the card
+    (auto_flash_order: FA3 on Hopper, FA4 on Blackwell, else flash-attn 2) on a card that
+    computes in bfloat16, sdpa otherwise. A hub kernel is never picked by auto (it downloads
+    from the hub at load): name it, e.g. model.attn_implementation=kernels-community/flash-attn3."""
     if requested != "auto":
         return requested
-    return "flash_attention_2" if facts.flash_attention else "sdpa"
+    if facts.bf16:
+        for version in auto_flash_order(facts.capability):
+            if facts.flash_installed(version) and facts.capability >= FLASH_MIN_CAPABILITY[version]:
+                return f"flash_attention_{version}"
+    return "sdpa"
+
+
+def flash_version(requested: str) -> int | None:
+    """2, 3 or 4 for flash_attention_N (as transformers names them), None for anything else."""
+    prefix = "flash_attention_"
+    if requested.startswith(prefix) and requested[len(prefix):] in ("2", "3", "4"):
+        return int(requested[len(prefix):])
+    return None
+
+
+def hub_kernel_repo(requested: str) -> str | None:
+    """The hub repository of a kernel named as transformers takes it (`org/repo`, optionally
+    `@revision` and `:kernel`), None for a built-in attention name."""
+    if "/" not in requested:
+        return None
+    return requested.split(":")[0].split("@")[0].strip()
 
 
 def attention_problem(requested: str, facts: DeviceFacts) -> str | None:
-    """Why an explicitly requested attention kernel cannot run here (None: it can)."""
-    if requested.startswith("flash_attention") and not facts.bf16:
-        where = f"{facts.name} (compute capability {facts.capability})" if facts.cuda else "CPU"
-        return (f"model.attn_implementation={requested} needs an Ampere or newer CUDA GPU "
-                f"(compute capability >= 8.0); this process runs on {where}: use sdpa or auto")
+    """Why an explicitly requested attention kernel cannot run here (None: it can). FlashAttention
+    needs a CUDA card of at least FLASH_MIN_CAPABILITY; a hub kernel that transformers knows
+    (FLASH_ATTN_KERNEL_DEVICES) must have a build for this accelerator."""
+    version = flash_version(requested)
+    if version is not None:
+        need = FLASH_MIN_CAPABILITY[version]
+        if not facts.cuda or facts.capability < need:
+            where = f"{facts.name} (compute capability {facts.capability})" if facts.cuda else "CPU"
+            return (f"model.attn_implementation={requested} needs {_ARCHITECTURE[need]} or newer "
+                    f"CUDA GPU (compute capability >= {need[0]}.{need[1]}); this process runs on "
+                    f"{where}: use sdpa or auto")
+        return None
+    repo = hub_kernel_repo(requested)
+    if repo is not None:
+        from transformers import modeling_flash_attention_utils
+
+        # transformers 5.17 (vLLM 0.31's) has no such table: no check there
+        table = getattr(modeling_flash_attention_utils, "FLASH_ATTN_KERNEL_DEVICES", {})
+        devices = table.get(repo)
+        if devices is not None and facts.accelerator not in devices:
+            return (f"model.attn_implementation={requested}: the hub kernel {repo} is built for "
+                    f"{', '.join(devices)} only; this process runs on {facts.accelerator}: use "
+                    "sdpa or auto")
     return None
+
+
+def attention_needs_package(requested: str, facts: DeviceFacts) -> bool:
+    """The requested kernel has nothing to run it here: a hub kernel without the `kernels`
+    package, or flash_attention_N with neither its package nor `kernels` (through which
+    transformers loads kernels-community/flash-attnN from the hub instead)."""
+    version = flash_version(requested)
+    if version is not None:
+        return not facts.flash_installed(version) and not facts.kernels
+    return hub_kernel_repo(requested) is not None and not facts.kernels
+
+
+def bnb_quant_storage(dtype: str, setup: Setup) -> str | None:
+    """`bnb_4bit_quant_storage` for QLoRA: where FSDP or ZeRO-3 shard the weights, the 4-bit
+    weights must be stored in the model's dtype, so that they flatten and shard with the other
+    parameters (peft's and accelerate's guides to QLoRA with FSDP and DeepSpeed ZeRO-3); elsewhere
+    None: bitsandbytes' default (uint8)."""
+    return dtype if setup.sharded_params else None
 
 
 def mixed_precision(trainer: dict, facts: DeviceFacts) -> dict:
@@ -198,6 +306,7 @@ def gradient_checkpointing(requested, planned_without: float | None, facts: Devi
     if planned_without is None:
         return True
     return auto_checkpointing(planned_without, facts.memory_bytes)
+
 
 
 # --------------------------------------------------------------------------- placement

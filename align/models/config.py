@@ -10,7 +10,12 @@ from align.errors import MissingExtraError
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+#: The attention implementations transformers 5 names, and auto (align.device.attention). A hub
+#: kernel is accepted too, named as transformers takes it: `org/repo[@revision][:kernel]`, e.g.
+#: kernels-community/flash-attn3 (the `kernels` extra; the run spec checks the name with
+#: transformers' own pattern).
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
+             "flash_attention_4", "flex_attention")
 
 
 KINDS = ("causal_lm", "image_text_to_text", "sequence_classification")
@@ -35,7 +40,9 @@ class ModelConfig:
     tokenizer: Optional[str] = None
     #: auto = bfloat16 on a CUDA GPU that supports it, float32 otherwise
     dtype: str = "auto"
-    #: auto = flash_attention_2 when flash-attn is installed and a GPU is present, else sdpa
+    #: auto = the best FlashAttention installed for the GPU (FA3 on Hopper, FA4 on Blackwell,
+    #: else flash-attn 2; align.device.attention), sdpa otherwise; or a hub kernel
+    #: (kernels-community/flash-attn3)
     attn_implementation: str = "auto"
     #: off unless asked: it runs code from the model's repository
     trust_remote_code: bool = False
@@ -72,9 +79,10 @@ def check_model_config(cfg: ModelConfig) -> list[str]:
     errors = []
     if cfg.dtype not in DTYPES:
         errors.append(f"model.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
-    if cfg.attn_implementation not in ATTENTION:
+    if cfg.attn_implementation not in ATTENTION and "/" not in str(cfg.attn_implementation):
         errors.append(f"model.attn_implementation={cfg.attn_implementation!r}: choose one of "
-                      f"{', '.join(ATTENTION)}")
+                      f"{', '.join(ATTENTION)}, or a hub kernel such as "
+                      "kernels-community/flash-attn3")
     if cfg.kind not in KINDS:
         errors.append(f"model.kind={cfg.kind!r}: choose one of {', '.join(KINDS)}")
     if cfg.gradient_checkpointing not in (True, False, "auto"):
