@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -123,24 +124,43 @@ def entry_command(stage: str, launch: str | None, args: list[str], run_dir: Path
     return [*cmd, *args, f"output_dir={run_dir}", f"hydra.run.dir={run_dir}/hydra"]
 
 
+def run_limited(cmd: list[str], log: Path, limit: float, env: dict, cwd: Path
+                ) -> tuple[int | None, float, int]:
+    """Run `cmd` in its own process group, its output in `log`; past `limit` seconds kill the
+    whole group (an `accelerate launch` leaves its workers behind when only the launcher is
+    killed, holding the GPU the next case needs). (exit status or None when killed, wall
+    seconds, the group's id)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            rc = None
+        # the group may outlive its leader (workers of a launcher that already exited)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return rc, time.perf_counter() - started, proc.pid
+
+
 def run_entry(cmd: list[str], run_dir: Path, out: Path, timeout: int) -> dict:
-    """Run one case (benchmarks/ on PYTHONPATH for its callbacks): its log in out/logs/, and
-    `status` with probe.json's figures (benchmarks/probe.py)."""
+    """Run one case (benchmarks/ on PYTHONPATH for its callbacks) under its time limit: its log
+    in out/logs/, and `status` with probe.json's figures (benchmarks/probe.py)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")]), "PYTHONUNBUFFERED": "1"}
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=out)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timeout after {timeout}s"}
-    wall = time.perf_counter() - started
-    (out / "logs").mkdir(exist_ok=True)
-    (out / "logs" / f"{run_dir.name}.log").write_text(proc.stdout + "\n" + proc.stderr)
+    log = out / "logs" / f"{run_dir.name}.log"
+    rc, wall, _ = run_limited(cmd, log, timeout, env, out)
+    if rc is None:
+        return {"status": f"killed past its {timeout} s limit"}
     probe = run_dir / "probe.json"
-    if proc.returncode != 0 or not probe.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"status": f"failed (rc={proc.returncode}): {' | '.join(tail)[-300:]}"}
+    if rc != 0 or not probe.exists():
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        return {"status": f"failed (rc={rc}): {' | '.join(tail)[-300:]}"}
     return {"status": "ok", "wall_s": wall, **json.loads(probe.read_text())}
 
 
