@@ -168,35 +168,46 @@ def test_srun_stand_in_ends_the_step_on_a_bad_exit(cluster):
 QUICK = ["logger=none", "model=tiny_sft", "peft=none", "trainer.max_steps=2",
          "trainer.save_steps=1", "trainer.logging_steps=1", "heldout.max_samples=8",
          "trainer.per_device_train_batch_size=8"]
+STAGE = {"sft": [], "grpo": ["trainer.num_generations=4"]}
 #: Preempts the first start at the end of step 1 (rank 0 gets SIGTERM; align shares it with
 #: every rank, saves checkpoint-1 and exits 143); a no-op on the requeued start, which runs
 #: without the variable.
 PREEMPT = "callbacks=[tests.test_lifecycle:SignalAtStep]"
 
 
-def sbatch(cluster, job_env, stage, overrides, timeout=900):
+def sbatch(job_env, stage, overrides, timeout=900):
     """`bash launch/slurm_multinode.sbatch align/<stage>.py ...` from the repository root, as
-    the batch step of a job runs it; (exit status, its output)."""
-    done = subprocess.run(["bash", "launch/slurm_multinode.sbatch", f"align/{stage}.py", *overrides],
-                          cwd=REPO, env=job_env, capture_output=True, text=True, timeout=timeout)
-    return done.returncode, done.stdout + done.stderr
+    the batch step of a job runs it; (exit status, its output). Past the timeout the whole job
+    is killed (the tasks left in the nodes' namespaces go with the cluster)."""
+    proc = subprocess.Popen(["bash", "launch/slurm_multinode.sbatch", f"align/{stage}.py", *overrides],
+                            cwd=REPO, env=job_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"the job did not end in {timeout} s:\n{log[-6000:]}")
+    return proc.returncode, log
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["ddp.yaml", "zero2.yaml", "zero3.yaml"])
-def test_sbatch_trains_on_two_nodes_and_continues_after_a_requeue(cluster, config, tmp_path):
+@pytest.mark.parametrize("config,stage", [("ddp.yaml", "sft"), ("zero2.yaml", "grpo"),
+                                          ("zero3.yaml", "sft")])
+def test_sbatch_trains_on_two_nodes_and_continues_after_a_requeue(cluster, config, stage, tmp_path):
     """The job trains on both nodes into one run folder, the overrides arrive as typed (a name
     holding a quote and a space, a run folder holding a space), and a requeued start (same job
     id, `resume=true` among the same overrides) continues from the checkpoint of the first."""
     if config.startswith("zero"):
         pytest.importorskip("deepspeed", reason="the `deepspeed` extra")
     runs = tmp_path / "run dir"
-    overrides = [*QUICK, PREEMPT, "resume=true", "name=\"it's a run\"",
+    overrides = [*QUICK, *STAGE[stage], PREEMPT, "resume=true", "name=\"it's a run\"",
                  f"hydra.run.dir='{runs}/${{name}}/${{align_run_id:}}'"]
     env = {"ACCELERATE_CONFIG": f"launch/{config}", "PYTHONPATH": str(REPO)}
 
-    status, log = sbatch(cluster, cluster.job_env("4242", **env, ALIGN_TEST_SIGNAL_AT_STEP="1:SIGTERM:0"),
-                         "sft", overrides)
+    wrote_env = (REPO / ".deepspeed_env").exists()
+    status, log = sbatch(cluster.job_env("4242", **env, ALIGN_TEST_SIGNAL_AT_STEP="1:SIGTERM:0"),
+                         stage, overrides)
     # The ranks exit 143; torchrun reports a failed worker as 1.
     assert status != 0 and "error: stopped by SIGTERM at step 1" in log, log[-6000:]
     folders = list((runs / "it's a run").iterdir())
@@ -206,14 +217,17 @@ def test_sbatch_trains_on_two_nodes_and_continues_after_a_requeue(cluster, confi
     assert not (folder / "final").exists()
 
     # The requeue: the same job id and overrides, SLURM counting the restart.
-    status, log = sbatch(cluster, cluster.job_env("4242", **env, SLURM_RESTART_COUNT="1"),
-                         "sft", overrides)
+    status, log = sbatch(cluster.job_env("4242", **env, SLURM_RESTART_COUNT="1"),
+                         stage, overrides)
     assert status == 0, log[-6000:]
     assert f"resume=true: continuing from {folder / 'checkpoint-1'}" in log
     assert [f.name for f in (runs / "it's a run").iterdir()] == ["slurm-4242"]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 2 and metrics["world_size"] == 2
     assert "heldout_after" in metrics
+    # accelerate's pdsh route writes the whole environment (tokens included) to the submit
+    # folder, for ssh to carry to the other nodes; srun carries it instead.
+    assert wrote_env or not (REPO / ".deepspeed_env").exists()
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder / "final")
