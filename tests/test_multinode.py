@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class Cluster:
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True)
+    return subprocess.run(["ip", *args], check=False, capture_output=True, text=True)
 
 
 def _checked_ip(*args: str) -> None:
@@ -115,7 +116,8 @@ def cluster():
 
 def srun(cluster, *command, timeout=120):
     return subprocess.run([str(STAND_INS / "srun"), "--kill-on-bad-exit=1", *command],
-                          env=cluster.job_env("7"), capture_output=True, text=True, timeout=timeout)
+                          check=False, env=cluster.job_env("7"), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_simulated_nodes_are_separate_hosts(cluster):
@@ -163,6 +165,27 @@ def test_srun_stand_in_ends_the_step_on_a_bad_exit(cluster):
     done = srun(cluster, "sh", "-c", 'if [ "$SLURM_NODEID" = 1 ]; then exit 3; fi; exec sleep 600')
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert f"{cluster.nodes[1]}: task 1: exited with exit code 3" in done.stderr
+
+
+
+def test_srun_stand_in_passes_a_signal_to_every_task(cluster, tmp_path):
+    """SIGTERM to srun (a scheduler pre-empting the job) reaches the task on every node."""
+    body = (f'trap \'echo "$SLURM_NODEID got TERM"; exit 0\' TERM; touch "{tmp_path}/$SLURM_NODEID"; '
+            'while :; do sleep 0.1; done')
+    proc = subprocess.Popen([str(STAND_INS / "srun"), "bash", "-c", body], env=cluster.job_env("8"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            if (tmp_path / "0").exists() and (tmp_path / "1").exists():
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert sorted(out.splitlines()) == ["0 got TERM", "1 got TERM"]
 
 
 QUICK = ["logger=none", "model=tiny_sft", "peft=none", "trainer.max_steps=2",
