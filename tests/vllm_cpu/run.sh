@@ -3,11 +3,12 @@
 #
 # The vLLM tests, from a fresh clone: builds the separate environment .venv-vllm (see
 # setup_env.sh; about 2 minutes, 4 GB) unless it is already built from this very setup script
-# and launch/constraints-gpu.txt, then runs in it pytest tests/vllm_cpu (about 3 minutes on 2
-# cores) and a fast part of the main suite (about 2.5 minutes): the transformers that vLLM pins,
-# which GPU users with the `vllm` extra get, is older than the main environment's, so the code
-# that depends on transformers' version (trl's config fields, attention checks, the spec, a few
-# training runs of each stage) is run against it too. The main .venv is untouched.
+# and launch/constraints-gpu.txt, then runs in it pytest tests/vllm_cpu and a fast part of the
+# main suite (2.5 minutes of the 11 the whole took on 2 cores shared with other jobs; less on
+# an idle machine). The transformers that vLLM pins, which GPU users with the `vllm` extra get,
+# is older than the main environment's, so the code that depends on transformers' version
+# (trl's config fields, attention checks, the spec, a short training run of each stage) runs
+# against it too. The main .venv is untouched.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${VLLM_VENV:-.venv-vllm}
