@@ -11,7 +11,9 @@ value before any data is loaded, W&B is started or a model is built, in two pass
    (align.run.values), trl's <Stage>Config and peft's config built (their own checks run),
    the combinations trl's trainers reject, the model's source (folder, tiny model, or a hub id
    the hub answers for, align.models.source) and, for an explicit `peft.target_modules`, the
-   module names of its architecture.
+   module names of its architecture; and the launch: a launch that asks for FSDP or DeepSpeed
+   and would silently get plain DDP or lone processes (`launch_problem`) stops here, and FSDP
+   on a CPU process group is set up (align.trainers.fsdp).
 
 The decisions that depend on the hardware (model dtype, attention kernel, gradient
 checkpointing, mixed precision, held-out measurement under ZeRO-3) are functions of explicit
