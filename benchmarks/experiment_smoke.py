@@ -565,7 +565,9 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     started = time.perf_counter()
     opts.out = opts.out.resolve()
-    work = (opts.work or Path(tempfile.mkdtemp(prefix="align-gpu-smoke-"))).resolve()
+    # named now, made only when something runs (--plan leaves nothing behind)
+    work = (opts.work or Path(tempfile.gettempdir())
+            / f"align-gpu-smoke-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").resolve()
     if opts.build is not None:
         build_models(opts.build.split(","), work, opts.cpu_smoke)
         return

@@ -30,10 +30,10 @@ def plan_rows(stdout: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("gpus", [1, 2])
 def test_the_plan_admits_cases_whose_limits_fit_the_budget_and_runs_nothing(tmp_path, gpus):
-    out = tmp_path / "smoke"
-    proc = smoke("--plan", "--gpus", str(gpus), "--out", str(out))
+    out, work = tmp_path / "smoke", tmp_path / "work"
+    proc = smoke("--plan", "--gpus", str(gpus), "--out", str(out), "--work", str(work))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert not out.exists()  # nothing built, nothing run
+    assert not out.exists() and not work.exists()  # nothing built, nothing run
     rows = plan_rows(proc.stdout)
     experiments = {p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")}
     two = "qwen_gsm8k_grpo-2proc"
