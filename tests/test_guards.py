@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -88,9 +87,8 @@ def test_qlora_stores_4bit_weights_in_the_model_dtype_where_weights_are_sharded(
     quant = decided.peft.quantization
     assert quant.get("bnb_4bit_quant_storage") == storage
     assert bnb_quant_storage("bfloat16", setup) == storage
-    from transformers import BitsAndBytesConfig
-
     import torch
+    from transformers import BitsAndBytesConfig
 
     built = BitsAndBytesConfig(**quant)  # what the factory passes to from_pretrained
     assert built.bnb_4bit_quant_storage == (getattr(torch, storage) if storage else torch.uint8)
@@ -208,6 +206,7 @@ def trl_pin(package):
 
 
 def align_pin(extra):
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11's tomllib reads pyproject.toml")
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     return Requirement(extras[extra][0]).specifier

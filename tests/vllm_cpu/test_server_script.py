@@ -33,8 +33,9 @@ def script_server(tmp_path_factory, tiny_sft_path):
     env.update(VLLM_SERVER_ONLY="1", VLLM_MODEL=str(tiny_sft_path), VLLM_HOST="127.0.0.1",
                VLLM_PORT=str(port), VLLM_ARGS="--dtype float32 --enforce-eager --max-model-len 512",
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    yield from helpers.serve(["bash", str(REPO / "launch" / "vllm_server.sh"), "1"], env, root / "server.log",
-                             f"http://127.0.0.1:{port}", "launch/vllm_server.sh")
+    yield from helpers.serve(["bash", str(REPO / "launch" / "vllm_server.sh"), "1"], env,
+                             root / "server.log", f"http://127.0.0.1:{port}",
+                             "launch/vllm_server.sh")
 
 
 def test_the_server_script_serves_what_trls_client_needs(script_server, tiny_sft_path):
