@@ -83,8 +83,10 @@ def cluster():
                 pytest.skip(f"`ip netns add` is not available here: {added.stderr.strip()}")
             made.append(node)
         # One cable between the two nodes; both ends are created inside the namespaces.
-        _checked_ip("-n", nodes[0], "link", "add", "eth0", "type", "veth",
+        cable = _ip("-n", nodes[0], "link", "add", "eth0", "type", "veth",
                     "peer", "name", "eth0", "netns", nodes[1])
+        if cable.returncode:
+            pytest.skip(f"no veth pair between network namespaces here: {cable.stderr.strip()}")
         hosts = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
             f"{address} {node}\n" for node, address in addresses.items())
         for node in nodes:
