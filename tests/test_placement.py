@@ -239,3 +239,17 @@ def test_on_policy_rounds_are_refused_on_sharded_weights(tmp_path):
                                           ".*launch with launch/ddp.yaml"):
         run_rounds(job)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_zero3_measures_heldout_in_lockstep(tmp_path):
+    """ZeRO-3 (with offload: what runs on CPU) partitions every weight: both ranks generate their
+    share in lockstep, "before" once training has begun, and the main process records both."""
+    pytest.importorskip("deepspeed", reason="the `deepspeed` extra")
+    proc, _, metrics = launch("zero3_offload.yaml", "sft", tmp_path, "peft=none",
+                              "heldout.max_samples=4", "trainer.per_device_train_batch_size=8")
+    assert metrics["world_size"] == 2
+    before, after = metrics["heldout_before"], metrics["heldout_after"]
+    assert before["samples"] == after["samples"] == 4 and "loss" in before and "loss" in after
+    output = proc.stdout + proc.stderr
+    assert sum("rank 1 of 2: 2 of 4" in line for line in output.splitlines()) == 2, output[-4000:]
