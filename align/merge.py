@@ -58,8 +58,12 @@ def load_merged(folder: Path, run_cfg: dict, dtype: str | None = None):
     """(merged model, tokenizer, adapter info or None) for an adapter or full-model folder."""
     from dataclasses import replace
 
+    from align.device import CPU, placement
     from align.models import ModelConfig, load_model, load_processing_class
     from align.schema import check_dataclass
+
+    # Merging and saving need no card, and the host's memory holds models no single card does.
+    on_cpu = placement(CPU)
 
     model_cfg, errors = check_dataclass(run_cfg.get("model") or {}, ModelConfig, "model")
     if errors:
@@ -72,7 +76,7 @@ def load_merged(folder: Path, run_cfg: dict, dtype: str | None = None):
     tokenizer = load_processing_class(model_cfg)
     adapter_file = folder / "adapter_config.json"
     if not adapter_file.is_file():
-        return load_model(model_cfg), tokenizer, None
+        return load_model(model_cfg, place=on_cpu), tokenizer, None
     adapter = json.loads(adapter_file.read_text())
     if adapter.get("peft_type") not in MERGEABLE:
         raise AlignError(f"{folder}: a {adapter.get('peft_type')} adapter cannot be merged into "
@@ -80,7 +84,8 @@ def load_merged(folder: Path, run_cfg: dict, dtype: str | None = None):
                          "PeftModel.from_pretrained instead")
     from peft import PeftModel
 
-    base = load_model(replace(model_cfg, name_or_path=adapter["base_model_name_or_path"]))
+    base = load_model(replace(model_cfg, name_or_path=adapter["base_model_name_or_path"]),
+                      place=on_cpu)
     model = PeftModel.from_pretrained(base, str(folder))
     return model.merge_and_unload(), tokenizer, adapter
 
