@@ -165,7 +165,8 @@ def test_sharing_across_ranks_in_one_process_is_the_whole_work():
 # ----------------------------------------------------------------------------- launches
 
 
-def launch(config, stage, cwd, *overrides, processes=2, timeout=900):
+def launch(config, stage, cwd, *overrides, processes=2, timeout=900, name=None,
+           metrics="metrics.json"):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     proc = subprocess.run(
         [accelerate, "launch", "--config_file", str(REPO / "launch" / config),
@@ -174,9 +175,9 @@ def launch(config, stage, cwd, *overrides, processes=2, timeout=900):
         cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
-    folders = [p for p in (Path(cwd) / "outputs" / stage).iterdir() if p.is_dir()]
+    folders = [p for p in (Path(cwd) / "outputs" / (name or stage)).iterdir() if p.is_dir()]
     assert len(folders) == 1
-    return proc, folders[0], json.loads((folders[0] / "metrics.json").read_text())
+    return proc, folders[0], json.loads((folders[0] / metrics).read_text())
 
 
 @pytest.mark.slow
@@ -253,3 +254,23 @@ def test_zero3_measures_heldout_in_lockstep(tmp_path):
     assert before["samples"] == after["samples"] == 4 and "loss" in before and "loss" in after
     output = proc.stdout + proc.stderr
     assert sum("rank 1 of 2: 2 of 4" in line for line in output.splitlines()) == 2, output[-4000:]
+
+
+@pytest.mark.slow
+def test_ddp_on_policy_rounds_share_the_sampling(tmp_path):
+    """Iterative DPO under 2 processes (launch/ddp.yaml): each rank samples half of every round's
+    prompts, the main process pairs them, and both ranks train each round on the same pairs and
+    start the next round from the same merged weights."""
+    proc, folder, metrics = launch(
+        "ddp.yaml", "dpo", tmp_path, "experiment=iterative_dpo", "on_policy.rounds=2",
+        "on_policy.prompts_per_round=8", "on_policy.samples_per_prompt=4",
+        "trainer.per_device_train_batch_size=4", "heldout.max_samples=4",
+        name="iterative_dpo", metrics="rounds.json")
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert all(r["pairs"] > 0 for r in metrics["rounds"])
+    for k in (1, 2):
+        round_metrics = json.loads((folder / f"round-{k}" / "metrics.json").read_text())
+        assert round_metrics["world_size"] == 2 and round_metrics["on_policy"]["samples"] == 32
+    output = proc.stdout + proc.stderr
+    # each round's sampling and its held-out "before" and "after": on both ranks
+    assert sum("rank 1 of 2: 16 of 32" in line for line in output.splitlines()) == 2, output[-4000:]
