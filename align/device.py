@@ -387,14 +387,6 @@ def placement(facts: DeviceFacts, quantized: bool = False, local_rank: int = 0) 
                      synced=sharded and setup.processes > 1, before_at_train_begin=sharded)
 
 
-def heldout_measurable(facts: DeviceFacts, multi_turn: bool) -> bool:
-    """Whether held-out measurement can run in this launch. It can everywhere (see `placement`)
-    but for multi-turn generation with tools or an environment on sharded weights: how many
-    generate calls a rank makes depends on its own replies, so the ranks cannot stay in
-    lockstep (measure the saved model afterwards: align/eval.py)."""
-    return not (multi_turn and facts.setup.sharded_params and facts.setup.processes > 1)
-
-
 def local_rank() -> int:
     """This process's rank on its node, as accelerate, torchrun and DeepSpeed export it."""
     return int(os.environ.get("LOCAL_RANK") or 0)

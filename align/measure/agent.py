@@ -114,10 +114,24 @@ def run_tool_calls(calls: Sequence[dict],
     return messages, failed
 
 
+def _most_on_any_rank(value: int, device) -> int:
+    """The largest `value` any rank of the process group has."""
+    import torch
+    import torch.distributed as dist
+
+    box = torch.tensor([value], device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())
+
+
 def _continue(model, tokenizer, sequences: list[list[int]], budgets: list[int],
-              batch_size: int, temperature: float = 0.0) -> list[list[int]]:
+              batch_size: int, temperature: float = 0.0, synced: bool = False
+              ) -> list[list[int]]:
     """Continuation of each id sequence (greedy, or sampled at ``temperature``), at most
-    ``budgets[i]`` new tokens, cut after the first end-of-turn token (kept, as trl keeps it)."""
+    ``budgets[i]`` new tokens, cut after the first end-of-turn token (kept, as trl keeps it).
+    ``synced``: every rank of the process group calls this in lockstep (sharded weights): each
+    makes as many ``generate`` calls as the rank with the most batches (a rank with fewer runs
+    one-token stand-ins, whose output is dropped), with transformers' ``synced_gpus``."""
     import torch
 
     pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
@@ -125,7 +139,17 @@ def _continue(model, tokenizer, sequences: list[list[int]], budgets: list[int],
     eos_id = tokenizer.eos_token_id
     device = next(model.parameters()).device
     out: list[list[int]] = []
-    for start in range(0, len(sequences), batch_size):
+    starts = list(range(0, len(sequences), batch_size))
+    if synced:
+        starts += [None] * (_most_on_any_rank(len(starts), device) - len(starts))
+    for start in starts:
+        if start is None:  # a stand-in, so that this rank takes part in the others' generation
+            model.generate(input_ids=torch.tensor([[pad_id]], device=device),
+                           attention_mask=torch.ones(1, 1, dtype=torch.long, device=device),
+                           max_new_tokens=1, pad_token_id=pad_id, eos_token_id=eos_id,
+                           do_sample=False, temperature=None, top_p=None, top_k=None,
+                           synced_gpus=True)
+            continue
         batch = sequences[start:start + batch_size]
         budget = budgets[start:start + batch_size]
         width = max(len(s) for s in batch)
@@ -133,6 +157,8 @@ def _continue(model, tokenizer, sequences: list[list[int]], budgets: list[int],
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in batch], device=device)
         sampling = ({"do_sample": True, "temperature": temperature} if temperature > 0 else
                     {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
+        if synced:
+            sampling["synced_gpus"] = True
         generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(budget),
                                    pad_token_id=pad_id, eos_token_id=eos_id,
                                    **sampling)[:, width:].tolist()
@@ -148,13 +174,17 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
                         max_new_tokens: int, batch_size: int = 64,
                         max_iterations: int | None = None, temperature: float = 0.0,
                         seed: int | None = None, continuation=None, environment=None,
-                        rows: list[dict] | None = None) -> ToolRollouts:
+                        rows: list[dict] | None = None, synced: bool = False) -> ToolRollouts:
     """Multi-turn completions of chat ``prompts`` with ``tools`` (callables, as trl takes them):
     greedy, or sampled at ``temperature`` (seeded in a forked RNG with ``seed``, so the caller's
     RNG is untouched). ``max_iterations``: tool rounds per prompt (None: until the budget ends
     them). ``continuation(sequences, budgets) -> ids``: another generation backend for the
     steps (vLLM: align.eval.vllm_continuation); ``model`` is then unused. ``environment``: a
-    factory or {name: factory}, reset with each prompt's dataset ``rows`` (see the module doc)."""
+    factory or {name: factory}, reset with each prompt's dataset ``rows`` (see the module doc).
+    ``synced``: every rank of the process group calls this on its own prompts in lockstep, as
+    weights sharded by ZeRO-3 or FSDP need (align.device.Placement.synced): the ranks go on
+    round after round while any rank has a rollout going, each generating as many batches as
+    the busiest (HF generate only)."""
     import contextlib
 
     import torch
@@ -175,12 +205,16 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
     rounds = 0
     if continuation is None:
         def continuation(sequences, budgets):
-            return _continue(model, tokenizer, sequences, budgets, batch_size, temperature)
+            return _continue(model, tokenizer, sequences, budgets, batch_size, temperature,
+                             synced)
 
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
     else:  # the backend owns its model and its seeds
+        if synced:
+            raise ValueError("synced generation runs HF generate on sharded weights; a "
+                             "continuation backend owns its model")
         was_training, device, seed = None, None, None
     rng = contextlib.nullcontext() if seed is None else torch.random.fork_rng(
         devices=[device] if device.type == "cuda" else [])
@@ -188,7 +222,9 @@ def generate_with_tools(model, tokenizer, prompts: list[list[dict]], tools: Sequ
         with rng, torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            while active:
+            # in lockstep, a rank whose rollouts have all ended keeps taking part while any
+            # other rank's go on (the check is itself a collective: every rank makes it)
+            while (_most_on_any_rank(len(active), device) > 0) if synced else active:
                 contexts = [prompt_ids[i] + completion_ids[i] for i in active]
                 budgets = [max_new_tokens - len(completion_ids[i]) for i in active]
                 replies = continuation(contexts, budgets)

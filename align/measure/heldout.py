@@ -94,7 +94,8 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutC
                                       max_new_tokens=cfg.max_new_tokens,
                                       batch_size=cfg.batch_size,
                                       max_iterations=max_tool_iterations,
-                                      environment=environment, rows=rows)
+                                      environment=environment, rows=rows,
+                                      synced=bool(synced))
             return list(zip(out.completions, out.completion_ids, out.calls, out.failures,
                             out.environment_rewards))
 

@@ -784,14 +784,6 @@ def decide(cfg: DictConfig | Mapping, stage: str,
     if checkpointing:
         kwargs.setdefault(f"{name}_checkpointing_kwargs", {"use_reentrant": False})
 
-    multi_turn = bool(tools) or environment is not None
-    if heldout.enabled and not dev.heldout_measurable(facts, multi_turn):
-        log.warning("held-out measurement is off: generation with tools or an environment cannot "
-                    "keep the ranks in lockstep on weights sharded by %s; evaluate the saved "
-                    "model afterwards: python align/eval.py run_dir=%s",
-                    "ZeRO-3" if facts.setup.zero == 3 else "FSDP", out_dir)
-        heldout = dataclasses.replace(heldout, enabled=False)
-
     return Decisions(
         stage=stage, name=str(plain.get("name") or stage), seed=int(plain.get("seed", 42)),
         out_dir=out_dir, resume=plain.get("resume"),
