@@ -307,6 +307,7 @@ def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
     completions are message lists, `lengths` their token counts and `tool_counts` the calls and
     failures per sample (the summary adds tool_call_rate, tool_calls_mean, tool_failure_rate and
     the failures per tool)."""
+    from align.measure.heldout import token_ids
     from align.measure.metrics import length_stats, mean, mean_pass_at_k
 
     n_prompts = len(samples)
@@ -315,12 +316,15 @@ def score(samples: list[list[str]], dataset, reward_funcs, tokenizer,
                for k in dataset.column_names if k != "prompt"}
     prompts = [p for p in dataset["prompt"] for _ in range(ev.n)]
     names = [fn.__name__ for fn in reward_funcs]
-    scores = {fn.__name__: list(fn(completions=flat, prompts=prompts, **columns))
+    # Called as GRPOTrainer calls them: token-based rewards (overlong, length) read the ids.
+    # Multi-turn completions (message lists) have their counts in `lengths` and no one id list.
+    completion_ids = token_ids(tokenizer, flat) if lengths is None else None
+    scores = {fn.__name__: list(fn(completions=flat, prompts=prompts,
+                                   completion_ids=completion_ids, **columns))
               for fn in reward_funcs}
     target = correct_reward_name(ev, names)
-    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM's processor holds one
     if lengths is None:
-        lengths = [len(text_tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat]
+        lengths = [len(ids) for ids in completion_ids]
     rows = []
     for i, completion in enumerate(flat):
         value = scores[target][i]

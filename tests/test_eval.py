@@ -207,3 +207,48 @@ def test_a_reward_with_nothing_to_score_is_left_out_of_the_summary(tmp_path):
         raise AssertionError(f"summary.json holds {name}")
 
     json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=no_nan)
+
+
+def _soft_overlong(tokens: int, limit: int = 4, cache: int = 2) -> float:
+    """DAPO's soft overlong punishment by hand: 0, then linearly down to -1 at the limit."""
+    if tokens <= limit - cache:
+        return 0.0
+    return (limit - cache - tokens) / cache if tokens <= limit else -1.0
+
+
+OVERLONG = ["+rewards.long.fn=overlong", "+rewards.long.kwargs.max_completion_len=4",
+            "+rewards.long.kwargs.soft_punish_cache=2"]
+
+
+def test_token_rewards_score_eval_samples_as_in_training(tmp_path):
+    """A reward that counts tokens (`overlong`, in the shipped math rewards) gets the
+    completions' token ids as GRPOTrainer gives them; eval called it without and stopped."""
+    from align.eval import run
+
+    summary = run(compose_eval(tmp_path, "eval.max_samples=6", "eval.n=2",
+                               "eval.temperature=1.0", "eval.max_new_tokens=5", *OVERLONG))
+    rows = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert [r["rewards"]["long"] for r in rows] == [_soft_overlong(r["tokens"]) for r in rows]
+    assert summary["rewards"]["long/n"] == 12
+
+
+def test_token_rewards_score_heldout_completions_as_in_training(tiny_sft_path):
+    """Held-out measurement (every stage's before/after) calls its rewards with the completions'
+    token ids too: `experiment=qwen_gsm8k_grpo` stopped at its first measurement without them."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align.measure.heldout import HeldoutConfig, evaluate_with_samples, token_ids
+    from rewards.registry import build_rewards
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_sft_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_sft_path)
+    prompts = [[{"role": "user", "content": f"{a}+{a}="}] for a in (3, 17, 42, 88)]
+    data = Dataset.from_dict({"prompt": prompts, "solution": [str(2 * a) for a in (3, 17, 42, 88)]})
+    funcs, _ = build_rewards({"long": {"fn": "overlong", "kwargs": {"max_completion_len": 4,
+                                                                    "soft_punish_cache": 2}}})
+    figures, rows = evaluate_with_samples(model, tokenizer, data, funcs,
+                                          HeldoutConfig(max_new_tokens=6))
+    lengths = [len(ids) for ids in token_ids(tokenizer, [r["completion"] for r in rows])]
+    assert [r["long"] for r in rows] == [_soft_overlong(n) for n in lengths]
+    assert figures["long"] == pytest.approx(sum(_soft_overlong(n) for n in lengths) / 4)

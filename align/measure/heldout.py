@@ -83,7 +83,7 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutC
     started = time.perf_counter()
     images = list(dataset["images"]) if "images" in dataset.column_names else None
     metrics: dict[str, float] = {}
-    lengths = None
+    completion_ids = None
     ranks = place.ranks if place is not None else "main"
     synced = place.synced if place is not None else None
     if tools or environment is not None:
@@ -103,7 +103,7 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutC
         rollouts = ToolRolloutsView(*(map(list, zip(*per_prompt)) if per_prompt else ([],) * 5))
         metrics.update(environment_reward_figures(rollouts))
         completions = rollouts.completions
-        lengths = [len(ids) for ids in rollouts.completion_ids]
+        completion_ids = [list(ids) for ids in rollouts.completion_ids]
         calls = sum(rollouts.calls)
         metrics["tool_call_rate"] = sum(1 for c in rollouts.calls if c) / max(len(completions), 1)
         metrics["tool_calls_mean"] = calls / max(len(completions), 1)
@@ -123,8 +123,12 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutC
     rows = [{"prompt": p, "completion": c, "solution": s}
             for p, c, s in zip(dataset["prompt"], completions,
                                columns.get("solution", [None] * len(completions)))]
+    if completion_ids is None:
+        completion_ids = token_ids(tokenizer, completions)
     for fn in reward_funcs:
-        scores = fn(completions=completions, prompts=list(dataset["prompt"]), **columns)
+        # called as GRPOTrainer calls it: token-based rewards (overlong, length) read the ids
+        scores = fn(completions=completions, prompts=list(dataset["prompt"]),
+                    completion_ids=completion_ids, **columns)
         scored = [float(s) for s in scores if s is not None]
         name = fn.__name__
         if scored:
@@ -134,15 +138,19 @@ def evaluate_with_samples(model, tokenizer, dataset, reward_funcs, cfg: HeldoutC
         metrics[f"{name}/n"] = len(scored)
         for row, score in zip(rows, scores):
             row[name] = score
-    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM's processor holds one
-    if lengths is None:
-        lengths = [len(text_tokenizer(c, add_special_tokens=False)["input_ids"])
-                   for c in completions]
+    lengths = [len(ids) for ids in completion_ids]
     metrics["completion_tokens_mean"] = sum(lengths) / max(len(lengths), 1)
     metrics["samples"] = len(completions)
     log.info("held-out evaluation of %d prompts took %.1fs", len(completions),
              time.perf_counter() - started)
     return metrics, rows
+
+
+def token_ids(tokenizer, completions: list) -> list[list[int]]:
+    """The token ids of text completions (a VLM's processor holds its tokenizer), for rewards
+    that count tokens where the generated ids are not at hand."""
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    return [text_tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
 
 
 @dataclass
