@@ -52,7 +52,8 @@ def setup_from_env() -> Setup:
         nodes=max(1, int(env.get("WORLD_SIZE") or 1) // int(env.get("LOCAL_WORLD_SIZE") or 1)),
         zero=int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 0) if deepspeed else 0,
         offload_optimizer=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE") == "cpu",
-        offload_params=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE") == "cpu",
+        offload_params=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE") == "cpu"
+        or (fsdp and env.get("FSDP_OFFLOAD_PARAMS", "").lower() == "true"),
         fsdp=int(env.get("FSDP_VERSION") or 1) if fsdp else 0,
     )
 
@@ -343,6 +344,9 @@ class Placement:
     #: before that no rank holds it whole, and under FSDP's cpu-ram-efficient loading the
     #: other ranks hold it on meta); otherwise as soon as the model is built
     before_at_train_begin: bool
+    #: where the parameters sit while the trainer holds them: `device`, or "cpu" under FSDP
+    #: with `fsdp_offload_params` (each layer's shard is copied to the card for its compute)
+    params_on: str = ""
 
     @property
     def device_map(self) -> dict | None:
@@ -384,7 +388,8 @@ def placement(facts: DeviceFacts, quantized: bool = False, local_rank: int = 0) 
         load = LOAD_BITSANDBYTES if quantized else LOAD_DEVICE_MAP
     sharded = setup.sharded_params
     return Placement(device=device, load=load, ranks="all" if setup.processes > 1 else "main",
-                     synced=sharded and setup.processes > 1, before_at_train_begin=sharded)
+                     synced=sharded and setup.processes > 1, before_at_train_begin=sharded,
+                     params_on="cpu" if setup.fsdp and setup.offload_params else device)
 
 
 def local_rank() -> int:
@@ -403,7 +408,7 @@ def check_placement(model, place: Placement, where: str) -> None:
     A ZeRO-3 parameter is a placeholder whose data DeepSpeed fetches (ds_id): not checked."""
     import torch
 
-    want = torch.device(place.device)
+    want = torch.device(place.params_on or place.device)
     for name, param in model.named_parameters():
         if hasattr(param, "ds_id"):
             continue
@@ -411,5 +416,5 @@ def check_placement(model, place: Placement, where: str) -> None:
         if have.type != want.type or (want.index is not None and have.index != want.index):
             raise PlacementError(
                 f"{where}: the model's parameter {name} is on {have}, but the placement decided "
-                f"for this rank is {place.device} (load: {place.load}); "
+                f"for this rank is {want} (load: {place.load}); "
                 "align.device.placement decides where the model lives")

@@ -3,6 +3,7 @@ generate, for every launch file x the facts of real cards and of the CPU x QLoRA
 generation path makes; the real paths on CPU; and 2-process launches that measure held-out data
 with every rank generating its share."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -67,7 +68,7 @@ def test_placement_of_every_launch_on_every_card(launch, card, quantized):
         place = placement(facts, quantized, local_rank=rank)
         device = "cpu" if card == "cpu" else f"cuda:{rank}"
         assert place == Placement(device=device, load=load, ranks=ranks, synced=synced,
-                                  before_at_train_begin=later)
+                                  before_at_train_begin=later, params_on=device)
         # align loads it onto the rank's card itself, or leaves it to ZeRO-3 / FSDP / the CPU
         assert place.device_map == ({"": device} if load in (LOAD_DEVICE_MAP, LOAD_BITSANDBYTES)
                                     else None)
@@ -78,6 +79,35 @@ def test_one_process_of_a_sharded_launch_is_not_in_lockstep():
     setup = read_launch(REPO / "launch" / "fsdp2.yaml", 1)
     place = placement(CARDS["h100"].with_setup(setup))
     assert (place.ranks, place.synced, place.load) == ("main", False, LOAD_FSDP)
+
+
+def test_fsdp_parameter_offload_keeps_the_parameters_on_the_cpu(tmp_path, monkeypatch):
+    """`fsdp_offload_params: true` keeps every shard in host memory between its computations: the
+    check expects the parameters there while generation still runs on the rank's card. Read from
+    the launch file (planning) and from what accelerate exports (the run)."""
+    text = (REPO / "launch" / "fsdp2.yaml").read_text()
+    assert "fsdp_offload_params: false" in text
+    offload = tmp_path / "fsdp2_offload.yaml"
+    offload.write_text(text.replace("fsdp_offload_params: false", "fsdp_offload_params: true"))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    from align.device import setup_from_env
+
+    assert read_launch(offload, 2).offload_params and setup_from_env().offload_params
+    for setup in (read_launch(offload, 2), setup_from_env()):
+        place = placement(CARDS["h100"].with_setup(setup), local_rank=1)
+        assert (place.device, place.params_on) == ("cuda:1", "cpu")
+    plain = placement(CARDS["h100"].with_setup(read_launch(REPO / "launch" / "fsdp2.yaml", 2)))
+    assert (plain.device, plain.params_on) == ("cuda:0", "cuda:0")
+
+
+def test_check_accepts_offloaded_fsdp_parameters_on_the_cpu(tiny):
+    setup = read_launch(REPO / "launch" / "fsdp2.yaml", 2)
+    offloaded = CARDS["h100"].with_setup(dataclasses.replace(setup, offload_params=True))
+    check_placement(tiny[0], placement(offloaded), "held-out measurement")
+    with pytest.raises(PlacementError, match="is on cpu.*is cuda:0"):
+        check_placement(tiny[0], placement(CARDS["h100"].with_setup(setup)), "held-out measurement")
 
 
 # ----------------------------------------------------------------------------- the check

@@ -114,7 +114,9 @@ def read_launch(path: Path, gpus: int | None) -> Setup:
         nodes=int(cfg.get("num_machines", 1)),
         zero=int(ds.get("zero_stage", 0)) if cfg.get("distributed_type") == "DEEPSPEED" else 0,
         offload_optimizer=ds.get("offload_optimizer_device", "none") == "cpu",
-        offload_params=ds.get("offload_param_device", "none") == "cpu",
+        offload_params=ds.get("offload_param_device", "none") == "cpu"
+        or (cfg.get("distributed_type") == "FSDP"
+            and bool((cfg.get("fsdp_config") or {}).get("fsdp_offload_params"))),
         fsdp=int((cfg.get("fsdp_config") or {}).get("fsdp_version", 1))
         if cfg.get("distributed_type") == "FSDP" else 0,
     )
