@@ -135,7 +135,7 @@ def test_tiny_completion_length_fires_truncation(tmp_path, caplog):
 
 def test_dpo_chosen_likelihood_falling(tmp_path, caplog):
     """Plain DPO (loss_type=[sigmoid]) pushes the rejected answers down and, on this task, the
-    chosen ones with them (README, Proof of learning: 100 steps). A few steps at the default
+    chosen ones with them (docs/results.md, Proof of learning: 100 steps). A few steps at the default
     learning rate do not show it yet (rewards/chosen stays within +-0.03 of zero for 24 steps,
     and the doctor stays quiet); a higher one shows it within a few steps."""
     caplog.set_level(logging.WARNING)

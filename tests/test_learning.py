@@ -10,7 +10,7 @@ Real runs of the entry points on the tiny model (2 CPU cores: about 4 minutes in
     asserted: what DPO does to it is a finding, reported with and without an SFT term.
 
 Measured with seeds 0, 1, 2 (2 CPU cores, AMD EPYC, 2026-11-30; 200 held-out problems, one run's
-accuracy is uncertain by about +-3 points; other CPUs give other figures, see README):
+accuracy is uncertain by about +-3 points; other CPUs give other figures, see docs/results.md):
   SFT 600 steps     0.000 -> 0.905 / 0.715 / 0.070      (asserted for seed 0: >= 0.3)
   GRPO 300 steps    0.515 -> 0.650 / 0.675 / 0.715      (asserted: >= start + 0.1)
   DPO implicit-reward accuracy on ~200 held-out pairs, 0 -> 0.680 / 0.704 / 0.683 (sigmoid),

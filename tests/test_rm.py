@@ -42,7 +42,7 @@ def command(tmp_path, *overrides):
 def trained_rm(tmp_path_factory):
     """A reward model trained on the synthetic pairs (LoRA + score head), and its held-out pairs.
     Long enough for a clearly positive held-out margin (chosen minus rejected score); its pairwise
-    accuracy on these near-miss pairs moves only a few points (README, Reward models), by an
+    accuracy on these near-miss pairs moves only a few points (docs/results.md, Reward models in the loop), by an
     amount that differs between CPUs."""
     from align.data import load_stage_data
 
