@@ -157,8 +157,8 @@ def test_dpo_chosen_likelihood_falling(tmp_path, caplog):
 
 
 def test_the_default_dpo_run_of_the_readme_fires_chosen_likelihood_falling():
-    """The log of `python align/dpo.py logger=none heldout.enabled=false` (the README's plain
-    DPO: LoRA, 100 steps of 32 pairs, lr 5e-4, logged every 10 steps), recorded on 2 CPU cores
+    """The log of `python align/dpo.py logger=none heldout.enabled=false` (the plain DPO of
+    docs/results.md: LoRA, 100 steps of 32 pairs, lr 5e-4, logged every 10 steps), recorded on 2 CPU cores
     on 2026-11-30: logps/chosen fell from -1.86 to -4.03, and the doctor says so with its
     default thresholds, from the step rewards/chosen turned negative."""
     history = [json.loads(line) for line in
