@@ -7,7 +7,7 @@
 The log comes from the folder's `log_history.jsonl` (every align run writes it), else its
 `trainer_state.json` (a plain trl output_dir), else the newest `checkpoint-*/trainer_state.json`.
 The findings, their trl metrics and thresholds (the fields of DoctorConfig) are described in
-align.measure.doctor. Prints each finding with its fix, or "no findings" with what was checked,
+align.measure.diagnosis. Prints each finding with its fix, or "no findings" with what was checked,
 and writes `doctor.json` into the folder; exit status 0 either way, 2 when the folder has no
 training log (one line) or a threshold is wrong.
 """
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from align.errors import ConfigError
-from align.measure.doctor import diagnose, load_config, read_history, write_report
+from align.measure.diagnosis import diagnose, load_config, read_history, write_report
 
 
 def main(argv: list[str] | None = None) -> int:

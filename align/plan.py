@@ -7,7 +7,7 @@
 It takes the same Hydra overrides as the job, plus the process setup (`--launch` reads the
 ZeRO stage, offload and process count from an accelerate config in launch/) and the cards, in GB
 or by name from align/device.py (`--card rtx4090,a100-80gb,h200`). The estimates and what they
-count: align/run/planner.py.
+count: align/run/memory_estimate.py.
 
 It needs the model's config.json only. A hub id is read from the hub or its cache; when neither
 can give it (offline, no network, a gated model without access), the planner sizes the published
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from align.device import CARDS as CARDS_FACTS
 from align.device import Setup
-from align.run.planner import CARDS, GIB, model_shape, read_launch, report
+from align.run.memory_estimate import CARDS, GIB, model_shape, read_launch, report
 
 
 def parse_cards(text: str) -> tuple[float | tuple[str, float], ...]:

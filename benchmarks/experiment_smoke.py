@@ -244,7 +244,7 @@ def case(name: str, work: Path, steps: int, shrink: bool, processes: int = 1) ->
 def architecture_gb(model: str) -> float:
     """bf16 weights of the shipped architecture for hub id `model`, in GB (for load/build time)."""
     from align.models.source import shipped_architecture
-    from align.run.planner import model_shape
+    from align.run.memory_estimate import model_shape
 
     return 2 * model_shape(str(shipped_architecture(model))).total / 1e9
 

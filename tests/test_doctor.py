@@ -1,4 +1,4 @@
-"""The run doctor (align.measure.doctor, python -m align.doctor): on real tiny runs of the
+"""The run doctor (align.measure.diagnosis, python -m align.doctor): on real tiny runs of the
 project's own entry points, each sickness it names fires, a healthy run fires none, and the CLI
 reads run folders and plain trl output_dirs. The thresholds' window logic is checked on
 hand-written histories (one noisy point is never a finding)."""
@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from align import dpo, grpo
 from align.errors import ConfigError
 from align.measure.callbacks import DoctorCallback
-from align.measure.doctor import DoctorConfig, diagnose, read_history
+from align.measure.diagnosis import DoctorConfig, diagnose, read_history
 from align.run.conf import CONF_DIR, register
 
 register()

@@ -14,7 +14,7 @@ import pytest
 
 from align.models.source import ARCHITECTURES, shipped_architecture
 from align.run.conf import experiment_usage
-from align.run.planner import model_shape
+from align.run.memory_estimate import model_shape
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "conf" / "experiment"

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from align.files import NonFiniteValueError, restore_nonfinite, write_json, write_jsonl
-from align.measure.doctor import diagnose, read_history
+from align.measure.diagnosis import diagnose, read_history
 from rewards.registry import BoundReward, RewardError, build_rewards
 from tools.registry import ToolConfigError, check_environment, environment_reward
 
@@ -170,7 +170,7 @@ def test_a_nan_loss_in_the_log_is_strict_json_and_still_found_by_the_doctor(tmp_
 
 
 def test_the_doctors_report_of_a_nan_log_is_strict_json(tmp_path):
-    from align.measure.doctor import write_report
+    from align.measure.diagnosis import write_report
 
     history = [{"frac_reward_zero_std": 1.0, "reward_std": float("nan"), "step": s}
                for s in range(1, 7)]

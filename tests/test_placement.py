@@ -29,7 +29,7 @@ from align.device import (
     placement,
 )
 from align.run.conf import CONF_DIR, register
-from align.run.planner import read_launch
+from align.run.memory_estimate import read_launch
 
 register()
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from align.device import Setup
-from align.run.planner import model_shape, zero_model_states
+from align.run.memory_estimate import model_shape, zero_model_states
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ def test_trl_fused_head_constants_match_the_installed_trl():
     from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
     from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
-    from align.run.planner import TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK
+    from align.run.memory_estimate import TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK
 
     assert (TRL_TOKEN_CHUNK, TRL_VOCAB_CHUNK) == (TOKEN_CHUNK_SIZE, _CHUNKED_LOGPROB_CHUNK_SIZE)
 
@@ -124,7 +124,7 @@ def test_planner_against_the_measured_peak_of_a_tiny_run(stage, peft, checkpoint
 
     from align import dpo, grpo, sft
     from align.run.conf import CONF_DIR, register
-    from align.run.planner import plan_job
+    from align.run.memory_estimate import plan_job
     from align.run.spec import TrainerValues, job_shape, parse_spec
 
     register()

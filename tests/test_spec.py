@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from align.device import CARDS, CPU, DeviceFacts, Setup, auto_checkpointing
 from align.errors import ConfigError
 from align.run.conf import CONF_DIR, register
-from align.run.planner import model_shape, plan_job
+from align.run.memory_estimate import model_shape, plan_job
 from align.run.spec import TrainerValues, decide, job_shape, parse_spec, trl_config_class
 
 register()

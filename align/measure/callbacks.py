@@ -122,7 +122,7 @@ class DoctorCallback(TrainerCallback):
         self.failed = False
 
     def _check(self, state):
-        from align.measure.doctor import diagnose
+        from align.measure.diagnosis import diagnose
 
         try:
             diagnosis = diagnose(state.log_history, self.cfg)
@@ -148,7 +148,7 @@ class DoctorCallback(TrainerCallback):
         diagnosis = self._check(state)
         if diagnosis is None or not self.job.is_main:
             return
-        from align.measure.doctor import write_report
+        from align.measure.diagnosis import write_report
 
         self.job.out_dir.mkdir(parents=True, exist_ok=True)
         write_report(self.job.out_dir, diagnosis, "training")

@@ -10,7 +10,7 @@ A run folder holds:
   final/          the trained model, or the adapter, in Hugging Face format, with tokenizer
   metrics.json    training metrics and held-out figures before and after training
   log_history.jsonl  the trainer's log, one JSON object per logging step (for align.plots)
-  doctor.json     the run doctor's findings (align.measure.doctor), unless doctor.enabled=false
+  doctor.json     the run doctor's findings (align.measure.diagnosis), unless doctor.enabled=false
   checkpoint-*/   trl checkpoints, when saving is on
 All ranks of a multi-process run share the folder (see align.run.conf.run_id); only the main
 process writes the shared files.
@@ -191,7 +191,7 @@ class Job:
     def callbacks(self, tokenizer=None, heldout=None) -> list:
         """transformers TrainerCallbacks named in the `callbacks` list (import paths), plus
         the periodic held-out measurement when `heldout.eval_steps` is set and the run doctor
-        (align.measure.doctor) unless `doctor.enabled=false`."""
+        (align.measure.diagnosis) unless `doctor.enabled=false`."""
         callbacks = [cls() for cls in self.spec.callbacks]
         spec = self.spec
         if spec.doctor.enabled:

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from align import device as dev
 from align.data.config import DataConfig
 from align.errors import ConfigError, MissingExtraError
-from align.measure.doctor import DoctorConfig, check_doctor_config
+from align.measure.diagnosis import DoctorConfig, check_doctor_config
 from align.measure.heldout import HeldoutConfig, check_heldout_config
 from align.models.adapters import ALIGN_KEYS as ALIGN_PEFT_KEYS
 from align.models.adapters import METHODS, PeftPlan, check_peft_section
@@ -124,7 +124,7 @@ class Decisions:
     #: GRPO's `environment`: None, a factory, or {name: factory} (trl's environment_factory)
     environment: Any
     heldout: HeldoutConfig
-    #: the run doctor's switch and thresholds (align.measure.doctor)
+    #: the run doctor's switch and thresholds (align.measure.diagnosis)
     doctor: DoctorConfig
     #: DPO's on-policy rounds (align.run.rounds); disabled: offline DPO on the data as given
     on_policy: OnPolicyConfig
@@ -491,9 +491,9 @@ class TrainerValues:
 
 def job_shape(stage: str, model: ModelConfig, peft: PeftPlan, trainer: TrainerValues,
               setup) -> Any:
-    """What the planner needs to know about this job (align.run.planner.JobShape); `model`
+    """What the planner needs to know about this job (align.run.memory_estimate.JobShape); `model`
     as configured (auto values kept)."""
-    from align.run.planner import JobShape
+    from align.run.memory_estimate import JobShape
 
     method = peft.method
     adapter = peft.peft_config
@@ -525,17 +525,15 @@ def _planned_without_checkpointing(job, model: ModelConfig, source: str,
                                    facts: dev.DeviceFacts) -> float | None:
     """The planner's bytes per GPU for this job without gradient checkpointing, or None when
     the architecture cannot be sized (then `auto` turns checkpointing on, to be safe)."""
-    from align.run import planner
+    from align.run.memory_estimate import model_shape, plan_job
 
     try:
-        shape = planner.model_shape(source, model.revision, model.trust_remote_code,
-                                    model.is_vision)
+        shape = model_shape(source, model.revision, model.trust_remote_code, model.is_vision)
     except Exception as exc:
         log.info("model.gradient_checkpointing=auto: the model could not be sized from its "
                  "config (%s)", exc)
         return None
-    return planner.plan_job(dataclasses.replace(job, checkpointing=False), shape,
-                            facts.setup).total
+    return plan_job(dataclasses.replace(job, checkpointing=False), shape, facts.setup).total
 
 
 def check_quantized_vllm(peft_section: Mapping, trainer_set: Mapping) -> list[str]:

@@ -1,4 +1,5 @@
-"""The run doctor: reads what trl logs and names what is wrong with a run, with the fix to try.
+"""The run doctor's diagnosis (the library; the command is align/doctor.py): reads what trl
+logs and names what is wrong with a run, with the fix to try.
 
 `diagnose(history, DoctorConfig())` gives the findings of a trainer's log history;
 `read_history(folder)` reads one. From the command line: `python -m align.doctor RUN_DIR`

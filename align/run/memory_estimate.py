@@ -1,5 +1,5 @@
-"""Memory planner (the library; the command line is align/plan.py): will this job fit on these
-GPUs, and if not, what to change.
+"""Memory estimates for the planner (the library; the command is align/plan.py): will this job
+fit on these GPUs, and if not, what to change.
 
 It reads the
 model's architecture from its config only: the model is instantiated on PyTorch's meta device
