@@ -1,8 +1,9 @@
-"""The library's layout: no import loops, nothing imports an entry script, rewards/ and tools/ never
-import align (tools/ may import rewards/, never the reverse), importing tools/ stays light, and the
-layers of the design (entry scripts on top; run spec and job; data, models and measurement; small
-utilities at the bottom) are kept. Read from the source with ast, counting
-imports inside functions too: a loop that only runs late is still a loop."""
+"""The library's layout: no import loops, nothing imports an entry script (the commands of
+align/commands.py, the one list of them), rewards/ and tools/ never import align (tools/ may
+import rewards/, never the reverse), importing tools/ stays light, and the layers of the design
+(entry scripts on top; run spec and job; data, models and measurement; small utilities at the
+bottom) are kept. Read from the source with ast, counting imports inside functions too: a loop
+that only runs late is still a loop."""
 
 import ast
 import subprocess
@@ -11,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from align.commands import COMMANDS
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("align", "rewards", "tools")
-ENTRY_SCRIPTS = {"align.sft", "align.dpo", "align.kto", "align.rm", "align.grpo", "align.eval", "align.generate", "align.plan", "align.merge",
-                 "align.compare", "align.plots", "align.doctor"}
+#: the commands' scripts, align/<command>.py, as align/commands.py lists them (the `align` console
+#: command runs them by file, never by import)
+ENTRY_SCRIPTS = {command.module for command in COMMANDS.values()}
 #: what each part of align may import (besides itself and the utilities)
 UTILITIES = {"align", "align.errors", "align.files", "align.schema", "align.fields",
              "align.secrets", "align.device"}
@@ -96,6 +100,18 @@ def test_no_import_loops(graph):
         if module not in state:
             visit(module, [module])
     assert not loops, "import loops:\n" + "\n".join(loops)
+
+
+def test_the_list_of_commands_names_every_script():
+    """align/commands.py names exactly the modules of align/ that run as scripts (those with a
+    `__main__` block), so a new script is listed, and a listed one exists."""
+    scripts = set()
+    for path in sorted((REPO / "align").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and ast.unparse(node.test) in (
+                    "__name__ == '__main__'", "'__main__' == __name__"):
+                scripts.add(f"align.{path.stem}")
+    assert scripts == ENTRY_SCRIPTS
 
 
 def test_nothing_imports_an_entry_script(graph):
