@@ -123,3 +123,12 @@ def dataclass_schema(module: str, name: str) -> dict[str, dict]:
 def dataclass_fields(module: str, name: str) -> tuple[str, ...]:
     """Field names of the dataclass `module.name` (cached, see dataclass_schema)."""
     return tuple(dataclass_schema(module, name))
+
+
+def checkpointing_field(config_class: type) -> str:
+    """The name under which trl's config class `config_class` takes activation checkpointing:
+    `activation_checkpointing` in transformers 5.18+, `gradient_checkpointing` before (5.17 is the
+    release vLLM 0.31 pins)."""
+    fields = getattr(config_class, "__dataclass_fields__", {})
+    return "activation_checkpointing" if "activation_checkpointing" in fields \
+        else "gradient_checkpointing"

@@ -619,9 +619,9 @@ def warmup_config(output_dir, **options):
     ~60 -> ~48 ms a step; the weights come out bit for bit the same)."""
     from trl import SFTConfig
 
-    # transformers 5.17 (the release vLLM 0.31 pins) names it gradient_checkpointing
-    off = {("activation" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
-            else "gradient") + "_checkpointing": False}
+    from align.fields import checkpointing_field
+
+    off = {checkpointing_field(SFTConfig): False}
     return SFTConfig(output_dir=str(output_dir), per_device_train_batch_size=SFT_BATCH_SIZE,
                      learning_rate=SFT_LEARNING_RATE, lr_scheduler_type="linear",
                      warmup_steps=SFT_WARMUP_STEPS, save_strategy="no", report_to=[],

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from align import device as dev
 from align.data.config import DataConfig
 from align.errors import ConfigError, MissingExtraError
+from align.fields import checkpointing_field
 from align.measure.diagnosis import DoctorConfig, check_doctor_config
 from align.measure.heldout import HeldoutConfig, check_heldout_config
 from align.models.adapters import ALIGN_KEYS as ALIGN_PEFT_KEYS
@@ -776,11 +777,10 @@ def decide(cfg: DictConfig | Mapping, stage: str,
                      f"{facts.memory_bytes / 2**30:.0f} GiB")
     # transformers 5 calls it activation checkpointing (5.17, the release vLLM 0.31 pins, has
     # only gradient_checkpointing); non-reentrant works with adapters and frozen embeddings.
-    name = ("activation" if "activation_checkpointing" in config_class.__dataclass_fields__
-            else "gradient")
-    kwargs[f"{name}_checkpointing"] = bool(checkpointing)
+    name = checkpointing_field(config_class)
+    kwargs[name] = bool(checkpointing)
     if checkpointing:
-        kwargs.setdefault(f"{name}_checkpointing_kwargs", {"use_reentrant": False})
+        kwargs.setdefault(f"{name}_kwargs", {"use_reentrant": False})
 
     return Decisions(
         stage=stage, name=str(plain.get("name") or stage), seed=int(plain.get("seed", 42)),
